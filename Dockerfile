@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+
+# ---- build: the host (release) and the default guest (wasm32-wasip2) ----
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY rust-toolchain.toml ./
+# Installs the pinned toolchain plus the wasm32-wasip2 target it lists.
+RUN rustup toolchain install
+COPY . .
+RUN cargo build --release --locked -p host \
+ && cargo build --release --locked --target wasm32-wasip2 -p guest
+
+# ---- runtime: a small image, non-root ----
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home host
+COPY --from=build /src/target/release/host /usr/local/bin/host
+COPY --from=build /src/target/wasm32-wasip2/release/guest.wasm /srv/guest.wasm
+USER 10001
+ENV HOST_LISTEN=0.0.0.0:8080 \
+    HOST_COMPONENT=/srv/guest.wasm
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/host"]
+CMD ["serve"]

@@ -1,0 +1,44 @@
+# Build, run and test the host and its guests. `make help` lists the targets.
+
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip2
+# Every guest component in the repo: the default app plus the test guests.
+GUESTS := guest trap-guest spin-guest memhog-guest recurse-guest slow-guest counter-guest noresponse-guest
+GUEST_FLAGS := --release --target $(WASM_TARGET) $(addprefix -p ,$(GUESTS))
+
+.PHONY: help build-guest build-guests build run test lint fmt clean
+
+help:
+	@echo "build-guest   build the default guest (target/$(WASM_TARGET)/release/guest.wasm)"
+	@echo "build-guests  build every guest, test guests included"
+	@echo "build         build the host (release) and the default guest"
+	@echo "run           serve the default guest on http://127.0.0.1:8080/"
+	@echo "test          build all guests and the host, then run every test"
+	@echo "lint          rustfmt check and clippy (host, tests, guests), warnings as errors"
+
+build-guest:
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest
+
+build-guests:
+	$(CARGO) build $(GUEST_FLAGS)
+
+build: build-guest
+	$(CARGO) build --release -p host
+
+run: build-guest
+	$(CARGO) run -p host
+
+test: build-guests
+	$(CARGO) build -p host
+	$(CARGO) test --workspace --exclude guest-sdk $(addprefix --exclude ,$(GUESTS))
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy $(GUEST_FLAGS) -p guest-sdk -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
