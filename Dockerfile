@@ -12,12 +12,14 @@ RUN cargo build --release --locked -p host \
 
 # ---- runtime: a small image, non-root ----
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --no-create-home host
+RUN useradd --system --uid 10001 --no-create-home host \
+ && mkdir -p /var/lib/host && chown 10001 /var/lib/host
 COPY --from=build /src/target/release/host /usr/local/bin/host
 COPY --from=build /src/target/wasm32-wasip2/release/guest.wasm /srv/guest.wasm
 USER 10001
 ENV HOST_LISTEN=0.0.0.0:8080 \
-    HOST_COMPONENT=/srv/guest.wasm
+    HOST_COMPONENT=/srv/guest.wasm \
+    HOST_STATE_DIR=/var/lib/host
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/host"]
 CMD ["serve"]

@@ -3,7 +3,8 @@
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 # Every guest component in the repo: the default app plus the test guests.
-GUESTS := guest trap-guest spin-guest memhog-guest recurse-guest slow-guest counter-guest noresponse-guest
+GUESTS := guest trap-guest spin-guest memhog-guest recurse-guest slow-guest counter-guest noresponse-guest \
+          config-guest fetch-guest
 GUEST_FLAGS := --release --target $(WASM_TARGET) $(addprefix -p ,$(GUESTS))
 
 .PHONY: help build-guest build-guests build run test lint fmt clean

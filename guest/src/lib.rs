@@ -8,6 +8,7 @@
 //! - anything else: 404.
 
 use guest_sdk::exports::wasi::http::incoming_handler::Guest;
+use guest_sdk::json::{Object, string};
 use guest_sdk::wasi::http::types::{Fields, IncomingRequest, Method, ResponseOutparam};
 use guest_sdk::wasi::io::streams::StreamError;
 use guest_sdk::{path, respond, send, write_all};
@@ -67,23 +68,27 @@ fn echo(request: IncomingRequest, out: ResponseOutparam) {
 
 /// The request line and headers as a JSON object.
 fn headers(request: &IncomingRequest, method: &Method, out: ResponseOutparam) {
-    let mut json = String::from("{\"method\":");
-    push_json_string(&mut json, &method_name(method));
-    json.push_str(",\"path\":");
-    push_json_string(&mut json, &request.path_with_query().unwrap_or_default());
-    json.push_str(",\"authority\":");
-    push_json_string(&mut json, &request.authority().unwrap_or_default());
-    json.push_str(",\"headers\":{");
-    for (i, (name, value)) in request.headers().entries().iter().enumerate() {
-        if i > 0 {
-            json.push(',');
-        }
-        push_json_string(&mut json, name);
-        json.push(':');
-        push_json_string(&mut json, &String::from_utf8_lossy(value));
+    let mut headers = Object::new();
+    for (name, value) in request.headers().entries() {
+        headers.field(&name, &string(&String::from_utf8_lossy(&value)));
     }
-    json.push_str("}}\n");
-    respond(out, 200, "application/json", json.as_bytes());
+    let mut body = Object::new();
+    body.field("method", &string(&method_name(method)))
+        .field(
+            "path",
+            &string(&request.path_with_query().unwrap_or_default()),
+        )
+        .field(
+            "authority",
+            &string(&request.authority().unwrap_or_default()),
+        )
+        .field("headers", &headers.finish());
+    respond(
+        out,
+        200,
+        "application/json",
+        (body.finish() + "\n").as_bytes(),
+    );
 }
 
 fn method_name(method: &Method) -> String {
@@ -99,22 +104,6 @@ fn method_name(method: &Method) -> String {
         Method::Patch => "PATCH".into(),
         Method::Other(other) => other.clone(),
     }
-}
-
-fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 guest_sdk::export!(App with_types_in guest_sdk);

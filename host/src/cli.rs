@@ -1,18 +1,21 @@
 //! The command line, as clap parses it. Nothing here is validated beyond its
-//! type: [`crate::config`] turns these raw values into a `Config` before
-//! anything binds or compiles.
+//! type: [`crate::config`] turns `serve`'s raw values into a `Config` before
+//! anything binds or compiles; the client subcommands live in
+//! [`crate::client`].
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::Config;
 
 /// Serve HTTP by running WebAssembly components: every request runs in a
-/// fresh, sandboxed instance of the component.
+/// fresh, sandboxed instance of the component. The same binary is the
+/// client of a running host's admin API (deploy, apps, rollback, canary,
+/// remove).
 #[derive(Debug, Parser)]
 #[command(name = "host", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -26,16 +29,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve a component over HTTP (the default).
+    /// Serve components over HTTP (the default).
     Serve(ServeArgs),
+    /// Deploy a component as a new version of an app on a running host.
+    Deploy(crate::client::DeployArgs),
+    /// List the apps of a running host, or show one.
+    Apps(crate::client::AppsArgs),
+    /// Roll an app back to its previous version, or to a named one.
+    Rollback(crate::client::RollbackArgs),
+    /// Send a share of an app's traffic to another version; promote or abort it.
+    Canary(crate::client::CanaryArgs),
+    /// Delete an app from a running host.
+    Remove(crate::client::RemoveArgs),
 }
 
 /// Flags of `host serve`. Every flag can also be set by the environment
 /// variable shown in `--help`; a flag on the command line wins.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The component to serve (a `.wasm` exporting `wasi:http/incoming-handler`).
-    /// Defaults to the guest built by `make build-guest`.
+    /// A component to serve at `/` as app `default`. Without it (and without
+    /// --no-default-app), the guest built by `make build-guest` is served.
     #[arg(env = "HOST_COMPONENT", value_name = "COMPONENT.wasm")]
     pub component: Option<PathBuf>,
 
@@ -44,7 +57,45 @@ pub struct ServeArgs {
     #[arg(long, env = "HOST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Linear memory cap per instance, in MiB. A guest that grows past it traps (500).
+    /// A TOML manifest of apps to serve (see README, "Deploying apps").
+    #[arg(long, env = "HOST_MANIFEST", value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
+    /// Serve no default guest: only the manifest's and deployed apps.
+    #[arg(long, env = "HOST_NO_DEFAULT_APP")]
+    pub no_default_app: bool,
+
+    /// Where deployed components, app records and compiled code are kept.
+    /// Default: $XDG_STATE_HOME/host, or ~/.local/state/host.
+    #[arg(long, env = "HOST_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Address of the admin API. Without a token it must be a loopback address.
+    #[arg(long, env = "HOST_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
+
+    /// File holding the admin API's bearer token (else $HOST_ADMIN_TOKEN).
+    #[arg(long, env = "HOST_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Versions kept per app for rollback.
+    #[arg(long, env = "HOST_KEEP_VERSIONS", default_value_t = 10)]
+    pub keep_versions: usize,
+
+    /// Largest component a deploy may upload, in bytes (413 above it).
+    #[arg(long, env = "HOST_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+
+    /// Longest a deploy's compilation may take, in milliseconds (422 beyond).
+    #[arg(long, env = "HOST_COMPILE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub compile_timeout_ms: u64,
+
+    /// Add `x-app-name` and `x-app-version` to every app response.
+    #[arg(long, env = "HOST_VERSION_HEADERS", default_value_t = true, action = ArgAction::Set)]
+    pub version_headers: bool,
+
+    /// Linear memory cap per instance, in MiB (per-app settings may override).
+    /// A guest that grows past it traps (500).
     #[arg(long, env = "HOST_MEMORY_MIB", default_value_t = 128)]
     pub memory_mib: u64,
 
@@ -52,7 +103,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HOST_TIMEOUT_MS", default_value_t = 30_000)]
     pub timeout_ms: u64,
 
-    /// Requests served at once; more are refused with 503.
+    /// Requests served at once, host-wide; more are refused with 503.
     #[arg(long, env = "HOST_MAX_CONCURRENT", default_value_t = 1000)]
     pub max_concurrent: u32,
 
@@ -68,16 +119,22 @@ pub struct ServeArgs {
 /// Parse the command line and run what it asks for.
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => cli.serve,
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("failed to start the async runtime")
     };
+    match cli.command {
+        None => serve(cli.serve, runtime()?),
+        Some(Command::Serve(args)) => serve(args, runtime()?),
+        Some(client) => runtime()?.block_on(crate::client::run(client)),
+    }
+}
+
+fn serve(args: ServeArgs, runtime: tokio::runtime::Runtime) -> Result<()> {
     let config = Config::from_args(args)?;
     init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
     runtime.block_on(crate::server::serve(config))
 }
 

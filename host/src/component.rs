@@ -3,8 +3,6 @@
 //! the host provides; then compile it once and pre-instantiate it into a
 //! [`ProxyPre`] that each request instantiates from.
 
-use std::path::Path;
-
 use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
@@ -17,8 +15,8 @@ use crate::state::HostState;
 const HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2.";
 
 /// The linker every component is instantiated against: the WASI CLI
-/// interfaces (so components built with std by any toolchain link) plus
-/// wasi:http.
+/// interfaces (so components built with std by any toolchain link),
+/// wasi:http, and wasi:config for per-app configuration.
 pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -27,38 +25,45 @@ pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("failed to add wasi:http interfaces to the linker")?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, HostState::config)
+        .map_err(anyhow::Error::from)
+        .context("failed to add wasi:config to the linker")?;
     Ok(linker)
 }
 
-/// Read, validate, compile and pre-instantiate the component at `path`.
-pub fn load_file(
-    engine: &Engine,
-    linker: &Linker<HostState>,
-    path: &Path,
-) -> Result<ProxyPre<HostState>> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("failed to read component {}", path.display()))?;
-    load(engine, linker, &bytes).with_context(|| format!("cannot serve {}", path.display()))
+/// Check that `bytes` are a component (not text, not a core module) and
+/// compile them. CPU-heavy: call it off the serving threads.
+pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {
+    check_header(bytes)?;
+    Component::new(engine, bytes)
+        .map_err(anyhow::Error::from)
+        .context("failed to compile component")
 }
 
-/// Validate, compile and pre-instantiate a component from its bytes.
-pub fn load(
+/// Check that a compiled component exports `wasi:http/incoming-handler` and
+/// imports only what the host provides, and pre-instantiate it.
+pub fn prepare(
     engine: &Engine,
     linker: &Linker<HostState>,
-    bytes: &[u8],
+    component: &Component,
 ) -> Result<ProxyPre<HostState>> {
-    check_header(bytes)?;
-    let component = Component::new(engine, bytes)
-        .map_err(anyhow::Error::from)
-        .context("failed to compile component")?;
-    check_handler_export(engine, &component)?;
-    let pre = linker.instantiate_pre(&component).map_err(|err| {
+    check_handler_export(engine, component)?;
+    let pre = linker.instantiate_pre(component).map_err(|err| {
         anyhow!("{err}").context("the component imports something this host does not provide")
     })?;
     ProxyPre::new(pre).map_err(|err| {
         anyhow!("{err}")
             .context("the component's `wasi:http/incoming-handler` export has the wrong shape")
     })
+}
+
+/// A key that changes whenever code compiled by this engine could not be
+/// loaded by another: part of every precompiled cache file's name.
+pub fn engine_key(engine: &Engine) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 /// Tell "not wasm at all" and "a core module" apart from a component before

@@ -1,11 +1,12 @@
-//! The validated configuration. [`Config::from_args`] checks every value from
-//! the command line and says exactly what to fix, before anything binds.
+//! The validated configuration of `host serve`. [`Config::from_args`] checks
+//! every value from the command line and says exactly what to fix, before
+//! anything binds.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::cli::ServeArgs;
 use crate::limits::Limits;
@@ -17,29 +18,64 @@ pub const DEFAULT_GUEST: &str = "target/wasm32-wasip2/release/guest.wasm";
 /// memory (virtual address space) up front.
 pub const MAX_CONCURRENT_CEILING: u32 = 10_000;
 
+/// The component served at `/` as app `default`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultApp {
+    /// None: only the manifest's and deployed apps are served.
+    None,
+    /// Given on the command line: always served.
+    Explicit(PathBuf),
+    /// The built default guest: served only if no other app serves `/`.
+    Implicit(PathBuf),
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub component: PathBuf,
+    pub default_app: DefaultApp,
     pub listen: SocketAddr,
+    pub manifest: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub keep_versions: usize,
+    pub max_upload_bytes: u64,
+    pub compile_timeout: Duration,
+    pub version_headers: bool,
     pub limits: Limits,
     pub drain_timeout: Duration,
 }
 
 impl Config {
     pub fn from_args(args: ServeArgs) -> Result<Config> {
-        let component = match args.component {
+        let state_dir = match args.state_dir {
+            Some(dir) => dir,
+            None => default_state_dir(),
+        };
+        let default_app = match args.component {
             Some(path) => {
                 ensure!(
                     path.is_file(),
                     "component file {} does not exist",
                     path.display()
                 );
-                path
+                DefaultApp::Explicit(path)
             }
-            None => default_guest()?,
+            None if args.no_default_app => DefaultApp::None,
+            // With a manifest or deployed apps, the default guest is optional.
+            None if args.manifest.is_some() || has_deployed_apps(&state_dir) => {
+                default_guest().map_or(DefaultApp::None, DefaultApp::Implicit)
+            }
+            None => DefaultApp::Implicit(default_guest()?),
         };
+        if let Some(manifest) = &args.manifest {
+            ensure!(
+                manifest.is_file(),
+                "manifest {} does not exist",
+                manifest.display()
+            );
+        }
         ensure!(
-            args.memory_mib >= 1 && args.memory_mib <= 4096,
+            (1..=4096).contains(&args.memory_mib),
             "--memory-mib must be between 1 and 4096, got {}",
             args.memory_mib
         );
@@ -48,13 +84,43 @@ impl Config {
             "--timeout-ms must be at least 1, got 0"
         );
         ensure!(
-            args.max_concurrent >= 1 && args.max_concurrent <= MAX_CONCURRENT_CEILING,
+            (1..=MAX_CONCURRENT_CEILING).contains(&args.max_concurrent),
             "--max-concurrent must be between 1 and {MAX_CONCURRENT_CEILING}, got {}",
             args.max_concurrent
         );
+        ensure!(
+            args.keep_versions >= 1,
+            "--keep-versions must be at least 1"
+        );
+        ensure!(
+            args.compile_timeout_ms >= 1,
+            "--compile-timeout-ms must be at least 1"
+        );
+
+        let admin_token = admin_token(args.admin_token_file.as_deref())?;
+        if admin_token.is_none() && !args.admin_listen.ip().is_loopback() {
+            bail!(
+                "refusing to serve the admin API on {} without a token: set HOST_ADMIN_TOKEN \
+                 (or --admin-token-file), or listen on a loopback address",
+                args.admin_listen
+            );
+        }
+        ensure!(
+            args.admin_listen != args.listen || args.listen.port() == 0,
+            "--admin-listen must differ from --listen: the admin API never shares the public port"
+        );
+
         Ok(Config {
-            component,
+            default_app,
             listen: args.listen,
+            manifest: args.manifest,
+            state_dir,
+            admin_listen: args.admin_listen,
+            admin_token,
+            keep_versions: args.keep_versions,
+            max_upload_bytes: args.max_upload_bytes,
+            compile_timeout: Duration::from_millis(args.compile_timeout_ms),
+            version_headers: args.version_headers,
             limits: Limits {
                 memory_bytes: args.memory_mib * 1024 * 1024,
                 timeout: Duration::from_millis(args.timeout_ms),
@@ -64,6 +130,42 @@ impl Config {
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         })
     }
+}
+
+/// The admin token from `--admin-token-file`, else `$HOST_ADMIN_TOKEN`.
+fn admin_token(file: Option<&Path>) -> Result<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read the admin token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("HOST_ADMIN_TOKEN").ok(),
+    };
+    match token {
+        Some(t) if t.is_empty() => bail!("the admin token is empty"),
+        Some(t) if t.len() < 16 => {
+            bail!("the admin token is too short: use at least 16 characters")
+        }
+        other => Ok(other),
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("host");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/host"),
+        None => PathBuf::from(".host-state"),
+    }
+}
+
+fn has_deployed_apps(state_dir: &Path) -> bool {
+    std::fs::read_dir(state_dir.join("apps"))
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
 }
 
 /// The guest `make build-guest` produces: looked up from the current
@@ -81,6 +183,7 @@ fn default_guest() -> Result<PathBuf> {
     }
     bail!(
         "the default guest has not been built ({DEFAULT_GUEST} is missing): \
-         run `make build-guest` first, or pass the path of a component to serve"
+         run `make build-guest` first, pass the path of a component to serve, \
+         or start with --no-default-app"
     )
 }

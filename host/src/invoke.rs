@@ -1,4 +1,4 @@
-//! One request through one fresh instance of an app's component.
+//! One request through one fresh instance of a deployed version.
 //!
 //! Per request the host builds a `Store` (WASI context, resource table,
 //! memory limiter), instantiates the pre-instantiated component out of the
@@ -20,20 +20,28 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::limits::{LimitedBody, Limits};
+use crate::outbound::OutboundPolicy;
 use crate::response;
 use crate::state::HostState;
 
-/// A servable app: its pre-instantiated component and the limits its
-/// requests run under.
-pub struct App {
+/// One servable version of an app: its pre-instantiated component and
+/// everything each of its requests' stores is built from.
+pub struct Deployment {
+    pub app: Arc<str>,
+    pub version: Arc<str>,
     pre: ProxyPre<HostState>,
-    limits: Limits,
+    pub limits: Limits,
+    pub env: Arc<[(String, String)]>,
+    pub config: Arc<WasiConfigVariables>,
+    pub outbound: Arc<OutboundPolicy>,
+    /// This version's own concurrency cap.
     permits: Arc<Semaphore>,
 }
 
@@ -54,25 +62,43 @@ enum Failure {
     Setup(wasmtime::Error),
 }
 
-impl App {
-    pub fn new(pre: ProxyPre<HostState>, limits: Limits) -> App {
-        App {
+impl Deployment {
+    pub fn new(
+        app: Arc<str>,
+        version: Arc<str>,
+        pre: ProxyPre<HostState>,
+        limits: Limits,
+        env: Vec<(String, String)>,
+        config: Vec<(String, String)>,
+        outbound: OutboundPolicy,
+    ) -> Deployment {
+        Deployment {
+            app,
+            version,
             pre,
-            limits,
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
+            limits,
+            env: env.into(),
+            config: Arc::new(config.into_iter().collect()),
+            outbound: Arc::new(outbound),
         }
     }
 
+    /// The pre-instantiated component (shared by versions with the same code).
+    pub fn pre(&self) -> &ProxyPre<HostState> {
+        &self.pre
+    }
+
     /// Serve one request. Never fails: every failure becomes a response.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+    /// `host_permit` is the request's slot under the host-wide cap; the
+    /// version's own cap is checked here.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        host_permit: OwnedSemaphorePermit,
+    ) -> Response<HyperOutgoingBody> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            let mut busy = response::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is at its concurrency limit; retry shortly",
-            );
-            busy.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return busy;
+            return busy("the app is at its concurrency limit; retry shortly");
         };
         let max_body = self.limits.max_body_bytes;
         if declared_length(&request).is_some_and(|len| len > max_body) {
@@ -81,7 +107,7 @@ impl App {
         let body_too_large = Arc::new(AtomicBool::new(false));
         let request = request.map(|body| LimitedBody::new(body, max_body, body_too_large.clone()));
 
-        let outcome = self.run(request, permit).await;
+        let outcome = self.run(request, (host_permit, permit)).await;
         // A guest that gave up because the body crossed the cap gets 413,
         // whatever it answered.
         if body_too_large.load(Ordering::Relaxed) {
@@ -96,10 +122,10 @@ impl App {
     async fn run(
         &self,
         request: Request<LimitedBody>,
-        permit: OwnedSemaphorePermit,
+        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     ) -> Result<Response<HyperOutgoingBody>, Failure> {
         let deadline = Instant::now() + self.limits.timeout;
-        let mut store = Store::new(self.pre.engine(), HostState::new(self.limits.memory_bytes));
+        let mut store = Store::new(self.pre.engine(), HostState::new(self));
         store.limiter(|state| &mut state.limiter);
         // Past each epoch tick a busy guest yields to other tasks; past the
         // deadline it traps with `Trap::Interrupt`.
@@ -124,8 +150,9 @@ impl App {
             .map_err(Failure::Setup)?;
 
         let pre = self.pre.clone();
+        let (app, version) = (self.app.clone(), self.version.clone());
         let task = tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = permits;
             let called = tokio::time::timeout_at(deadline.into(), async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -146,7 +173,7 @@ impl App {
                 Ok(Err(err)) => Err(Failure::Trap(err)),
             };
             if let Err(failure) = &result {
-                failure.log();
+                failure.log(&app, &version);
             }
             result
         });
@@ -155,21 +182,21 @@ impl App {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => {
                 let failure = Failure::ErrorCode(code);
-                failure.log();
+                failure.log(&self.app, &self.version);
                 Err(failure)
             }
             // The sender went away with the store: the guest is done and
             // never answered. Its task says why.
             Err(_) => match task.await {
                 Ok(Ok(())) => {
-                    Failure::NoResponse.log();
+                    Failure::NoResponse.log(&self.app, &self.version);
                     Err(Failure::NoResponse)
                 }
                 Ok(Err(failure)) => Err(failure),
                 Err(join) => {
                     let failure =
                         Failure::Setup(wasmtime::format_err!("guest task failed: {join}"));
-                    failure.log();
+                    failure.log(&self.app, &self.version);
                     Err(failure)
                 }
             },
@@ -178,14 +205,22 @@ impl App {
 }
 
 impl Failure {
-    fn log(&self) {
+    fn log(&self, app: &str, version: &str) {
         match self {
-            Failure::Timeout => tracing::warn!("guest exceeded its deadline"),
-            Failure::MemoryLimit(err) => tracing::warn!(cause = ?err, "guest hit its memory limit"),
-            Failure::Trap(err) => tracing::warn!(cause = ?err, "guest trapped"),
-            Failure::NoResponse => tracing::warn!("guest returned without setting a response"),
-            Failure::ErrorCode(code) => tracing::warn!(?code, "guest answered with an error code"),
-            Failure::Setup(err) => tracing::error!(cause = ?err, "failed to start the guest"),
+            Failure::Timeout => tracing::warn!(app, version, "guest exceeded its deadline"),
+            Failure::MemoryLimit(err) => {
+                tracing::warn!(app, version, cause = ?err, "guest hit its memory limit")
+            }
+            Failure::Trap(err) => tracing::warn!(app, version, cause = ?err, "guest trapped"),
+            Failure::NoResponse => {
+                tracing::warn!(app, version, "guest returned without setting a response")
+            }
+            Failure::ErrorCode(code) => {
+                tracing::warn!(app, version, ?code, "guest answered with an error code")
+            }
+            Failure::Setup(err) => {
+                tracing::error!(app, version, cause = ?err, "failed to start the guest")
+            }
         }
     }
 
@@ -231,4 +266,12 @@ fn too_large(limit: u64) -> Response<HyperOutgoingBody> {
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("request body is larger than the limit of {limit} bytes"),
     )
+}
+
+/// 503 with `Retry-After`: a concurrency cap is full.
+pub fn busy(message: &str) -> Response<HyperOutgoingBody> {
+    let mut busy = response::error(StatusCode::SERVICE_UNAVAILABLE, message);
+    busy.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    busy
 }

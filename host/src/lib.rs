@@ -9,27 +9,44 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line as clap parses it, before any validation.
-//! - [`config`]: the validated configuration the server runs with.
+//! - [`config`]: the validated configuration `host serve` runs with.
+//! - [`client`]: `host deploy`, `apps`, `rollback`, `canary`, `remove`.
 //! - [`engine`]: the one wasmtime `Engine` (pooling allocator, epoch
 //!   interruption) and the single epoch ticker thread.
-//! - [`component`]: loading a `.wasm`, checking it is a component this host
-//!   can serve, and pre-instantiating it.
+//! - [`component`]: checking a `.wasm` is a component this host can serve,
+//!   compiling it and pre-instantiating it.
+//! - [`registry`]: the apps, their versions, deploys, rollbacks, canaries.
+//! - [`persist`]: the state directory (components, records, compiled code).
+//! - [`manifest`]: the TOML apps manifest.
+//! - [`settings`]: per-app env, config, secrets, outbound policy, limits.
+//! - [`outbound`]: the outbound HTTP allow-list and its enforcement.
+//! - [`router`]: which app and version answer a request.
+//! - [`admin`]: the admin API on its own listener.
 //! - [`state`]: what lives in each request's `Store`.
 //! - [`limits`]: per-instance memory limits and the request body cap.
 //! - [`invoke`]: one request through one fresh instance, with timeouts, and
 //!   the mapping of guest failures to HTTP statuses.
-//! - [`server`]: the accept loop, connection handling and graceful drain.
+//! - [`server`]: the listeners, connection handling and graceful drain.
 //! - [`response`]: the error responses the host itself produces.
 //!
-//! A request flows `server` → `invoke::App::handle` → a fresh instance of the
-//! component's `ProxyPre` → the guest's `handle` → a streamed response.
+//! A request flows `server` → `router::Router::handle` (app, then version)
+//! → `invoke::Deployment::handle` → a fresh instance of the version's
+//! `ProxyPre` → the guest's `handle` → a streamed response.
 
+pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod component;
 pub mod config;
 pub mod engine;
 pub mod invoke;
 pub mod limits;
+pub mod manifest;
+pub mod outbound;
+pub mod persist;
+pub mod registry;
 pub mod response;
+pub mod router;
 pub mod server;
+pub mod settings;
 pub mod state;

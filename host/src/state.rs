@@ -1,28 +1,51 @@
-//! What lives in each request's `Store`: the WASI and wasi:http contexts, the
-//! resource table they share, and the memory limiter. A new one is built per
-//! request and dropped with the instance.
+//! What lives in each request's `Store`: the WASI, wasi:http and
+//! wasi:config contexts, the resource table they share, the outbound HTTP
+//! hooks and the memory limiter. A new one is built per request from its
+//! deployment and dropped with the instance.
+
+use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::invoke::Deployment;
 use crate::limits::GuestLimiter;
+use crate::outbound::OutboundHooks;
 
 pub struct HostState {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
     pub table: ResourceTable,
+    pub config: Arc<WasiConfigVariables>,
+    pub hooks: OutboundHooks,
     pub limiter: GuestLimiter,
 }
 
 impl HostState {
-    pub fn new(memory_bytes: u64) -> Self {
+    pub fn new(deployment: &Deployment) -> Self {
+        let wasi = WasiCtx::builder()
+            .envs(&deployment.env)
+            .inherit_stdout()
+            .inherit_stderr()
+            .build();
         HostState {
-            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limiter: GuestLimiter::new(memory_bytes),
+            config: deployment.config.clone(),
+            hooks: OutboundHooks {
+                app: deployment.app.clone(),
+                policy: deployment.outbound.clone(),
+            },
+            limiter: GuestLimiter::new(deployment.limits.memory_bytes),
         }
+    }
+
+    /// The `wasi:config/store` view (for the linker).
+    pub fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::from(&*self.config)
     }
 }
 
@@ -40,7 +63,7 @@ impl WasiHttpView for HostState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
     }
 }

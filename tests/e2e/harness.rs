@@ -1,4 +1,5 @@
-//! Starting and stopping the real host binary, and finding the guests.
+//! Starting and stopping the real host binary, finding the guests, and
+//! talking to a host's admin API.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a host may take to compile its component and bind.
+/// How long a host may take to compile its components and bind.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The cargo target directory this test binary was built into
@@ -57,26 +58,56 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The serve arguments every test host gets: free ports for both listeners.
+fn test_ports(cmd: &mut Command) {
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+}
+
 /// A running host process, killed when dropped.
 pub struct Host {
     child: Child,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// The state directory, when the host owns a temporary one.
+    _state: Option<TempDir>,
 }
 
 impl Host {
-    /// `host serve COMPONENT --listen 127.0.0.1:0 ARGS…`, waiting for the
-    /// startup line.
+    /// `host serve COMPONENT ARGS…` on free ports with a fresh state
+    /// directory, waiting for the startup line.
     pub fn start(component: &Path, args: &[&str]) -> Host {
+        let state = TempDir::new("state");
+        let path = component.to_str().expect("utf-8 path");
+        let mut host = Host::start_in(&state.0, &[&[path], args].concat(), &[]);
+        host._state = Some(state);
+        host
+    }
+
+    /// A host serving no default app (only what tests deploy), with a fresh
+    /// state directory.
+    pub fn bare(args: &[&str]) -> Host {
+        let state = TempDir::new("bare");
+        let mut host = Host::start_in(&state.0, &[&["--no-default-app"], args].concat(), &[]);
+        host._state = Some(state);
+        host
+    }
+
+    /// `host serve ARGS…` on free ports with `state` as its state directory
+    /// (kept after the host stops, for restarts) and extra environment.
+    pub fn start_in(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
         let mut cmd = Command::new(host_bin());
-        cmd.arg("serve")
-            .arg(component)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args);
+        cmd.arg("serve").arg("--state-dir").arg(state);
+        test_ports(&mut cmd);
+        cmd.args(args).env_remove("HOST_ADMIN_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         Host::spawn(cmd)
     }
 
-    /// Start from a prepared command (its stdout/stderr are taken over).
+    /// Start from a prepared command (its stdout/stderr are taken over) and
+    /// wait for the startup lines.
     pub fn spawn(mut cmd: Command) -> Host {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -98,35 +129,44 @@ impl Host {
         });
 
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel::<(String, String)>();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
+            let mut admin = String::new();
             while let Some(Ok(line)) = lines.next() {
+                if let Some(rest) = line.strip_prefix("Admin API on http://") {
+                    admin = rest.trim_end_matches('/').to_string();
+                }
                 if let Some(rest) = line.strip_prefix("Serving HTTP on http://") {
-                    let _ = tx.send(rest.trim_end_matches('/').to_string());
+                    let _ = tx.send((rest.trim_end_matches('/').to_string(), admin.clone()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(addr) => addr.parse().expect("startup line carries an address"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "host did not print its startup line; stderr:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
+        let Ok((addr, admin)) = rx.recv_timeout(STARTUP_TIMEOUT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "host did not print its startup line; stderr:\n{}",
+                stderr.lock().unwrap()
+            );
         };
         Host {
             child,
-            addr,
+            addr: addr.parse().expect("startup line carries an address"),
+            admin: admin
+                .parse()
+                .expect("the admin line precedes the serving line"),
             stderr,
+            _state: None,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     pub fn pid(&self) -> i32 {
@@ -171,6 +211,78 @@ impl Host {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or_else(|| panic!("{field} missing from /proc status"))
     }
+
+    /// Run a client subcommand (`deploy`, `apps`, …) against this host.
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        let mut cmd = Command::new(host_bin());
+        cmd.args(args)
+            .args(["--server", &self.admin_url("")])
+            .env_remove("HOST_ADMIN_TOKEN")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let output = cmd.output().expect("failed to run the host client");
+        CliOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Deploy through the admin API: `(status, JSON body)`.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        settings: serde_json::Value,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "component",
+                reqwest::multipart::Part::bytes(wasm).file_name("app.wasm"),
+            )
+            .part(
+                "settings",
+                reqwest::multipart::Part::text(settings.to_string()),
+            );
+        let mut request = client()
+            .post(self.admin_url(&format!("/v1/apps/{name}/versions")))
+            .multipart(form);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("deploy request");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// An admin API call: `(status, JSON body)`.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = client().request(method, self.admin_url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
 }
 
 impl Drop for Host {
@@ -180,19 +292,38 @@ impl Drop for Host {
     }
 }
 
-/// Run the host expecting it to refuse to start: its exit status and stderr.
+/// What a client subcommand printed.
+pub struct CliOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the host on `component` expecting it to refuse to start: its exit
+/// status and stderr.
 pub fn start_failure(component: &Path) -> (ExitStatus, String) {
-    let output = Command::new(host_bin())
-        .arg("serve")
-        .arg(component)
-        .args(["--listen", "127.0.0.1:0"])
+    start_failure_with(&[component.to_str().expect("utf-8 path")])
+}
+
+/// Run `host serve ARGS…` (free ports unless given, fresh state) expecting
+/// it to refuse to start: its exit status and stderr.
+pub fn start_failure_with(args: &[&str]) -> (ExitStatus, String) {
+    let state = TempDir::new("state");
+    let mut cmd = Command::new(host_bin());
+    cmd.arg("serve").arg("--state-dir").arg(&state.0);
+    if !args.contains(&"--admin-listen") {
+        test_ports(&mut cmd);
+    }
+    let output = cmd
+        .args(args)
         .stdin(Stdio::null())
+        .env_remove("HOST_ADMIN_TOKEN")
         .output()
         .expect("failed to run the host binary");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         !stdout.contains("Serving HTTP"),
-        "host started serving a bad component: {stdout}"
+        "host started serving when it should have refused: {stdout}"
     );
     (
         output.status,
@@ -200,13 +331,36 @@ pub fn start_failure(component: &Path) -> (ExitStatus, String) {
     )
 }
 
-/// An HTTP client for tests: no proxy, no pooling surprises.
+/// An HTTP client for tests: no proxy.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(120))
         .build()
         .expect("client")
+}
+
+/// Check `value` against schema `name` of `api/openapi.json`.
+pub fn assert_schema(value: &serde_json::Value, name: &str) {
+    static SPEC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let spec = SPEC.get_or_init(|| {
+        let path = workspace_root().join("api/openapi.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read api/openapi.json"))
+            .expect("api/openapi.json is JSON")
+    });
+    let schema = serde_json::json!({
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": spec["components"],
+    });
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "response does not match {name}: {errors:?}\n{value:#}"
+    );
 }
 
 /// A scratch directory removed on drop.

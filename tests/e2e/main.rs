@@ -5,8 +5,11 @@
 
 mod harness;
 
+mod deploy;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod persistence;
 mod routes;
+mod settings;
 mod startup;

@@ -5,7 +5,7 @@ use std::process::Command;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::harness::{Host, client, guest, host_bin, workspace_root};
+use crate::harness::{Host, TempDir, client, guest, host_bin, workspace_root};
 
 #[tokio::test]
 async fn default_guest_answers_each_route() {
@@ -54,9 +54,12 @@ async fn default_guest_answers_each_route() {
 /// binary the same way, from the workspace root, with only a free port.
 #[tokio::test]
 async fn no_arguments_serves_the_default_guest() {
+    let state = TempDir::new("noargs");
     let mut cmd = Command::new(host_bin());
     cmd.current_dir(workspace_root())
         .env_remove("HOST_COMPONENT")
+        .env("HOST_STATE_DIR", &state.0)
+        .env("HOST_ADMIN_LISTEN", "127.0.0.1:0")
         .args(["--listen", "127.0.0.1:0"]);
     let host = Host::spawn(cmd);
     let body = client()

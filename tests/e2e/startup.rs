@@ -1,9 +1,7 @@
 //! A component the host cannot serve is refused at startup with a message
 //! that names the problem, and a non-zero exit.
 
-use std::process::{Command, Stdio};
-
-use crate::harness::{TempDir, host_bin, start_failure};
+use crate::harness::{TempDir, start_failure, start_failure_with};
 
 fn assert_refused(file: &std::path::Path, expected: &str) {
     let (status, stderr) = start_failure(file);
@@ -80,13 +78,8 @@ fn missing_file_is_refused() {
 
 #[test]
 fn invalid_flags_are_refused_before_binding() {
-    let output = Command::new(host_bin())
-        .args(["serve", "--memory-mib", "0", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (status, stderr) = start_failure_with(&["--memory-mib", "0"]);
+    assert!(!status.success());
     assert!(
         stderr.contains("--memory-mib must be between 1 and 4096"),
         "{stderr}"

@@ -100,3 +100,52 @@ pub fn ok_or(
         Some((request, out))
     }
 }
+
+/// Just enough JSON output for guests, without pulling serde into every
+/// component.
+pub mod json {
+    /// `s` as a JSON string literal.
+    pub fn string(s: &str) -> String {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// A JSON object built field by field; values are JSON text.
+    #[derive(Default)]
+    pub struct Object(String);
+
+    impl Object {
+        pub fn new() -> Self {
+            Object(String::new())
+        }
+
+        pub fn field(&mut self, key: &str, json_value: &str) -> &mut Self {
+            self.0.push(if self.0.is_empty() { '{' } else { ',' });
+            self.0.push_str(&string(key));
+            self.0.push(':');
+            self.0.push_str(json_value);
+            self
+        }
+
+        pub fn finish(&self) -> String {
+            if self.0.is_empty() {
+                "{}".to_string()
+            } else {
+                format!("{}}}", self.0)
+            }
+        }
+    }
+}

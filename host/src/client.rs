@@ -1,0 +1,340 @@
+//! The client side of the binary: `host deploy`, `apps`, `rollback`,
+//! `canary` and `remove` talk to a running host's admin API. Human output
+//! by default, `--json` for scripts; a server error is printed as the
+//! server's message with a non-zero exit.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::cli::Command;
+use crate::settings::{SecretSource, parse_pair};
+
+/// Where the admin API is and how to talk to it.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The admin API of the host to talk to. Token: $HOST_ADMIN_TOKEN.
+    #[arg(long, env = "HOST_SERVER", default_value = "http://127.0.0.1:8081")]
+    pub server: String,
+    /// Print the server's JSON answer instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    /// The component (.wasm) to deploy.
+    pub file: PathBuf,
+    /// App name: lowercase letters, digits and `-`.
+    #[arg(long)]
+    pub name: String,
+    /// Path prefix the app answers under (required on its first deploy).
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Only answer requests for this host name.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Environment variable for the app, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// wasi:config value for the app, KEY=VALUE (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// Secret KEY read by the host from its environment variable ENVVAR
+    /// (or `file:/path`); the app reads it through wasi:config (repeatable).
+    #[arg(long = "secret", value_name = "KEY=ENVVAR")]
+    pub secret: Vec<String>,
+    /// Outbound HTTP the app may make: scheme://host[:port], `*.` for subdomains (repeatable).
+    #[arg(long = "allow-outbound", value_name = "PATTERN")]
+    pub allow_outbound: Vec<String>,
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    #[arg(long)]
+    pub max_concurrent: Option<u32>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AppsArgs {
+    /// Show only this app, with its versions.
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    pub name: String,
+    /// The version to make current (default: the one before the current).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CanaryArgs {
+    pub name: String,
+    /// The version that gets `--weight` percent of requests.
+    #[arg(long, required_unless_present_any = ["promote", "abort"])]
+    pub version: Option<String>,
+    /// Percent of requests (0-100) for `--version`.
+    #[arg(long, required_unless_present_any = ["promote", "abort"])]
+    pub weight: Option<u8>,
+    /// Keep each client on one side (by `x-canary-key` header or `canary-key` cookie).
+    #[arg(long)]
+    pub sticky: bool,
+    /// Make the canary version current.
+    #[arg(long, conflicts_with_all = ["version", "weight", "abort"])]
+    pub promote: bool,
+    /// Stop the canary.
+    #[arg(long, conflicts_with_all = ["version", "weight", "promote"])]
+    pub abort: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RemoveArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(server: &ServerArgs) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .context("failed to build the HTTP client")?;
+        Ok(Client {
+            http,
+            base: server.server.trim_end_matches('/').to_string(),
+            token: std::env::var("HOST_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// Send and decode; a non-2xx becomes an error carrying the server's message.
+    async fn send(&self, builder: reqwest::RequestBuilder) -> Result<Value> {
+        let response = builder
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the host's admin API at {}", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = body["error"].as_str().unwrap_or("no message");
+            bail!("{message} (HTTP {})", status.as_u16());
+        }
+        Ok(body)
+    }
+}
+
+pub async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Deploy(args) => deploy(args).await,
+        Command::Apps(args) => {
+            let client = Client::new(&args.server)?;
+            let path = match &args.name {
+                Some(name) => format!("/v1/apps/{name}"),
+                None => "/v1/apps".to_string(),
+            };
+            let body = client.send(client.request(Method::GET, &path)).await?;
+            if args.server.json {
+                return print_json(&body);
+            }
+            match args.name {
+                Some(_) => print_app(&body, true),
+                None => {
+                    let apps = body["apps"].as_array().cloned().unwrap_or_default();
+                    if apps.is_empty() {
+                        println!("no apps");
+                    }
+                    for app in &apps {
+                        print_app(app, false);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Rollback(args) => {
+            let client = Client::new(&args.server)?;
+            let body = serde_json::json!({ "version": args.to });
+            let path = format!("/v1/apps/{}/rollback", args.name);
+            let app = client
+                .send(client.request(Method::POST, &path).json(&body))
+                .await?;
+            report(&args.server, &app, |app| {
+                format!(
+                    "{} rolled back: version {} is current",
+                    app["name"].as_str().unwrap_or("?"),
+                    app["current_version"].as_str().unwrap_or("?")
+                )
+            })
+        }
+        Command::Canary(args) => {
+            let client = Client::new(&args.server)?;
+            let base = format!("/v1/apps/{}/canary", args.name);
+            let request = if args.promote {
+                client.request(Method::POST, &format!("{base}/promote"))
+            } else if args.abort {
+                client.request(Method::DELETE, &base)
+            } else {
+                client.request(Method::PUT, &base).json(&serde_json::json!({
+                    "version": args.version,
+                    "weight": args.weight,
+                    "sticky": args.sticky,
+                }))
+            };
+            let app = client.send(request).await?;
+            report(&args.server, &app, |app| {
+                let name = app["name"].as_str().unwrap_or("?");
+                let current = app["current_version"].as_str().unwrap_or("?");
+                match app["canary"].as_object() {
+                    Some(c) => format!(
+                        "{name}: {}% of requests go to {}, the rest to {current}",
+                        c["weight"],
+                        c["version"].as_str().unwrap_or("?")
+                    ),
+                    None => format!("{name}: no canary; version {current} serves all requests"),
+                }
+            })
+        }
+        Command::Remove(args) => {
+            let client = Client::new(&args.server)?;
+            let body = client
+                .send(client.request(Method::DELETE, &format!("/v1/apps/{}", args.name)))
+                .await?;
+            report(&args.server, &body, |_| format!("{} removed", args.name))
+        }
+    }
+}
+
+async fn deploy(args: DeployArgs) -> Result<()> {
+    let wasm = tokio::fs::read(&args.file)
+        .await
+        .with_context(|| format!("failed to read {}", args.file.display()))?;
+    let pairs = |list: &[String]| -> Result<serde_json::Map<String, Value>> {
+        list.iter()
+            .map(|p| parse_pair(p).map(|(k, v)| (k, Value::String(v))))
+            .collect::<Result<_, String>>()
+            .map_err(anyhow::Error::msg)
+    };
+    let mut secrets = serde_json::Map::new();
+    for pair in &args.secret {
+        let (key, source) = parse_pair(pair).map_err(anyhow::Error::msg)?;
+        SecretSource::parse(&source).map_err(anyhow::Error::msg)?;
+        secrets.insert(key, Value::String(source));
+    }
+    let mut settings = serde_json::json!({
+        "env": pairs(&args.env)?,
+        "config": pairs(&args.config)?,
+        "secrets": secrets,
+        "allow_outbound": args.allow_outbound,
+    });
+    for (key, value) in [
+        ("route", args.route.clone().map(Value::from)),
+        ("host", args.host.clone().map(Value::from)),
+        ("memory_mib", args.memory_mib.map(Value::from)),
+        ("timeout_ms", args.timeout_ms.map(Value::from)),
+        ("max_concurrent", args.max_concurrent.map(Value::from)),
+    ] {
+        if let Some(value) = value {
+            settings[key] = value;
+        }
+    }
+    let file_name = args.file.file_name().map_or("component.wasm".into(), |n| {
+        n.to_string_lossy().into_owned()
+    });
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(wasm)
+                .file_name(file_name)
+                .mime_str("application/wasm")?,
+        )
+        .part(
+            "settings",
+            reqwest::multipart::Part::text(settings.to_string()).mime_str("application/json")?,
+        );
+    let client = Client::new(&args.server)?;
+    let path = format!("/v1/apps/{}/versions", args.name);
+    let app = client
+        .send(client.request(Method::POST, &path).multipart(form))
+        .await?;
+    report(&args.server, &app, |app| {
+        format!(
+            "deployed {} version {}\nserving at {}",
+            app["name"].as_str().unwrap_or("?"),
+            app["current_version"].as_str().unwrap_or("?"),
+            app["url"].as_str().unwrap_or("?")
+        )
+    })
+}
+
+fn report(server: &ServerArgs, body: &Value, human: impl Fn(&Value) -> String) -> Result<()> {
+    if server.json {
+        print_json(body)
+    } else {
+        println!("{}", human(body));
+        Ok(())
+    }
+}
+
+fn print_json(body: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(body)?);
+    Ok(())
+}
+
+fn print_app(app: &Value, detailed: bool) {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let canary = match app["canary"].as_object() {
+        Some(c) => format!("  canary {} at {}%", s(&c["version"]), c["weight"]),
+        None => String::new(),
+    };
+    println!(
+        "{:<20} {:<8} {:<14} {}{canary}",
+        s(&app["name"]),
+        s(&app["source"]),
+        s(&app["current_version"]),
+        s(&app["url"])
+    );
+    if detailed {
+        for v in app["versions"].as_array().into_iter().flatten() {
+            let mark = if v["current"].as_bool() == Some(true) {
+                "*"
+            } else {
+                " "
+            };
+            println!(
+                "  {mark} {}  {} bytes  deployed {}",
+                s(&v["version"]),
+                v["size"],
+                v["deployed_at"]
+            );
+        }
+    }
+}

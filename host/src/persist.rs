@@ -1,0 +1,222 @@
+//! The state directory: everything a restart needs to bring every deployed
+//! app back at its current version and canary weights.
+//!
+//! ```text
+//! STATE_DIR/
+//!   apps/NAME.json                 one record per deployed app
+//!   components/SHA256.wasm         uploaded components, content-addressed
+//!   cache/SHA256-ENGINE.cwasm      code this host compiled itself
+//! ```
+//!
+//! Every write goes to a temporary file that is fsynced and renamed into
+//! place, then the directory is fsynced: a crash leaves the old file or the
+//! new one, never a torn one. Precompiled code is only ever produced here,
+//! never accepted from outside, and each cache file carries a SHA-256 of its
+//! contents that is checked before the code is loaded; a missing or corrupt
+//! entry is recompiled from the component.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::registry::AppRecord;
+
+/// First bytes of a cache file, before the checksum and the code.
+const CACHE_MAGIC: &[u8] = b"host-precompiled-v1\n";
+
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl StateDir {
+    /// Open (creating if needed) the state directory at `root`.
+    pub fn open(root: &Path) -> Result<StateDir> {
+        for sub in ["apps", "components", "cache"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("failed to create state directory {}", dir.display()))?;
+        }
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn component_path(&self, digest: &str) -> PathBuf {
+        self.root.join("components").join(format!("{digest}.wasm"))
+    }
+
+    fn cache_path(&self, digest: &str, engine_key: &str) -> PathBuf {
+        self.root
+            .join("cache")
+            .join(format!("{digest}-{engine_key}.cwasm"))
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.root.join("apps").join(format!("{name}.json"))
+    }
+
+    /// Store an uploaded component under its digest (once).
+    pub fn save_component(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.component_path(digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        write_atomic(&path, bytes)
+    }
+
+    pub fn read_component(&self, digest: &str) -> Result<Vec<u8>> {
+        let path = self.component_path(digest);
+        let bytes =
+            fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        if sha256_hex(&bytes) != digest {
+            bail!(
+                "{} is corrupt: its contents do not match its digest",
+                path.display()
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// Store code compiled by this host for `digest`.
+    pub fn save_precompiled(&self, digest: &str, engine_key: &str, code: &[u8]) -> Result<()> {
+        let mut file = Vec::with_capacity(CACHE_MAGIC.len() + 32 + code.len());
+        file.extend_from_slice(CACHE_MAGIC);
+        file.extend_from_slice(&Sha256::digest(code));
+        file.extend_from_slice(code);
+        write_atomic(&self.cache_path(digest, engine_key), &file)
+    }
+
+    /// Code this host compiled earlier for `digest`, if present and intact.
+    /// `Err` means an entry exists but is corrupt (the caller recompiles).
+    pub fn load_precompiled(&self, digest: &str, engine_key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.cache_path(digest, engine_key);
+        let mut bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(err).with_context(|| format!("failed to read {}", path.display()));
+            }
+        };
+        let header = CACHE_MAGIC.len() + 32;
+        if bytes.len() < header || !bytes.starts_with(CACHE_MAGIC) {
+            bail!("cache entry {} has no valid header", path.display());
+        }
+        let code = &bytes[header..];
+        if Sha256::digest(code).as_slice() != &bytes[CACHE_MAGIC.len()..header] {
+            bail!("cache entry {} fails its checksum", path.display());
+        }
+        bytes.drain(..header);
+        Ok(Some(bytes))
+    }
+
+    pub fn save_record(&self, record: &AppRecord) -> Result<()> {
+        let json = serde_json::to_vec_pretty(record).context("failed to encode app record")?;
+        write_atomic(&self.record_path(&record.name), &json)
+    }
+
+    pub fn remove_record(&self, name: &str) -> Result<()> {
+        let path = self.record_path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("failed to remove {}", path.display())),
+        }
+    }
+
+    /// Every app record on disk; unreadable ones come back as errors naming
+    /// the file, so one bad record never hides the others.
+    pub fn load_records(&self) -> Result<Vec<Result<AppRecord, String>>> {
+        let dir = self.root.join("apps");
+        let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
+            .with_context(|| format!("failed to list {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        Ok(paths
+            .into_iter()
+            .map(|path| {
+                let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let record: AppRecord = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let expected = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
+                if record.name != expected {
+                    return Err(format!(
+                        "{}: names app {:?}, not {expected:?}",
+                        path.display(),
+                        record.name
+                    ));
+                }
+                Ok(record)
+            })
+            .collect())
+    }
+
+    /// Remove components and cache entries no app references any more.
+    pub fn collect_garbage(&self, live_digests: &HashSet<String>) {
+        for sub in ["components", "cache"] {
+            let Ok(entries) = fs::read_dir(self.root.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let digest = name.split(['.', '-']).next().unwrap_or_default();
+                if digest.len() == 64
+                    && !live_digests.contains(digest)
+                    && let Err(err) = fs::remove_file(entry.path())
+                {
+                    tracing::warn!(file = %entry.path().display(), error = %err, "failed to remove unused state file");
+                }
+            }
+        }
+    }
+}
+
+/// Write `bytes` to `path` so that a crash leaves either the old contents or
+/// the new ones: temp file in the same directory, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .context("state file has no parent directory")?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(err) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("failed to write {}", path.display()));
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("failed to sync directory {}", dir.display()))
+}

@@ -1,0 +1,271 @@
+//! Per-app settings: environment variables, `wasi:config` values, secrets,
+//! the outbound HTTP allow-list and limit overrides. They travel with each
+//! deployed version (a rollback restores the settings too), are validated
+//! before anything is compiled or stored, and never carry a secret's value:
+//! a secret is stored as where to read it from, and read at deploy and at
+//! start.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::limits::Limits;
+use crate::outbound::OutboundPolicy;
+
+/// Largest per-app memory cap, in MiB (the pooling allocator's slot size).
+pub const MAX_APP_MEMORY_MIB: u64 = 4096;
+/// Longest per-app timeout, in milliseconds.
+pub const MAX_APP_TIMEOUT_MS: u64 = 3_600_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppSettings {
+    /// Environment variables the guest sees (`wasi:cli/environment`).
+    pub env: BTreeMap<String, String>,
+    /// Values the guest reads through `wasi:config/store`.
+    pub config: BTreeMap<String, String>,
+    /// Secret name → where the host reads its value. The guest reads it
+    /// through `wasi:config/store` under its name.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// `scheme://host[:port]` patterns the guest may call; `*.` for subdomains.
+    pub allow_outbound: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+}
+
+/// Where a secret's value comes from: an environment variable of the host
+/// process (`env:NAME`, or a bare `NAME`) or a file (`file:/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    pub fn parse(s: &str) -> Result<SecretSource, String> {
+        let source = match s.split_once(':') {
+            Some(("env", var)) => SecretSource::Env(var.to_string()),
+            Some(("file", path)) => SecretSource::File(PathBuf::from(path)),
+            Some(_) => {
+                return Err(format!(
+                    "secret source {s:?} must be `env:VAR`, `file:/path` or a bare variable name"
+                ));
+            }
+            None => SecretSource::Env(s.to_string()),
+        };
+        match &source {
+            SecretSource::Env(var) if var.is_empty() || var.contains(['=', '\0']) => Err(format!(
+                "secret source {s:?} names no valid environment variable"
+            )),
+            SecretSource::File(path) if !path.is_absolute() => Err(format!(
+                "secret file {} must be an absolute path",
+                path.display()
+            )),
+            _ => Ok(source),
+        }
+    }
+
+    /// Read the value. Errors name the source, never a value.
+    fn read(&self) -> Result<String, String> {
+        match self {
+            SecretSource::Env(var) => std::env::var(var)
+                .map_err(|_| format!("environment variable {var} is not set on the host")),
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env(var) => write!(f, "env:{var}"),
+            SecretSource::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for SecretSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SecretSource::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl AppSettings {
+    /// Check every value; the message says which one and how to fix it.
+    pub fn validate(&self, host: &Limits) -> Result<(), String> {
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(format!(
+                    "env var name {key:?} must be non-empty, without `=`"
+                ));
+            }
+            if value.contains('\0') {
+                return Err(format!("env var {key} contains a NUL byte"));
+            }
+        }
+        for key in self.config.keys().chain(self.secrets.keys()) {
+            if key.is_empty() {
+                return Err("config and secret names must be non-empty".into());
+            }
+        }
+        if let Some(key) = self.secrets.keys().find(|k| self.config.contains_key(*k)) {
+            return Err(format!(
+                "{key} is both a config value and a secret; both are read through wasi:config, pick one"
+            ));
+        }
+        OutboundPolicy::parse(&self.allow_outbound)?;
+        if let Some(mib) = self.memory_mib
+            && !(1..=MAX_APP_MEMORY_MIB).contains(&mib)
+        {
+            return Err(format!(
+                "memory_mib must be between 1 and {MAX_APP_MEMORY_MIB}, got {mib}"
+            ));
+        }
+        if let Some(ms) = self.timeout_ms
+            && !(1..=MAX_APP_TIMEOUT_MS).contains(&ms)
+        {
+            return Err(format!(
+                "timeout_ms must be between 1 and {MAX_APP_TIMEOUT_MS}, got {ms}"
+            ));
+        }
+        if let Some(n) = self.max_concurrent
+            && !(1..=host.max_concurrent).contains(&n)
+        {
+            return Err(format!(
+                "max_concurrent must be between 1 and the host's {}, got {n}",
+                host.max_concurrent
+            ));
+        }
+        Ok(())
+    }
+
+    /// The limits this app's requests run under.
+    pub fn limits(&self, host: &Limits) -> Limits {
+        Limits {
+            memory_bytes: self
+                .memory_mib
+                .map_or(host.memory_bytes, |mib| mib * 1024 * 1024),
+            timeout: self.timeout_ms.map_or(host.timeout, Duration::from_millis),
+            max_concurrent: self.max_concurrent.unwrap_or(host.max_concurrent),
+            max_body_bytes: host.max_body_bytes,
+        }
+    }
+
+    /// `wasi:config` values: config plus secrets, secrets read now.
+    pub fn resolve_config(&self) -> Result<Vec<(String, String)>, String> {
+        let mut values: Vec<(String, String)> = self
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, source) in &self.secrets {
+            let value = source.read().map_err(|e| format!("secret {name}: {e}"))?;
+            values.push((name.clone(), value));
+        }
+        Ok(values)
+    }
+}
+
+/// Parse `K=V` (for `--env`, `--config`, `--secret`).
+pub fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Limits {
+        Limits {
+            memory_bytes: 128 << 20,
+            timeout: Duration::from_secs(30),
+            max_concurrent: 100,
+            max_body_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn secret_sources_parse_and_print_back() {
+        assert_eq!(
+            SecretSource::parse("API_KEY").unwrap(),
+            SecretSource::Env("API_KEY".into())
+        );
+        assert_eq!(SecretSource::parse("env:X").unwrap().to_string(), "env:X");
+        assert_eq!(
+            SecretSource::parse("file:/run/s").unwrap().to_string(),
+            "file:/run/s"
+        );
+        assert!(SecretSource::parse("file:relative").is_err());
+        assert!(SecretSource::parse("vault:x").is_err());
+        assert!(SecretSource::parse("").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        let s = AppSettings {
+            memory_mib: Some(0),
+            ..Default::default()
+        };
+        assert!(s.validate(&host()).unwrap_err().contains("memory_mib"));
+        let s = AppSettings {
+            max_concurrent: Some(1000),
+            ..Default::default()
+        };
+        assert!(s.validate(&host()).unwrap_err().contains("max_concurrent"));
+        let mut s = AppSettings::default();
+        s.config.insert("k".into(), "v".into());
+        s.secrets.insert("k".into(), SecretSource::Env("K".into()));
+        assert!(
+            s.validate(&host())
+                .unwrap_err()
+                .contains("both a config value and a secret")
+        );
+        let mut s = AppSettings::default();
+        s.allow_outbound.push("ftp://x".into());
+        assert!(s.validate(&host()).is_err());
+    }
+
+    #[test]
+    fn missing_secret_error_never_contains_a_value() {
+        let mut s = AppSettings::default();
+        s.secrets.insert(
+            "db".into(),
+            SecretSource::Env("HOST_TEST_SURELY_UNSET_VAR".into()),
+        );
+        let err = s.resolve_config().unwrap_err();
+        assert!(
+            err.contains("secret db") && err.contains("HOST_TEST_SURELY_UNSET_VAR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_override_host_defaults() {
+        let mut s = AppSettings::default();
+        assert_eq!(s.limits(&host()), host());
+        s.memory_mib = Some(16);
+        s.timeout_ms = Some(250);
+        let l = s.limits(&host());
+        assert_eq!(l.memory_bytes, 16 << 20);
+        assert_eq!(l.timeout, Duration::from_millis(250));
+    }
+}
