@@ -18,8 +18,8 @@ COPY --from=build /src/target/release/host /usr/local/bin/host
 COPY --from=build /src/target/wasm32-wasip2/release/guest.wasm /srv/guest.wasm
 USER 10001
 ENV HOST_LISTEN=0.0.0.0:8080 \
-    HOST_COMPONENT=/srv/guest.wasm \
     HOST_STATE_DIR=/var/lib/host
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/host"]
-CMD ["serve"]
+# The default guest; Kubernetes `args` (deploy/kubernetes) replace this.
+CMD ["serve", "/srv/guest.wasm"]

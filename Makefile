@@ -4,17 +4,21 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 # Every guest component in the repo: the default app plus the test guests.
 GUESTS := guest trap-guest spin-guest memhog-guest recurse-guest slow-guest counter-guest noresponse-guest \
-          config-guest fetch-guest
+          config-guest fetch-guest chatty-guest
 GUEST_FLAGS := --release --target $(WASM_TARGET) $(addprefix -p ,$(GUESTS))
 
-.PHONY: help build-guest build-guests build run test lint fmt clean
+# Test-only tools from PyPI, in a virtualenv under target/ (nothing global).
+TOOLS := target/tools
+KUBE_VALIDATE := $(TOOLS)/bin/kubernetes-validate
+
+.PHONY: help build-guest build-guests build run test tools lint fmt clean
 
 help:
 	@echo "build-guest   build the default guest (target/$(WASM_TARGET)/release/guest.wasm)"
 	@echo "build-guests  build every guest, test guests included"
 	@echo "build         build the host (release) and the default guest"
 	@echo "run           serve the default guest on http://127.0.0.1:8080/"
-	@echo "test          build all guests and the host, then run every test"
+	@echo "test          build all guests, the host and test tools, then run every test"
 	@echo "lint          rustfmt check and clippy (host, tests, guests), warnings as errors"
 
 build-guest:
@@ -29,7 +33,13 @@ build: build-guest
 run: build-guest
 	$(CARGO) run -p host
 
-test: build-guests
+$(KUBE_VALIDATE):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+
+tools: $(KUBE_VALIDATE)
+
+test: build-guests tools
 	$(CARGO) build -p host
 	$(CARGO) test --workspace --exclude guest-sdk $(addprefix --exclude ,$(GUESTS))
 

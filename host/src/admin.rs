@@ -11,6 +11,9 @@
 //! | POST | `/v1/apps/{name}/canary/promote` | make the canary current |
 //! | DELETE | `/v1/apps/{name}/canary` | abort the canary |
 //! | DELETE | `/v1/apps/{name}` | delete the app |
+//! | GET | `/healthz` | liveness (no token needed) |
+//! | GET | `/readyz` | readiness: apps loaded and not draining (no token needed) |
+//! | GET | `/metrics` | Prometheus metrics (no token needed) |
 //!
 //! With a token configured every request needs `Authorization: Bearer
 //! TOKEN`; a missing or wrong one is 401 and changes nothing.
@@ -25,15 +28,17 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::metrics::metrics;
 use crate::registry::{ApiError, DeployRequest, Registry};
 use crate::response;
-use crate::server::Handler;
+use crate::server::{Handler, Health};
 
 /// Largest JSON body accepted by the admin endpoints other than deploy.
 const MAX_JSON_BODY: usize = 64 * 1024;
 
 pub struct Admin {
     registry: Arc<Registry>,
+    health: Arc<Health>,
     token: Option<String>,
     max_upload_bytes: u64,
 }
@@ -54,11 +59,39 @@ struct CanaryBody {
 }
 
 impl Admin {
-    pub fn new(registry: Arc<Registry>, token: Option<String>, max_upload_bytes: u64) -> Admin {
+    pub fn new(
+        registry: Arc<Registry>,
+        health: Arc<Health>,
+        token: Option<String>,
+        max_upload_bytes: u64,
+    ) -> Admin {
         Admin {
             registry,
+            health,
             token,
             max_upload_bytes,
+        }
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics`: open without a token, for
+    /// probes and scrapers.
+    fn probe(&self, path: &str) -> Option<Response<HyperOutgoingBody>> {
+        match path {
+            "/healthz" => Some(text(StatusCode::OK, "ok\n".into(), "text/plain")),
+            "/readyz" if self.health.ready() => {
+                Some(text(StatusCode::OK, "ready\n".into(), "text/plain"))
+            }
+            "/readyz" => Some(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready\n".into(),
+                "text/plain",
+            )),
+            "/metrics" => Some(text(
+                StatusCode::OK,
+                metrics().encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )),
+            _ => None,
         }
     }
 
@@ -279,8 +312,26 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<HyperOutg
     response
 }
 
+fn text(
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+) -> Response<HyperOutgoingBody> {
+    let mut response = Response::new(response::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 impl Handler for Admin {
     async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        if request.method() == Method::GET
+            && let Some(response) = self.probe(request.uri().path())
+        {
+            return response;
+        }
         if !self.authorized(&request) {
             let mut denied = response::error(
                 StatusCode::UNAUTHORIZED,

@@ -61,7 +61,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HOST_MANIFEST", value_name = "FILE")]
     pub manifest: Option<PathBuf>,
 
-    /// Serve no default guest: only the manifest's and deployed apps.
+    /// Serve no default guest, not even COMPONENT.wasm: only the manifest's
+    /// and deployed apps.
     #[arg(long, env = "HOST_NO_DEFAULT_APP")]
     pub no_default_app: bool,
 
@@ -114,6 +115,67 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish, in milliseconds.
     #[arg(long, env = "HOST_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
     pub drain_timeout_ms: u64,
+
+    /// On SIGINT/SIGTERM, how long to keep accepting (with /readyz false)
+    /// before stopping, so load balancers can move traffic away, in milliseconds.
+    #[arg(long, env = "HOST_SHUTDOWN_DELAY_MS", default_value_t = 1000)]
+    pub shutdown_delay_ms: u64,
+
+    /// TLS certificate chain (PEM). With --tls-key, the public listener
+    /// speaks HTTPS (HTTP/2 by ALPN). Reloaded on SIGHUP and on change.
+    #[arg(long, env = "HOST_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "HOST_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Open connections on each listener; at the cap, new ones wait.
+    #[arg(long, env = "HOST_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request's headers (and finish the TLS
+    /// handshake), in milliseconds; slower connections are closed.
+    #[arg(long, env = "HOST_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Longest pause allowed while a request body arrives, in milliseconds (408).
+    #[arg(long, env = "HOST_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// Largest total size of a request's headers, in bytes (431).
+    #[arg(long, env = "HOST_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Most headers a request may have (431).
+    #[arg(long, env = "HOST_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// Requests per second per app, 0 for none (429); apps may override.
+    #[arg(long, env = "HOST_RATE_LIMIT_RPS", default_value_t = 0)]
+    pub rate_limit_rps: u32,
+
+    /// Requests per second per client IP per app, 0 for none (429); apps may override.
+    #[arg(long, env = "HOST_CLIENT_RATE_LIMIT_RPS", default_value_t = 0)]
+    pub client_rate_limit_rps: u32,
+
+    /// HTTP/2: concurrent streams per connection.
+    #[arg(long, env = "HOST_H2_MAX_STREAMS", default_value_t = 100)]
+    pub h2_max_streams: u32,
+
+    /// HTTP/2: streams reset by the client before being served, per
+    /// connection, before it is closed (rapid-reset protection).
+    #[arg(long, env = "HOST_H2_MAX_PENDING_RESETS", default_value_t = 20)]
+    pub h2_max_pending_resets: usize,
+
+    /// HTTP/2: streams the server may reset for errors, per connection,
+    /// before it is closed.
+    #[arg(long, env = "HOST_H2_MAX_LOCAL_ERROR_RESETS", default_value_t = 1024)]
+    pub h2_max_local_error_resets: usize,
+
+    /// Log format on stderr: `text` for people, `json` (one object per line) for collectors.
+    #[arg(long, env = "HOST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// Parse the command line and run what it asks for.
@@ -133,17 +195,25 @@ pub fn run() -> Result<()> {
 }
 
 fn serve(args: ServeArgs, runtime: tokio::runtime::Runtime) -> Result<()> {
+    let json = args.log_format == "json";
     let config = Config::from_args(args)?;
-    init_logging();
+    init_logging(json);
     runtime.block_on(crate::server::serve(config))
 }
 
-fn init_logging() {
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::cli::ServeArgs;
 use crate::limits::Limits;
+use crate::router::FrontConfig;
 
 /// Where `make build-guest` leaves the default guest, relative to the workspace.
 pub const DEFAULT_GUEST: &str = "target/wasm32-wasip2/release/guest.wasm";
@@ -40,9 +41,16 @@ pub struct Config {
     pub keep_versions: usize,
     pub max_upload_bytes: u64,
     pub compile_timeout: Duration,
-    pub version_headers: bool,
     pub limits: Limits,
+    pub front: FrontConfig,
     pub drain_timeout: Duration,
+    pub shutdown_delay: Duration,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub h2_max_streams: u32,
+    pub h2_max_pending_resets: usize,
+    pub h2_max_local_error_resets: usize,
 }
 
 impl Config {
@@ -52,6 +60,8 @@ impl Config {
             None => default_state_dir(),
         };
         let default_app = match args.component {
+            // --no-default-app wins, even over HOST_COMPONENT from the environment.
+            _ if args.no_default_app => DefaultApp::None,
             Some(path) => {
                 ensure!(
                     path.is_file(),
@@ -60,7 +70,6 @@ impl Config {
                 );
                 DefaultApp::Explicit(path)
             }
-            None if args.no_default_app => DefaultApp::None,
             // With a manifest or deployed apps, the default guest is optional.
             None if args.manifest.is_some() || has_deployed_apps(&state_dir) => {
                 default_guest().map_or(DefaultApp::None, DefaultApp::Implicit)
@@ -97,6 +106,45 @@ impl Config {
             "--compile-timeout-ms must be at least 1"
         );
 
+        ensure!(
+            args.max_connections >= 1,
+            "--max-connections must be at least 1"
+        );
+        ensure!(
+            args.header_read_timeout_ms >= 1,
+            "--header-read-timeout-ms must be at least 1"
+        );
+        ensure!(
+            args.body_read_timeout_ms >= 1,
+            "--body-read-timeout-ms must be at least 1"
+        );
+        ensure!(
+            args.max_header_bytes >= 1024,
+            "--max-header-bytes must be at least 1024, got {}",
+            args.max_header_bytes
+        );
+        ensure!(
+            args.max_headers >= 8,
+            "--max-headers must be at least 8, got {}",
+            args.max_headers
+        );
+        ensure!(
+            args.h2_max_streams >= 1,
+            "--h2-max-streams must be at least 1"
+        );
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => {
+                ensure!(
+                    cert.is_file(),
+                    "TLS certificate {} does not exist",
+                    cert.display()
+                );
+                ensure!(key.is_file(), "TLS key {} does not exist", key.display());
+                Some((cert, key))
+            }
+            _ => None,
+        };
+
         let admin_token = admin_token(args.admin_token_file.as_deref())?;
         if admin_token.is_none() && !args.admin_listen.ip().is_loopback() {
             bail!(
@@ -120,14 +168,29 @@ impl Config {
             keep_versions: args.keep_versions,
             max_upload_bytes: args.max_upload_bytes,
             compile_timeout: Duration::from_millis(args.compile_timeout_ms),
-            version_headers: args.version_headers,
             limits: Limits {
                 memory_bytes: args.memory_mib * 1024 * 1024,
                 timeout: Duration::from_millis(args.timeout_ms),
                 max_concurrent: args.max_concurrent,
                 max_body_bytes: args.max_body_bytes,
+                body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
+                rate_limit_rps: args.rate_limit_rps,
+                client_rate_limit_rps: args.client_rate_limit_rps,
+            },
+            front: FrontConfig {
+                max_concurrent: args.max_concurrent,
+                version_headers: args.version_headers,
+                max_header_bytes: args.max_header_bytes,
+                max_headers: args.max_headers,
             },
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+            shutdown_delay: Duration::from_millis(args.shutdown_delay_ms),
+            tls,
+            max_connections: args.max_connections,
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+            h2_max_streams: args.h2_max_streams,
+            h2_max_pending_resets: args.h2_max_pending_resets,
+            h2_max_local_error_resets: args.h2_max_local_error_resets,
         })
     }
 }

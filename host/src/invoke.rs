@@ -10,12 +10,16 @@
 //!
 //! Every way a guest can fail maps to a status here: a trap or a missing
 //! response is 500, the memory cap is 500, the deadline is 504. The cause is
-//! logged; the client sees a short JSON message.
+//! logged and counted; the client sees a short JSON message.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -26,10 +30,20 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::limits::{LimitedBody, Limits};
+use crate::limits::{BodyVerdict, LimitedBody, Limits};
+use crate::metrics::metrics;
 use crate::outbound::OutboundPolicy;
 use crate::response;
 use crate::state::HostState;
+
+/// What the host knows about one request beyond the request itself.
+#[derive(Clone)]
+pub struct RequestContext {
+    pub id: Arc<str>,
+    pub scheme: Scheme,
+    /// Microseconds the guest ran, set when it returns (0 before).
+    pub guest_micros: Arc<AtomicU64>,
+}
 
 /// One servable version of an app: its pre-instantiated component and
 /// everything each of its requests' stores is built from.
@@ -43,6 +57,8 @@ pub struct Deployment {
     pub outbound: Arc<OutboundPolicy>,
     /// This version's own concurrency cap.
     permits: Arc<Semaphore>,
+    rate: Option<DefaultDirectRateLimiter>,
+    client_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 /// Why a request produced no response of the guest's own.
@@ -62,6 +78,10 @@ enum Failure {
     Setup(wasmtime::Error),
 }
 
+fn quota(rps: u32) -> Option<Quota> {
+    NonZeroU32::new(rps).map(Quota::per_second)
+}
+
 impl Deployment {
     pub fn new(
         app: Arc<str>,
@@ -77,6 +97,8 @@ impl Deployment {
             version,
             pre,
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
+            rate: quota(limits.rate_limit_rps).map(RateLimiter::direct),
+            client_rate: quota(limits.client_rate_limit_rps).map(RateLimiter::keyed),
             limits,
             env: env.into(),
             config: Arc::new(config.into_iter().collect()),
@@ -84,34 +106,69 @@ impl Deployment {
         }
     }
 
-    /// The pre-instantiated component (shared by versions with the same code).
-    pub fn pre(&self) -> &ProxyPre<HostState> {
-        &self.pre
+    /// Apply the app's rate limits: `Some` is the 429 to send.
+    pub fn rate_limited(&self, client: Option<IpAddr>) -> Option<Response<HyperOutgoingBody>> {
+        let clock = DefaultClock::default();
+        if let Some(rate) = &self.rate
+            && let Err(not_until) = rate.check()
+        {
+            metrics().reject("rate_limited");
+            let wait = not_until.wait_time_from(clock.now());
+            return Some(too_many(
+                &format!("app {} is over its rate limit", self.app),
+                wait,
+            ));
+        }
+        if let (Some(rate), Some(ip)) = (&self.client_rate, client)
+            && let Err(not_until) = rate.check_key(&ip)
+        {
+            metrics().reject("rate_limited_client");
+            let wait = not_until.wait_time_from(clock.now());
+            return Some(too_many(
+                "you are over this app's per-client rate limit",
+                wait,
+            ));
+        }
+        None
     }
 
-    /// Serve one request. Never fails: every failure becomes a response.
     /// `host_permit` is the request's slot under the host-wide cap; the
-    /// version's own cap is checked here.
+    /// version's own cap is checked here. Never fails: every failure
+    /// becomes a response.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         host_permit: OwnedSemaphorePermit,
+        ctx: &RequestContext,
     ) -> Response<HyperOutgoingBody> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            metrics().reject("app_busy");
             return busy("the app is at its concurrency limit; retry shortly");
         };
         let max_body = self.limits.max_body_bytes;
         if declared_length(&request).is_some_and(|len| len > max_body) {
+            metrics().reject("body_too_large");
             return too_large(max_body);
         }
-        let body_too_large = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| LimitedBody::new(body, max_body, body_too_large.clone()));
+        let verdict = BodyVerdict::default();
+        let timeout = self.limits.body_read_timeout;
+        let request =
+            request.map(|body| LimitedBody::new(body, max_body, timeout, verdict.clone()));
 
-        let outcome = self.run(request, (host_permit, permit)).await;
-        // A guest that gave up because the body crossed the cap gets 413,
-        // whatever it answered.
-        if body_too_large.load(Ordering::Relaxed) {
+        let outcome = self.run(request, (host_permit, permit), ctx).await;
+        // A guest that gave up because the body broke a limit gets that
+        // limit's status, whatever it answered.
+        if verdict.too_large() {
             return too_large(max_body);
+        }
+        if verdict.timed_out() {
+            return response::error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body stalled for over {} ms",
+                    timeout.as_millis()
+                ),
+            );
         }
         match outcome {
             Ok(response) => response,
@@ -123,9 +180,11 @@ impl Deployment {
         &self,
         request: Request<LimitedBody>,
         permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+        ctx: &RequestContext,
     ) -> Result<Response<HyperOutgoingBody>, Failure> {
-        let deadline = Instant::now() + self.limits.timeout;
-        let mut store = Store::new(self.pre.engine(), HostState::new(self));
+        let started = Instant::now();
+        let deadline = started + self.limits.timeout;
+        let mut store = Store::new(self.pre.engine(), HostState::new(self, &ctx.id));
         store.limiter(|state| &mut state.limiter);
         // Past each epoch tick a busy guest yields to other tasks; past the
         // deadline it traps with `Trap::Interrupt`.
@@ -142,7 +201,7 @@ impl Deployment {
         let http = store.data_mut();
         let incoming = http
             .http()
-            .new_incoming_request(Scheme::Http, request)
+            .new_incoming_request(ctx.scheme.clone(), request)
             .map_err(Failure::Setup)?;
         let outparam = http
             .http()
@@ -151,16 +210,23 @@ impl Deployment {
 
         let pre = self.pre.clone();
         let (app, version) = (self.app.clone(), self.version.clone());
+        let guest_micros = ctx.guest_micros.clone();
         let task = tokio::spawn(async move {
             let _permits = permits;
             let called = tokio::time::timeout_at(deadline.into(), async {
                 let proxy = pre.instantiate_async(&mut store).await?;
+                metrics()
+                    .instantiation
+                    .observe(started.elapsed().as_secs_f64());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
                     .await
             })
             .await;
+            let ran = started.elapsed();
+            guest_micros.store(ran.as_micros() as u64, Ordering::Relaxed);
+            metrics().guest_time(&app, ran);
             let result = match called {
                 Ok(Ok(())) => Ok(()),
                 Err(_elapsed) => Err(Failure::Timeout),
@@ -206,22 +272,33 @@ impl Deployment {
 
 impl Failure {
     fn log(&self, app: &str, version: &str) {
-        match self {
-            Failure::Timeout => tracing::warn!(app, version, "guest exceeded its deadline"),
-            Failure::MemoryLimit(err) => {
-                tracing::warn!(app, version, cause = ?err, "guest hit its memory limit")
+        let kind = match self {
+            Failure::Timeout => {
+                tracing::warn!(app, version, "guest exceeded its deadline");
+                "timeout"
             }
-            Failure::Trap(err) => tracing::warn!(app, version, cause = ?err, "guest trapped"),
+            Failure::MemoryLimit(err) => {
+                tracing::warn!(app, version, cause = ?err, "guest hit its memory limit");
+                "memory_limit"
+            }
+            Failure::Trap(err) => {
+                tracing::warn!(app, version, cause = ?err, "guest trapped");
+                "trap"
+            }
             Failure::NoResponse => {
-                tracing::warn!(app, version, "guest returned without setting a response")
+                tracing::warn!(app, version, "guest returned without setting a response");
+                "no_response"
             }
             Failure::ErrorCode(code) => {
-                tracing::warn!(app, version, ?code, "guest answered with an error code")
+                tracing::warn!(app, version, ?code, "guest answered with an error code");
+                "error_code"
             }
             Failure::Setup(err) => {
-                tracing::error!(app, version, cause = ?err, "failed to start the guest")
+                tracing::error!(app, version, cause = ?err, "failed to start the guest");
+                "setup"
             }
-        }
+        };
+        metrics().guest_failure(app, kind);
     }
 
     fn into_response(self) -> Response<HyperOutgoingBody> {
@@ -274,4 +351,14 @@ pub fn busy(message: &str) -> Response<HyperOutgoingBody> {
     busy.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     busy
+}
+
+/// 429 with `Retry-After` (whole seconds, at least 1).
+fn too_many(message: &str, wait: std::time::Duration) -> Response<HyperOutgoingBody> {
+    let mut response = response::error(StatusCode::TOO_MANY_REQUESTS, message);
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
 }

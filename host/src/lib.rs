@@ -21,7 +21,10 @@
 //! - [`settings`]: per-app env, config, secrets, outbound policy, limits.
 //! - [`outbound`]: the outbound HTTP allow-list and its enforcement.
 //! - [`router`]: which app and version answer a request.
-//! - [`admin`]: the admin API on its own listener.
+//! - [`admin`]: the admin API on its own listener, with health and metrics.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`output`]: guest stdout/stderr, captured into the log with a budget.
+//! - [`tls`]: TLS termination and certificate reloads.
 //! - [`state`]: what lives in each request's `Store`.
 //! - [`limits`]: per-instance memory limits and the request body cap.
 //! - [`invoke`]: one request through one fresh instance, with timeouts, and
@@ -42,7 +45,9 @@ pub mod engine;
 pub mod invoke;
 pub mod limits;
 pub mod manifest;
+pub mod metrics;
 pub mod outbound;
+pub mod output;
 pub mod persist;
 pub mod registry;
 pub mod response;
@@ -50,3 +55,4 @@ pub mod router;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod tls;

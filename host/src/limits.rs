@@ -1,10 +1,12 @@
 //! Resource limits: the per-instance memory limiter that wasmtime consults on
-//! every `memory.grow`/`table.grow`, and the request body cap that turns an
-//! over-long upload into 413 without ever buffering it.
+//! every `memory.grow`/`table.grow`, and the request body guard that turns an
+//! over-long upload into 413 and a trickled one into 408, without ever
+//! buffering the body.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use wasmtime::ResourceLimiter;
+
+use crate::metrics::metrics;
 
 /// The limits every request runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +28,12 @@ pub struct Limits {
     pub max_concurrent: u32,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// Longest wait for the next piece of a request body.
+    pub body_read_timeout: Duration,
+    /// Requests per second per app (0: unlimited); the burst is one second's worth.
+    pub rate_limit_rps: u32,
+    /// Requests per second per client IP, per app (0: unlimited).
+    pub client_rate_limit_rps: u32,
 }
 
 /// Table growth cap per instance (elements); generous for real guests.
@@ -72,22 +82,49 @@ impl ResourceLimiter for GuestLimiter {
     }
 }
 
-/// A request body that fails with `HttpRequestBodySize` once more than
-/// `limit` bytes have arrived, and flags it so the host can answer 413.
+/// Why a request body stopped early, shared between the body and the host.
+#[derive(Debug, Default, Clone)]
+pub struct BodyVerdict(Arc<AtomicU8>);
+
+impl BodyVerdict {
+    const TOO_LARGE: u8 = 1;
+    const TIMED_OUT: u8 = 2;
+
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TIMED_OUT
+    }
+
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+/// A request body that fails once more than `limit` bytes have arrived
+/// (`HttpRequestBodySize`), or when the client sends nothing for
+/// `read_timeout` (`ConnectionReadTimeout`), and records which in its
+/// [`BodyVerdict`] so the host can answer 413 or 408.
 pub struct LimitedBody {
     inner: Incoming,
     remaining: u64,
     limit: u64,
-    exceeded: Arc<AtomicBool>,
+    read_timeout: Duration,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    verdict: BodyVerdict,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: Incoming, limit: u64, read_timeout: Duration, verdict: BodyVerdict) -> Self {
         LimitedBody {
             inner,
             remaining: limit,
             limit,
-            exceeded,
+            read_timeout,
+            idle: None,
+            verdict,
         }
     }
 }
@@ -103,10 +140,12 @@ impl Body for LimitedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.idle = None;
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.exceeded.store(true, Ordering::Relaxed);
+                        this.verdict.set(BodyVerdict::TOO_LARGE);
+                        metrics().reject("body_too_large");
                         this.remaining = 0;
                         return Poll::Ready(Some(Err(
                             wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.limit)),
@@ -118,7 +157,20 @@ impl Body for LimitedBody {
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let timeout = this.read_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.verdict.set(BodyVerdict::TIMED_OUT);
+                        metrics().reject("body_timeout");
+                        Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::metrics::metrics;
+
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -229,12 +231,15 @@ impl WasiHttpHooks for OutboundHooks {
                 Ok(addr) => addr,
                 Err(reason) => {
                     tracing::warn!(app = %app, url = %uri, %reason, "outbound request denied");
+                    metrics().outbound(&app, "denied");
                     return Err(Error::HttpRequestDenied);
                 }
             };
             tracing::debug!(app = %app, url = %uri, %addr, "outbound request allowed");
             let tls_host = (scheme == "https").then_some(host);
-            send(addr, tls_host, request, options).await
+            let sent = send(addr, tls_host, request, options).await;
+            metrics().outbound(&app, if sent.is_ok() { "allowed" } else { "error" });
+            sent
         })
     }
 }

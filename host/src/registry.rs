@@ -24,6 +24,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::component;
 use crate::invoke::Deployment;
 use crate::limits::Limits;
+use crate::metrics::metrics;
 use crate::outbound::OutboundPolicy;
 use crate::persist::{StateDir, sha256_hex};
 use crate::router::{Canary, LiveApp, Route, Router, RoutingTable};
@@ -183,6 +184,7 @@ impl Compiler {
                 match unsafe { Component::deserialize(&self.engine, &code) } {
                     Ok(component) => {
                         let pre = component::prepare(&self.engine, &self.linker, &component)?;
+                        metrics().code_load("cache");
                         return Ok((pre, CodeSource::Cache));
                     }
                     Err(err) => {
@@ -201,7 +203,12 @@ impl Compiler {
                 &stored
             }
         };
+        let started = std::time::Instant::now();
         let component = component::compile(&self.engine, wasm)?;
+        metrics()
+            .compile_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics().code_load("compiled");
         let pre = component::prepare(&self.engine, &self.linker, &component)?;
         match component.serialize() {
             Ok(code) => {
@@ -337,7 +344,10 @@ impl Registry {
         version: &VersionRecord,
     ) -> Result<(Arc<Deployment>, CodeSource), ApiError> {
         let (pre, source) = match inner.compiled.get(&version.digest) {
-            Some(pre) => (pre.clone(), CodeSource::Memory),
+            Some(pre) => {
+                metrics().code_load("memory");
+                (pre.clone(), CodeSource::Memory)
+            }
             None => {
                 let (pre, source) =
                     self.obtain(version.digest.clone(), None)
@@ -617,6 +627,17 @@ impl Registry {
 
     /// Deploy `wasm` as the new current version of app `name`.
     pub async fn deploy(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        request: DeployRequest,
+    ) -> Result<AppView, ApiError> {
+        let result = self.try_deploy(name, wasm, request).await;
+        metrics().deploy(if result.is_ok() { "ok" } else { "rejected" });
+        result
+    }
+
+    async fn try_deploy(
         &self,
         name: &str,
         wasm: Vec<u8>,

@@ -1,4 +1,6 @@
-//! Routing: which app answers a request, and which of its versions.
+//! Routing: which app answers a request, and which of its versions; and
+//! the public front around it (request ids, header caps, rate limits, the
+//! host-wide cap, access logs).
 //!
 //! The table is an immutable snapshot swapped atomically on every change
 //! (deploy, rollback, canary, delete), so a request sees one consistent
@@ -8,16 +10,26 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::invoke::{Deployment, busy};
+use crate::invoke::{Deployment, RequestContext, busy};
+use crate::metrics::metrics;
 use crate::response;
 
 /// Where an app answers: a path prefix, optionally only for one host name.
@@ -186,23 +198,41 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// The public front: route each request to an app and a version, under
-/// the host-wide concurrency cap.
+/// Limits and switches of the public front.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontConfig {
+    pub max_concurrent: u32,
+    pub version_headers: bool,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// What the server knows about a request's connection, as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The public front: give each request an id, check its headers, route it
+/// to an app and a version, apply rate limits and the host-wide
+/// concurrency cap, and log one access line when its response ends.
 pub struct Router {
     table: ArcSwap<RoutingTable>,
     permits: Arc<Semaphore>,
-    version_headers: bool,
+    config: FrontConfig,
 }
 
 pub const APP_HEADER: &str = "x-app-name";
 pub const VERSION_HEADER: &str = "x-app-version";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 impl Router {
-    pub fn new(max_concurrent: u32, version_headers: bool) -> Router {
+    pub fn new(config: FrontConfig) -> Router {
         Router {
             table: ArcSwap::from_pointee(RoutingTable::default()),
-            permits: Arc::new(Semaphore::new(max_concurrent as usize)),
-            version_headers,
+            permits: Arc::new(Semaphore::new(config.max_concurrent as usize)),
+            config,
         }
     }
 
@@ -215,34 +245,220 @@ impl Router {
         self.table.load_full()
     }
 
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let started = Instant::now();
+        let in_flight = InFlight::enter();
+        let conn = request.extensions().get::<ConnInfo>().copied();
+        let id: Arc<str> = request_id(request.headers()).into();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            request.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        let ctx = RequestContext {
+            id: id.clone(),
+            scheme: if conn.is_some_and(|c| c.tls) {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            },
+            guest_micros: Arc::new(AtomicU64::new(0)),
+        };
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+
+        let (mut response, deployment) = self.dispatch(request, conn, &ctx).await;
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            headers.insert(REQUEST_ID_HEADER, v);
+        }
+        if let Some(d) = &deployment
+            && self.config.version_headers
+        {
+            if let Ok(v) = HeaderValue::from_str(&d.app) {
+                headers.insert(APP_HEADER, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&d.version) {
+                headers.insert(VERSION_HEADER, v);
+            }
+        }
+        let status = response.status().as_u16();
+        let log = AccessLog {
+            id,
+            app: deployment.as_ref().map(|d| d.app.clone()),
+            version: deployment.as_ref().map(|d| d.version.clone()),
+            method,
+            path,
+            status,
+            started,
+            guest_micros: ctx.guest_micros,
+            bytes: 0,
+            completed: false,
+            _in_flight: in_flight,
+        };
+        response.map(|body| AccessBody { inner: body, log }.boxed_unsync())
+    }
+
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        conn: Option<ConnInfo>,
+        ctx: &RequestContext,
+    ) -> (Response<HyperOutgoingBody>, Option<Arc<Deployment>>) {
+        let headers = request.headers();
+        if headers.len() > self.config.max_headers {
+            metrics().reject("too_many_headers");
+            let message = format!(
+                "the request has more than {} headers",
+                self.config.max_headers
+            );
+            return (
+                response::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &message),
+                None,
+            );
+        }
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > self.config.max_header_bytes {
+            metrics().reject("headers_too_large");
+            let message = format!(
+                "the request headers are larger than {} bytes",
+                self.config.max_header_bytes
+            );
+            return (
+                response::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &message),
+                None,
+            );
+        }
         let deployment = {
             let table = self.table.load();
             let host = request_host(&request);
             match table.lookup(host.as_deref(), request.uri().path()) {
                 Some(app) => app.pick(request.headers()).clone(),
                 None => {
-                    return response::error(
-                        StatusCode::NOT_FOUND,
-                        &format!("no app is routed at {}", request.uri().path()),
-                    );
+                    metrics().reject("no_route");
+                    let message = format!("no app is routed at {}", request.uri().path());
+                    return (response::error(StatusCode::NOT_FOUND, &message), None);
                 }
             }
         };
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            return busy("the server is at its concurrency limit; retry shortly");
-        };
-        let mut response = deployment.handle(request, permit).await;
-        if self.version_headers {
-            let headers = response.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&deployment.app) {
-                headers.insert(APP_HEADER, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&deployment.version) {
-                headers.insert(VERSION_HEADER, v);
-            }
+        if let Some(limited) = deployment.rate_limited(conn.map(|c| c.peer.ip())) {
+            return (limited, Some(deployment));
         }
-        response
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            metrics().reject("host_busy");
+            let busy = busy("the server is at its concurrency limit; retry shortly");
+            return (busy, Some(deployment));
+        };
+        let response = deployment.handle(request, permit, ctx).await;
+        (response, Some(deployment))
+    }
+}
+
+/// The incoming `x-request-id` if it is sane (1-128 visible ASCII
+/// characters), else a fresh random one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(id) = headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok())
+        && (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return id.to_string();
+    }
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// Counts a request in flight from arrival until its response body is done
+/// (or the client goes away).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        metrics().in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().in_flight.dec();
+    }
+}
+
+/// One access-log line, written when the response body ends or is dropped.
+struct AccessLog {
+    id: Arc<str>,
+    app: Option<Arc<str>>,
+    version: Option<Arc<str>>,
+    method: http::Method,
+    path: String,
+    status: u16,
+    started: Instant,
+    guest_micros: Arc<AtomicU64>,
+    bytes: u64,
+    completed: bool,
+    _in_flight: InFlight,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let app = self.app.as_deref().unwrap_or("-");
+        let version = self.version.as_deref().unwrap_or("-");
+        if self.app.is_some() {
+            metrics().request(app, version, self.status, elapsed);
+        }
+        let guest_ms = self.guest_micros.load(Ordering::Relaxed) as f64 / 1000.0;
+        tracing::info!(
+            target: "access",
+            request_id = %self.id,
+            app,
+            version,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            guest_ms,
+            completed = self.completed,
+            "request"
+        );
+    }
+}
+
+/// A response body that counts its bytes and carries the access log.
+struct AccessBody {
+    inner: HyperOutgoingBody,
+    log: AccessLog,
+}
+
+impl http_body::Body for AccessBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.log.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.log.completed = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -38,6 +38,12 @@ pub struct AppSettings {
     pub timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Requests per second for the app (0: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rps: Option<u32>,
+    /// Requests per second per client IP (0: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_rate_limit_rps: Option<u32>,
 }
 
 /// Where a secret's value comes from: an environment variable of the host
@@ -163,7 +169,11 @@ impl AppSettings {
                 .map_or(host.memory_bytes, |mib| mib * 1024 * 1024),
             timeout: self.timeout_ms.map_or(host.timeout, Duration::from_millis),
             max_concurrent: self.max_concurrent.unwrap_or(host.max_concurrent),
-            max_body_bytes: host.max_body_bytes,
+            rate_limit_rps: self.rate_limit_rps.unwrap_or(host.rate_limit_rps),
+            client_rate_limit_rps: self
+                .client_rate_limit_rps
+                .unwrap_or(host.client_rate_limit_rps),
+            ..*host
         }
     }
 
@@ -200,6 +210,9 @@ mod tests {
             timeout: Duration::from_secs(30),
             max_concurrent: 100,
             max_body_bytes: 1 << 20,
+            body_read_timeout: Duration::from_secs(10),
+            rate_limit_rps: 0,
+            client_rate_limit_rps: 0,
         }
     }
 

@@ -1,6 +1,6 @@
 //! What lives in each request's `Store`: the WASI, wasi:http and
 //! wasi:config contexts, the resource table they share, the outbound HTTP
-//! hooks and the memory limiter. A new one is built per request from its
+//! hooks, the guest's captured stdout/stderr and the memory limiter. A new one is built per request from its
 //! deployment and dropped with the instance.
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::invoke::Deployment;
 use crate::limits::GuestLimiter;
 use crate::outbound::OutboundHooks;
+use crate::output::GuestOutput;
 
 pub struct HostState {
     pub wasi: WasiCtx,
@@ -24,11 +25,12 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(deployment: &Deployment) -> Self {
+    pub fn new(deployment: &Deployment, request_id: &Arc<str>) -> Self {
+        let output = GuestOutput::new(deployment.app.clone(), request_id.clone());
         let wasi = WasiCtx::builder()
             .envs(&deployment.env)
-            .inherit_stdout()
-            .inherit_stderr()
+            .stdout(output.stream("stdout"))
+            .stderr(output.stream("stderr"))
             .build();
         HostState {
             wasi,

@@ -137,7 +137,10 @@ impl Host {
                 if let Some(rest) = line.strip_prefix("Admin API on http://") {
                     admin = rest.trim_end_matches('/').to_string();
                 }
-                if let Some(rest) = line.strip_prefix("Serving HTTP on http://") {
+                let serving = line
+                    .strip_prefix("Serving HTTP on http://")
+                    .or_else(|| line.strip_prefix("Serving HTTP on https://"));
+                if let Some(rest) = serving {
                     let _ = tx.send((rest.trim_end_matches('/').to_string(), admin.clone()));
                 }
             }
@@ -386,5 +389,36 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The value of metric `name` whose labels include all of `labels`, summed
+/// over matching series (0 when absent), from `/metrics` text.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+impl Host {
+    /// The host's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
     }
 }

@@ -6,7 +6,10 @@
 mod harness;
 
 mod deploy;
+mod faults;
+mod front;
 mod isolation;
+mod kubernetes;
 mod lifecycle;
 mod limits;
 mod persistence;

@@ -1,0 +1,242 @@
+//! Prometheus metrics, served as text at `/metrics` on the admin listener.
+//!
+//! One process-wide set (see [`metrics()`]); every family is listed in the
+//! README's "Operating" section. Labels are low-cardinality: app names and
+//! versions, status classes, fixed reason and result words.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub app: String,
+    pub version: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx`.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabel {
+    pub app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub app: String,
+    /// `trap`, `timeout`, `memory_limit`, `no_response`, `error_code`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// What was refused: `body_too_large` (413), `rate_limited` (429),
+    /// `rate_limited_client` (429), `headers_too_large` (431),
+    /// `too_many_headers` (431), `host_busy` (503), `app_busy` (503),
+    /// `body_timeout` (408), `no_route` (404).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    pub app: String,
+    /// `allowed`, `denied`, `error`.
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<AppLabel, Histogram>,
+    pub guest_duration: Family<AppLabel, Histogram>,
+    pub instantiation: Histogram,
+    pub in_flight: Gauge,
+    pub guest_failures: Family<FailureLabels, Counter>,
+    pub rejections: Family<ReasonLabel, Counter>,
+    pub deploys: Family<ResultLabel, Counter>,
+    pub compile_duration: Histogram,
+    /// Loading code: `memory`, `cache` (hits) or `compiled` (misses).
+    pub code_loads: Family<ResultLabel, Counter>,
+    pub outbound: Family<OutboundLabels, Counter>,
+    pub connections: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("host");
+        let m = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            guest_duration: Family::new_with_constructor(latency_histogram),
+            instantiation: latency_histogram(),
+            in_flight: Gauge::default(),
+            guest_failures: Family::default(),
+            rejections: Family::default(),
+            deploys: Family::default(),
+            compile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            code_loads: Family::default(),
+            outbound: Family::default(),
+            connections: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered by an app, by app, version and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Total time from request to the end of the response body",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "guest_duration_seconds",
+            "Time spent running the guest, per request",
+            m.guest_duration.clone(),
+        );
+        registry.register(
+            "instantiation_duration_seconds",
+            "Time to instantiate a component for a request",
+            m.instantiation.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests being served now (until their response body ends)",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "guest_failures",
+            "Guest failures by app and kind",
+            m.guest_failures.clone(),
+        );
+        registry.register(
+            "rejections",
+            "Requests refused by the host, by reason",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "deploys",
+            "Deploys by result (ok, rejected)",
+            m.deploys.clone(),
+        );
+        registry.register(
+            "compile_duration_seconds",
+            "Time to compile a component",
+            m.compile_duration.clone(),
+        );
+        registry.register(
+            "code_loads",
+            "Code loaded for a version: memory, cache (hit) or compiled (miss)",
+            m.code_loads.clone(),
+        );
+        registry.register(
+            "outbound_requests",
+            "Outbound HTTP calls by app and result",
+            m.outbound.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Open client connections on the public listener",
+            m.connections.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejections
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn guest_failure(&self, app: &str, kind: &str) {
+        self.guest_failures
+            .get_or_create(&FailureLabels {
+                app: app.to_string(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn outbound(&self, app: &str, result: &str) {
+        self.outbound
+            .get_or_create(&OutboundLabels {
+                app: app.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn code_load(&self, result: &str) {
+        self.code_loads
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn deploy(&self, result: &str) {
+        self.deploys
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn request(&self, app: &str, version: &str, status: u16, total: Duration) {
+        let class = format!("{}xx", status / 100);
+        self.requests
+            .get_or_create(&RequestLabels {
+                app: app.to_string(),
+                version: version.to_string(),
+                status: class,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&AppLabel {
+                app: app.to_string(),
+            })
+            .observe(total.as_secs_f64());
+    }
+
+    pub fn guest_time(&self, app: &str, time: Duration) {
+        self.guest_duration
+            .get_or_create(&AppLabel {
+                app: app.to_string(),
+            })
+            .observe(time.as_secs_f64());
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
