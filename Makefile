@@ -11,7 +11,7 @@ GUEST_FLAGS := --release --target $(WASM_TARGET) $(addprefix -p ,$(GUESTS))
 TOOLS := target/tools
 KUBE_VALIDATE := $(TOOLS)/bin/kubernetes-validate
 
-.PHONY: help build-guest build-guests build run test tools lint fmt clean
+.PHONY: help build-guest build-guests build run test tools lint bench fmt clean
 
 help:
 	@echo "build-guest   build the default guest (target/$(WASM_TARGET)/release/guest.wasm)"
@@ -20,6 +20,7 @@ help:
 	@echo "run           serve the default guest on http://127.0.0.1:8080/"
 	@echo "test          build all guests, the host and test tools, then run every test"
 	@echo "lint          rustfmt check and clippy (host, tests, guests), warnings as errors"
+	@echo "bench         measure host vs native hyper vs wasmtime serve; writes BENCHMARKS.md.new"
 
 build-guest:
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest
@@ -47,6 +48,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy $(GUEST_FLAGS) -p guest-sdk -- -D warnings
+
+# Installs wrk (Debian) and wasmtime-cli 48.0.8 (crates.io, into
+# target/bench-tools) when missing. Loopback only; stops what it starts.
+bench:
+	python3 scripts/bench.py
 
 fmt:
 	$(CARGO) fmt --all

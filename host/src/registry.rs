@@ -660,12 +660,19 @@ impl Registry {
         let size = wasm.len() as u64;
         let wasm: Arc<[u8]> = wasm.into();
         let limit = self.config.compile_timeout;
-        let (pre, _) = match tokio::time::timeout(
-            limit,
-            self.obtain(digest.clone(), Some(wasm.clone())),
-        )
-        .await
-        {
+        // Code already in memory (another app or version with the same
+        // digest) is shared, not loaded again.
+        let loaded = self.inner.lock().await.compiled.get(&digest).cloned();
+        let obtain = async {
+            match loaded {
+                Some(pre) => {
+                    metrics().code_load("memory");
+                    Ok((pre, CodeSource::Memory))
+                }
+                None => self.obtain(digest.clone(), Some(wasm.clone())).await,
+            }
+        };
+        let (pre, _) = match tokio::time::timeout(limit, obtain).await {
             Err(_) => {
                 return Err(ApiError::unprocessable(format!(
                     "compiling the component took longer than the limit of {} ms",

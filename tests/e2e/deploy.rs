@@ -8,11 +8,7 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::harness::{Host, assert_schema, client, guest, start_failure_with};
-
-fn wasm(name: &str) -> Vec<u8> {
-    std::fs::read(guest(name)).unwrap()
-}
+use crate::harness::{Host, assert_schema, client, guest, start_failure_with, wasm};
 
 /// GET `url`: (status, x-app-name, x-app-version, body).
 async fn get(url: &str) -> (u16, String, String, String) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Host, client, guest, metric};
+use crate::harness::{Host, client, guest, metric, wasm};
 
 fn p99(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -155,7 +155,7 @@ async fn trickled_body_is_cut_off_at_the_timeout() {
     let (status, _) = host
         .deploy(
             "echo",
-            std::fs::read(guest("guest")).unwrap(),
+            wasm("guest"),
             serde_json::json!({"route": "/echo"}),
             None,
         )
@@ -323,7 +323,7 @@ async fn per_app_concurrency_cap_is_503() {
     let (status, _) = host
         .deploy(
             "one",
-            std::fs::read(guest("slow-guest")).unwrap(),
+            wasm("slow-guest"),
             serde_json::json!({"route": "/one", "max_concurrent": 1}),
             None,
         )

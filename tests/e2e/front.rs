@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::harness::{Host, TempDir, client, guest, host_bin, metric};
+use crate::harness::{Host, TempDir, client, guest, host_bin, metric, wasm};
 
 #[tokio::test]
 async fn readiness_is_false_until_apps_are_loaded() {
@@ -126,13 +126,26 @@ async fn json_logs_carry_the_request_id_and_guest_output_is_captured_with_a_budg
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    resp.bytes().await.unwrap();
 
-    let lines: Vec<serde_json::Value> = host
-        .stderr()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    // Wait for the last request's access line (the log is collected by
+    // another thread), then read every line as JSON.
+    let parse = |log: String| -> Vec<serde_json::Value> {
+        log.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let mut lines = parse(host.stderr());
+    for _ in 0..1000 {
+        if lines
+            .iter()
+            .any(|l| l["target"] == "access" && l["request_id"] == "e2e-flood")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lines = parse(host.stderr());
+    }
     let access = lines
         .iter()
         .find(|l| l["target"] == "access" && l["request_id"] == "e2e-json-7")
@@ -198,12 +211,7 @@ async fn metrics_move_with_traffic() {
     }
     assert_eq!(bomb.send().await.unwrap().status(), 431);
     let (status, _) = host
-        .deploy(
-            "trap",
-            std::fs::read(guest("trap-guest")).unwrap(),
-            json!({"route": "/trap"}),
-            None,
-        )
+        .deploy("trap", wasm("trap-guest"), json!({"route": "/trap"}), None)
         .await;
     assert_eq!(status, 201);
     assert_eq!(
@@ -215,7 +223,7 @@ async fn metrics_move_with_traffic() {
     let (status, _) = host
         .deploy(
             "fetch",
-            std::fs::read(guest("fetch-guest")).unwrap(),
+            wasm("fetch-guest"),
             json!({"route": "/fetch"}),
             None,
         )

@@ -50,6 +50,11 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// A guest component's bytes, by crate name.
+pub fn wasm(name: &str) -> Vec<u8> {
+    std::fs::read(guest(name)).expect("read guest component")
+}
+
 /// The workspace root (for running the host as `cargo run` would).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -179,6 +184,24 @@ impl Host {
     /// What the host has logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The host's log once every one of `needles` appears in it (stderr is
+    /// collected by another thread, so a line can trail the event behind
+    /// it); panics after 20 s naming what is missing.
+    pub fn log_with(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.stderr();
+            if needles.iter().all(|n| log.contains(n)) {
+                return log;
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<_> = needles.iter().filter(|n| !log.contains(*n)).collect();
+                panic!("log never showed {missing:?}; it has:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Is the process still running?

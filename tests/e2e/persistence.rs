@@ -5,11 +5,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::harness::{Host, TempDir, client, guest};
-
-fn wasm(name: &str) -> Vec<u8> {
-    std::fs::read(guest(name)).unwrap()
-}
+use crate::harness::{Host, TempDir, client, wasm};
 
 /// The `key=N` field of the host's "restored deployed apps" log line.
 fn restored(stderr: &str, key: &str) -> usize {
@@ -75,7 +71,7 @@ async fn restart_restores_every_app_from_the_cache() {
     drop(host);
 
     let host = Host::start_in(&state.0, &["--no-default-app"], &[]);
-    let log = host.stderr();
+    let log = host.log_with(&["restored deployed apps"]);
     assert_eq!(restored(&log, "apps"), 3, "{log}");
     assert_eq!(
         restored(&log, "from_cache"),
@@ -152,7 +148,7 @@ async fn corrupt_cache_is_recompiled_and_a_corrupt_record_is_skipped() {
     std::fs::write(state.0.join("apps/three.json"), b"{ not json").unwrap();
 
     let host = Host::start_in(&state.0, &["--no-default-app"], &[]);
-    let log = host.stderr();
+    let log = host.log_with(&["restored deployed apps", "fails its checksum", "three.json"]);
     assert_eq!(restored(&log, "apps"), 2, "{log}");
     assert_eq!(restored(&log, "from_cache"), 1, "{log}");
     assert_eq!(restored(&log, "compiled"), 1, "{log}");

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Host, TempDir, client, guest};
+use crate::harness::{Host, TempDir, client, guest, wasm};
 
 const SECRET: &str = "hunter2-e2e-secret-value";
 
@@ -114,7 +114,7 @@ async fn env_config_and_secrets_reach_the_guest_and_secrets_stay_secret() {
         ("listing", listing.to_string()),
         ("deploy output", out.stdout + &out.stderr),
         ("apps output", apps_human.stdout + &apps_json.stdout),
-        ("host log", host.stderr()),
+        ("host log", host.log_with(&["path=/cfg"])),
         ("app records", on_disk),
     ] {
         assert!(!text.contains(SECRET), "the secret leaked into the {what}");
@@ -125,8 +125,7 @@ async fn env_config_and_secrets_reach_the_guest_and_secrets_stay_secret() {
 async fn outbound_calls_are_denied_unless_allowed_and_private_ips_need_listing() {
     let upstream = upstream("upstream says hi").await;
     let host = Host::start(&guest("guest"), &[]);
-    let fetch = crate::harness::guest("fetch-guest");
-    let fetch = std::fs::read(fetch).unwrap();
+    let fetch = wasm("fetch-guest");
     let port = upstream.port();
 
     // Allowed: the literal loopback address and port are listed.
@@ -178,7 +177,11 @@ async fn outbound_calls_are_denied_unless_allowed_and_private_ips_need_listing()
     assert_eq!(resp.status(), 502);
     assert!(resp.text().await.unwrap().contains("HttpRequestDenied"));
 
-    let log = host.stderr();
+    let log = host.log_with(&[
+        "outbound request denied",
+        "not in the app's outbound allow-list",
+        "loopback, private or link-local",
+    ]);
     assert!(
         log.contains("outbound request denied")
             && log.contains("not in the app's outbound allow-list"),
