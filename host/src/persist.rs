@@ -51,10 +51,6 @@ impl StateDir {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn component_path(&self, digest: &str) -> PathBuf {
         self.root.join("components").join(format!("{digest}.wasm"))
     }

@@ -9,7 +9,7 @@
 //! both the disk and what is served exactly as they were.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -934,10 +934,6 @@ impl Registry {
         self.collect_garbage(&inner);
         tracing::info!(app = name, "removed");
         Ok(())
-    }
-
-    pub fn state_dir(&self) -> PathBuf {
-        self.compiler.state.root().to_path_buf()
     }
 }
 
