@@ -6,6 +6,8 @@ WASM_TARGET := wasm32-wasip2
 GUESTS := guest trap-guest spin-guest memhog-guest recurse-guest slow-guest counter-guest noresponse-guest \
           config-guest fetch-guest chatty-guest
 GUEST_FLAGS := --release --target $(WASM_TARGET) $(addprefix -p ,$(GUESTS))
+# Guests only `make bench` builds (several MB of generated code).
+BENCH_GUESTS := big-guest
 
 # Test-only tools from PyPI, in a virtualenv under target/ (nothing global).
 TOOLS := target/tools
@@ -42,12 +44,12 @@ tools: $(KUBE_VALIDATE)
 
 test: build-guests tools
 	$(CARGO) build -p host
-	$(CARGO) test --workspace --exclude guest-sdk $(addprefix --exclude ,$(GUESTS))
+	$(CARGO) test --workspace --exclude guest-sdk $(addprefix --exclude ,$(GUESTS) $(BENCH_GUESTS))
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy $(GUEST_FLAGS) -p guest-sdk -- -D warnings
+	$(CARGO) clippy $(GUEST_FLAGS) -p guest-sdk $(addprefix -p ,$(BENCH_GUESTS)) -- -D warnings
 
 # Installs wrk (Debian) and wasmtime-cli 48.0.8 (crates.io, into
 # target/bench-tools) when missing. Loopback only; stops what it starts.

@@ -159,6 +159,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HOST_CLIENT_RATE_LIMIT_RPS", default_value_t = 0)]
     pub client_rate_limit_rps: u32,
 
+    /// Requests one instance may serve before it is dropped; 1 is a fresh
+    /// instance per request. Only for stateless apps; apps may override.
+    #[arg(long, env = "HOST_INSTANCE_REUSE", default_value_t = 1)]
+    pub instance_reuse: u32,
+
     /// HTTP/2: concurrent streams per connection.
     #[arg(long, env = "HOST_H2_MAX_STREAMS", default_value_t = 100)]
     pub h2_max_streams: u32,

@@ -56,6 +56,11 @@ pub struct DeployArgs {
     pub timeout_ms: Option<u64>,
     #[arg(long)]
     pub max_concurrent: Option<u32>,
+    /// Requests one instance may serve before it is dropped (1: a fresh
+    /// instance per request). Only for apps that keep no state between
+    /// requests: memory and globals carry over from one to the next.
+    #[arg(long)]
+    pub instance_reuse: Option<u32>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -261,6 +266,7 @@ async fn deploy(args: DeployArgs) -> Result<()> {
         ("memory_mib", args.memory_mib.map(Value::from)),
         ("timeout_ms", args.timeout_ms.map(Value::from)),
         ("max_concurrent", args.max_concurrent.map(Value::from)),
+        ("instance_reuse", args.instance_reuse.map(Value::from)),
     ] {
         if let Some(value) = value {
             settings[key] = value;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::cli::ServeArgs;
-use crate::limits::Limits;
+use crate::limits::{Limits, MAX_INSTANCE_REUSE};
 use crate::router::FrontConfig;
 
 /// Where `make build-guest` leaves the default guest, relative to the workspace.
@@ -87,6 +87,11 @@ impl Config {
             (1..=4096).contains(&args.memory_mib),
             "--memory-mib must be between 1 and 4096, got {}",
             args.memory_mib
+        );
+        ensure!(
+            (1..=MAX_INSTANCE_REUSE).contains(&args.instance_reuse),
+            "--instance-reuse must be between 1 (a fresh instance per request) and {MAX_INSTANCE_REUSE}, got {}",
+            args.instance_reuse
         );
         ensure!(
             args.timeout_ms >= 1,
@@ -176,6 +181,7 @@ impl Config {
                 body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
                 rate_limit_rps: args.rate_limit_rps,
                 client_rate_limit_rps: args.client_rate_limit_rps,
+                instance_reuse: args.instance_reuse,
             },
             front: FrontConfig {
                 max_concurrent: args.max_concurrent,

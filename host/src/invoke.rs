@@ -1,4 +1,4 @@
-//! One request through one fresh instance of a deployed version.
+//! One request through one instance of a deployed version.
 //!
 //! Per request the host builds a `Store` (WASI context, resource table,
 //! memory limiter), instantiates the pre-instantiated component out of the
@@ -8,30 +8,40 @@
 //! by the engine's epoch (the guest traps), and on a guest that waits by a
 //! tokio timeout (its instance is dropped).
 //!
+//! Apps that declare themselves stateless (`instance_reuse` > 1) skip the
+//! instantiation: an instance that answered cleanly goes back to its
+//! version's [`WarmPool`] and serves the next request, up to
+//! `instance_reuse` requests. A trap, the deadline, the memory cap or
+//! resources the guest left behind drop it instead.
+//!
 //! Every way a guest can fail maps to a status here: a trap or a missing
 //! response is 500, the memory cap is 500, the deadline is 504. The cause is
 //! logged and counted; the client sees a short JSON message.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use http_body::Body;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::limits::{BodyVerdict, LimitedBody, Limits};
-use crate::metrics::metrics;
+use crate::metrics::{VersionMetrics, metrics};
 use crate::outbound::OutboundPolicy;
 use crate::response;
 use crate::state::HostState;
@@ -59,6 +69,110 @@ pub struct Deployment {
     permits: Arc<Semaphore>,
     rate: Option<DefaultDirectRateLimiter>,
     client_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Idle instances, when the app opted into instance reuse.
+    warm: Option<Arc<WarmPool>>,
+    pub metrics: Arc<VersionMetrics>,
+    /// The app name and version as response header values.
+    pub header_values: Option<(HeaderValue, HeaderValue)>,
+}
+
+/// Idle instances kept host-wide, across all apps. The engine's pool has
+/// this many slots on top of `--max-concurrent`, so idle instances never
+/// starve a request of a slot.
+pub const MAX_IDLE_INSTANCES: u32 = 256;
+/// An idle instance not reused within this long is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle instances across all apps (bounded by [`MAX_IDLE_INSTANCES`]).
+static IDLE: AtomicUsize = AtomicUsize::new(0);
+
+/// An instance that answered cleanly and may answer again.
+struct Warm {
+    store: Store<HostState>,
+    proxy: Proxy,
+    /// Requests it has served.
+    served: u32,
+    idle_since: Instant,
+}
+
+/// One version's idle instances, most recently used last.
+struct WarmPool {
+    idle: Mutex<Vec<Warm>>,
+    /// Requests one instance may serve.
+    max_served: u32,
+    /// Idle instances kept for this version.
+    max_idle: usize,
+}
+
+impl WarmPool {
+    fn new(max_served: u32, max_idle: usize) -> Arc<WarmPool> {
+        let pool = Arc::new(WarmPool {
+            idle: Mutex::new(Vec::new()),
+            max_served,
+            max_idle,
+        });
+        // One sweeper per pool drops instances idle past the timeout; it
+        // ends with the pool (when the version is gone).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&pool);
+            runtime.spawn(sweep(weak));
+        }
+        pool
+    }
+
+    fn take(&self) -> Option<Warm> {
+        let warm = self.idle.lock().ok()?.pop()?;
+        IDLE.fetch_sub(1, Ordering::Relaxed);
+        Some(warm)
+    }
+
+    /// Keep `warm` for the next request, unless this version or the host
+    /// already keeps enough idle instances (then it is dropped).
+    fn put(&self, warm: Warm) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= self.max_idle {
+            return;
+        }
+        let reserved = IDLE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < MAX_IDLE_INSTANCES as usize).then_some(n + 1)
+        });
+        if reserved.is_ok() {
+            idle.push(warm);
+        }
+    }
+
+    /// Drop instances idle for longer than [`IDLE_TIMEOUT`] (outside the lock).
+    fn expire(&self, now: Instant) {
+        let expired: Vec<Warm> = {
+            let Ok(mut idle) = self.idle.lock() else {
+                return;
+            };
+            let fresh = idle.partition_point(|w| now.duration_since(w.idle_since) >= IDLE_TIMEOUT);
+            idle.drain(..fresh).collect()
+        };
+        IDLE.fetch_sub(expired.len(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for WarmPool {
+    fn drop(&mut self) {
+        if let Ok(idle) = self.idle.get_mut() {
+            IDLE.fetch_sub(idle.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+async fn sweep(pool: Weak<WarmPool>) {
+    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.expire(Instant::now()),
+            None => return,
+        }
+    }
 }
 
 /// Why a request produced no response of the guest's own.
@@ -92,13 +206,25 @@ impl Deployment {
         config: Vec<(String, String)>,
         outbound: OutboundPolicy,
     ) -> Deployment {
+        let metrics = Arc::new(metrics().for_version(&app, &version));
+        let header_values = HeaderValue::from_str(&app)
+            .ok()
+            .zip(HeaderValue::from_str(&version).ok());
         Deployment {
             app,
             version,
             pre,
+            metrics,
+            header_values,
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             rate: quota(limits.rate_limit_rps).map(RateLimiter::direct),
             client_rate: quota(limits.client_rate_limit_rps).map(RateLimiter::keyed),
+            warm: (limits.instance_reuse > 1).then(|| {
+                WarmPool::new(
+                    limits.instance_reuse,
+                    (limits.max_concurrent as usize).min(MAX_IDLE_INSTANCES as usize),
+                )
+            }),
             limits,
             env: env.into(),
             config: Arc::new(config.into_iter().collect()),
@@ -108,12 +234,13 @@ impl Deployment {
 
     /// Apply the app's rate limits: `Some` is the 429 to send.
     pub fn rate_limited(&self, client: Option<IpAddr>) -> Option<Response<HyperOutgoingBody>> {
-        let clock = DefaultClock::default();
+        // The clock is only read on the rejecting path: building one
+        // calibrates a TSC clock, which is far too slow for every request.
         if let Some(rate) = &self.rate
             && let Err(not_until) = rate.check()
         {
             metrics().reject("rate_limited");
-            let wait = not_until.wait_time_from(clock.now());
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
             return Some(too_many(
                 &format!("app {} is over its rate limit", self.app),
                 wait,
@@ -123,7 +250,7 @@ impl Deployment {
             && let Err(not_until) = rate.check_key(&ip)
         {
             metrics().reject("rate_limited_client");
-            let wait = not_until.wait_time_from(clock.now());
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
             return Some(too_many(
                 "you are over this app's per-client rate limit",
                 wait,
@@ -135,12 +262,16 @@ impl Deployment {
     /// `host_permit` is the request's slot under the host-wide cap; the
     /// version's own cap is checked here. Never fails: every failure
     /// becomes a response.
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         host_permit: OwnedSemaphorePermit,
         ctx: &RequestContext,
-    ) -> Response<HyperOutgoingBody> {
+    ) -> Response<HyperOutgoingBody>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             metrics().reject("app_busy");
             return busy("the app is at its concurrency limit; retry shortly");
@@ -176,28 +307,47 @@ impl Deployment {
         }
     }
 
-    async fn run(
-        &self,
-        request: Request<LimitedBody>,
-        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-        ctx: &RequestContext,
-    ) -> Result<Response<HyperOutgoingBody>, Failure> {
-        let started = Instant::now();
-        let deadline = started + self.limits.timeout;
-        let mut store = Store::new(self.pre.engine(), HostState::new(self, &ctx.id));
+    /// A store for a new instance, its epoch callback reading the current
+    /// request's deadline from the store (so a reused instance keeps it).
+    fn new_store(&self, ctx: &RequestContext, deadline: Instant) -> Store<HostState> {
+        let mut store = Store::new(self.pre.engine(), HostState::new(self, &ctx.id, deadline));
         store.limiter(|state| &mut state.limiter);
-        // Past each epoch tick a busy guest yields to other tasks; past the
-        // deadline it traps with `Trap::Interrupt`.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline {
                 UpdateDeadline::Interrupt
             } else {
                 UpdateDeadline::Yield(1)
             })
         });
+        store
+    }
 
-        let (sender, receiver) = oneshot::channel();
+    async fn run<B>(
+        &self,
+        request: Request<LimitedBody<B>>,
+        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+        ctx: &RequestContext,
+    ) -> Result<Response<HyperOutgoingBody>, Failure>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.limits.timeout;
+        let warm = self.warm.as_ref().and_then(|pool| pool.take());
+        let (mut store, proxy, served) = match warm {
+            Some(warm) => {
+                let mut store = warm.store;
+                store.data_mut().begin(&ctx.id, deadline);
+                (store, Some(warm.proxy), warm.served)
+            }
+            None => (self.new_store(ctx, deadline), None, 0),
+        };
+        // Past each epoch tick a busy guest yields to other tasks; past the
+        // deadline it traps with `Trap::Interrupt`.
+        store.set_epoch_deadline(1);
+
+        let (sender, mut receiver) = oneshot::channel();
         let http = store.data_mut();
         let incoming = http
             .http()
@@ -209,26 +359,48 @@ impl Deployment {
             .map_err(Failure::Setup)?;
 
         let pre = self.pre.clone();
+        let warm_pool = self.warm.clone();
         let (app, version) = (self.app.clone(), self.version.clone());
+        let version_metrics = self.metrics.clone();
         let guest_micros = ctx.guest_micros.clone();
-        let task = tokio::spawn(async move {
+        let guest: GuestFuture = Box::pin(async move {
             let _permits = permits;
             let called = tokio::time::timeout_at(deadline.into(), async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                metrics()
-                    .instantiation
-                    .observe(started.elapsed().as_secs_f64());
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => {
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        metrics()
+                            .instantiation
+                            .observe(started.elapsed().as_secs_f64());
+                        proxy
+                    }
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
                     .await
+                    .map(|()| proxy)
             })
             .await;
             let ran = started.elapsed();
             guest_micros.store(ran.as_micros() as u64, Ordering::Relaxed);
-            metrics().guest_time(&app, ran);
+            version_metrics.guest_time(ran);
             let result = match called {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(proxy)) => {
+                    if let Some(pool) = warm_pool
+                        && served + 1 < pool.max_served
+                        && store.data().table.is_empty()
+                    {
+                        pool.put(Warm {
+                            store,
+                            proxy,
+                            served: served + 1,
+                            idle_since: Instant::now(),
+                        });
+                    }
+                    Ok(())
+                }
                 Err(_elapsed) => Err(Failure::Timeout),
                 Ok(Err(err)) if store.data().limiter.memory_limit_hit => {
                     Err(Failure::MemoryLimit(err))
@@ -243,30 +415,80 @@ impl Deployment {
             }
             result
         });
-
-        match receiver.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => {
-                let failure = Failure::ErrorCode(code);
-                failure.log(&self.app, &self.version);
-                Err(failure)
-            }
-            // The sender went away with the store: the guest is done and
-            // never answered. Its task says why.
-            Err(_) => match task.await {
-                Ok(Ok(())) => {
-                    Failure::NoResponse.log(&self.app, &self.version);
-                    Err(Failure::NoResponse)
+        // The guest runs on this task until it answers: most finish within
+        // the first poll and then no task is spawned. One still running
+        // (streaming its body, or still busy after a dropped connection) is
+        // detached to finish on its own.
+        let mut guest = Detached(Some(guest));
+        let finished = tokio::select! {
+            biased;
+            result = guest.future() => Some(result),
+            answer = &mut receiver => match answer {
+                Ok(answer) => {
+                    guest.detach();
+                    return self.answered(answer);
                 }
-                Ok(Err(failure)) => Err(failure),
-                Err(join) => {
-                    let failure =
-                        Failure::Setup(wasmtime::format_err!("guest task failed: {join}"));
-                    failure.log(&self.app, &self.version);
-                    Err(failure)
-                }
+                // The guest dropped its outparam without answering; wait
+                // for it to say why.
+                Err(_) => None,
             },
+        };
+        let result = match finished {
+            Some(result) => result,
+            None => guest.future().await,
+        };
+        match receiver.try_recv() {
+            Ok(answer) => self.answered(answer),
+            Err(_) => {
+                // The guest is done and never answered.
+                result?;
+                Failure::NoResponse.log(&self.app, &self.version);
+                Err(Failure::NoResponse)
+            }
         }
+    }
+
+    fn answered(
+        &self,
+        answer: Result<Response<HyperOutgoingBody>, ErrorCode>,
+    ) -> Result<Response<HyperOutgoingBody>, Failure> {
+        answer.map_err(|code| {
+            let failure = Failure::ErrorCode(code);
+            failure.log(&self.app, &self.version);
+            failure
+        })
+    }
+}
+
+/// A guest's run: the instance, its call and its clean-up.
+type GuestFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+
+/// A guest run polled in place; dropped unfinished, it is spawned to finish
+/// on its own, so a guest always runs to its end or its deadline.
+struct Detached(Option<GuestFuture>);
+
+impl Detached {
+    async fn future(&mut self) -> Result<(), Failure> {
+        match &mut self.0 {
+            Some(future) => {
+                let result = future.await;
+                self.0 = None;
+                result
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn detach(&mut self) {
+        if let Some(future) = self.0.take() {
+            tokio::spawn(future);
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 

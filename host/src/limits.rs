@@ -34,7 +34,14 @@ pub struct Limits {
     pub rate_limit_rps: u32,
     /// Requests per second per client IP, per app (0: unlimited).
     pub client_rate_limit_rps: u32,
+    /// Requests one instance may serve, one after another (1: a fresh
+    /// instance per request). Only for apps that keep no state between
+    /// requests: memory and globals carry over.
+    pub instance_reuse: u32,
 }
+
+/// The most requests one instance may serve with instance reuse.
+pub const MAX_INSTANCE_REUSE: u32 = 100_000;
 
 /// Table growth cap per instance (elements); generous for real guests.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
@@ -107,8 +114,8 @@ impl BodyVerdict {
 /// (`HttpRequestBodySize`), or when the client sends nothing for
 /// `read_timeout` (`ConnectionReadTimeout`), and records which in its
 /// [`BodyVerdict`] so the host can answer 413 or 408.
-pub struct LimitedBody {
-    inner: Incoming,
+pub struct LimitedBody<B = Incoming> {
+    inner: B,
     remaining: u64,
     limit: u64,
     read_timeout: Duration,
@@ -116,8 +123,8 @@ pub struct LimitedBody {
     verdict: BodyVerdict,
 }
 
-impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64, read_timeout: Duration, verdict: BodyVerdict) -> Self {
+impl<B> LimitedBody<B> {
+    pub fn new(inner: B, limit: u64, read_timeout: Duration, verdict: BodyVerdict) -> Self {
         LimitedBody {
             inner,
             remaining: limit,
@@ -129,7 +136,11 @@ impl LimitedBody {
     }
 }
 
-impl Body for LimitedBody {
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     type Data = Bytes;
     type Error = wasmtime_wasi_http::Error;
 

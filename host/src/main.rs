@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: per-thread free lists suit the many small, short-lived
+/// allocations of a request (see BENCHMARKS.md for what it bought).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match host::cli::run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@
 //! README's "Operating" section. Labels are low-cardinality: app names and
 //! versions, status classes, fixed reason and result words.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -209,28 +209,53 @@ impl Metrics {
             .inc();
     }
 
-    pub fn request(&self, app: &str, version: &str, status: u16, total: Duration) {
-        let class = format!("{}xx", status / 100);
-        self.requests
-            .get_or_create(&RequestLabels {
-                app: app.to_string(),
-                version: version.to_string(),
-                status: class,
+    /// The per-request series of one app version, resolved once.
+    pub fn for_version(&self, app: &str, version: &str) -> VersionMetrics {
+        let label = AppLabel {
+            app: app.to_string(),
+        };
+        VersionMetrics {
+            app: app.to_string(),
+            version: version.to_string(),
+            requests: Default::default(),
+            request_duration: self.request_duration.get_or_create(&label).clone(),
+            guest_duration: self.guest_duration.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// One version's request counters and histograms, looked up in their
+/// families once (at deploy) instead of on every request: a family lookup
+/// allocates its label strings and takes a lock. Clones share the series.
+pub struct VersionMetrics {
+    app: String,
+    version: String,
+    /// `requests` by status class (`1xx` .. `9xx`), created on first use.
+    requests: [OnceLock<Counter>; 9],
+    request_duration: Histogram,
+    guest_duration: Histogram,
+}
+
+impl VersionMetrics {
+    pub fn request(&self, status: u16, total: Duration) {
+        let class = usize::from(status / 100).clamp(1, 9);
+        self.requests[class - 1]
+            .get_or_init(|| {
+                metrics()
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        app: self.app.clone(),
+                        version: self.version.clone(),
+                        status: format!("{class}xx"),
+                    })
+                    .clone()
             })
             .inc();
-        self.request_duration
-            .get_or_create(&AppLabel {
-                app: app.to_string(),
-            })
-            .observe(total.as_secs_f64());
+        self.request_duration.observe(total.as_secs_f64());
     }
 
-    pub fn guest_time(&self, app: &str, time: Duration) {
-        self.guest_duration
-            .get_or_create(&AppLabel {
-                app: app.to_string(),
-            })
-            .observe(time.as_secs_f64());
+    pub fn guest_time(&self, time: Duration) {
+        self.guest_duration.observe(time.as_secs_f64());
     }
 }
 

@@ -2,6 +2,10 @@
 //! and the request id. Each request has a budget (lines and bytes, shared by
 //! both streams); past it the rest is dropped and one line says so, so a
 //! chatty guest cannot flood the log or the disk.
+//!
+//! An instance that serves several requests (instance reuse) keeps its
+//! streams: [`GuestOutput::begin`] flushes what the last request left
+//! unterminated, then switches the request id and refills the budget.
 
 use std::io;
 use std::pin::Pin;
@@ -18,102 +22,118 @@ pub const MAX_BYTES_PER_REQUEST: usize = 16 * 1024;
 /// A line longer than this is logged in pieces.
 const MAX_LINE: usize = 2048;
 
-struct Budget {
+const STREAMS: [&str; 2] = ["stdout", "stderr"];
+
+/// One instance's guest output: hands out its `stdout` and `stderr` streams.
+#[derive(Clone)]
+pub struct GuestOutput {
+    shared: Arc<Mutex<Shared>>,
+}
+
+struct Shared {
+    app: Arc<str>,
+    request_id: Arc<str>,
     lines: usize,
     bytes: usize,
     truncated: bool,
-}
-
-/// One request's guest output: make its `stdout` and `stderr` streams.
-pub struct GuestOutput {
-    app: Arc<str>,
-    request_id: Arc<str>,
-    budget: Arc<Mutex<Budget>>,
+    /// The unterminated tail of each stream.
+    partial: [Vec<u8>; 2],
 }
 
 impl GuestOutput {
     pub fn new(app: Arc<str>, request_id: Arc<str>) -> GuestOutput {
         GuestOutput {
-            app,
-            request_id,
-            budget: Arc::new(Mutex::new(Budget {
+            shared: Arc::new(Mutex::new(Shared {
+                app,
+                request_id,
                 lines: MAX_LINES_PER_REQUEST,
                 bytes: MAX_BYTES_PER_REQUEST,
                 truncated: false,
+                partial: [Vec::new(), Vec::new()],
             })),
         }
     }
 
-    pub fn stream(&self, name: &'static str) -> GuestStream {
+    /// Start the next request on the same instance.
+    pub fn begin(&self, request_id: Arc<str>) {
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.flush();
+            shared.request_id = request_id;
+            shared.lines = MAX_LINES_PER_REQUEST;
+            shared.bytes = MAX_BYTES_PER_REQUEST;
+            shared.truncated = false;
+        }
+    }
+
+    pub fn stdout(&self) -> GuestStream {
         GuestStream {
-            sink: Arc::new(Mutex::new(LineSink {
-                app: self.app.clone(),
-                request_id: self.request_id.clone(),
-                stream: name,
-                partial: Vec::new(),
-                budget: self.budget.clone(),
-            })),
+            shared: self.shared.clone(),
+            index: 0,
+        }
+    }
+
+    pub fn stderr(&self) -> GuestStream {
+        GuestStream {
+            shared: self.shared.clone(),
+            index: 1,
         }
     }
 }
 
-struct LineSink {
-    app: Arc<str>,
-    request_id: Arc<str>,
-    stream: &'static str,
-    partial: Vec<u8>,
-    budget: Arc<Mutex<Budget>>,
-}
-
-impl LineSink {
-    fn emit(&mut self, line: &[u8]) {
-        let Ok(mut budget) = self.budget.lock() else {
-            return;
-        };
-        if budget.lines == 0 || budget.bytes < line.len() {
-            if !budget.truncated {
-                budget.truncated = true;
+impl Shared {
+    fn emit(&mut self, index: usize, line: &[u8]) {
+        if self.lines == 0 || self.bytes < line.len() {
+            if !self.truncated {
+                self.truncated = true;
                 tracing::warn!(target: "guest", app = %self.app, request_id = %self.request_id,
                     "guest output over its budget of {MAX_LINES_PER_REQUEST} lines / {MAX_BYTES_PER_REQUEST} bytes per request; the rest is dropped");
             }
             return;
         }
-        budget.lines -= 1;
-        budget.bytes -= line.len();
-        drop(budget);
+        self.lines -= 1;
+        self.bytes -= line.len();
         let text = String::from_utf8_lossy(line);
-        tracing::info!(target: "guest", app = %self.app, request_id = %self.request_id, stream = self.stream, "{}", text.trim_end_matches('\r'));
+        tracing::info!(target: "guest", app = %self.app, request_id = %self.request_id,
+            stream = STREAMS[index], "{}", text.trim_end_matches('\r'));
     }
 
-    fn write(&mut self, mut data: &[u8]) {
+    fn write(&mut self, index: usize, mut data: &[u8]) {
         while let Some(end) = data.iter().position(|&b| b == b'\n') {
-            let mut line = std::mem::take(&mut self.partial);
+            let mut line = std::mem::take(&mut self.partial[index]);
             line.extend_from_slice(&data[..end]);
-            self.emit(&line);
+            self.emit(index, &line);
             data = &data[end + 1..];
         }
-        self.partial.extend_from_slice(data);
-        while self.partial.len() >= MAX_LINE {
-            let rest = self.partial.split_off(MAX_LINE);
-            let line = std::mem::replace(&mut self.partial, rest);
-            self.emit(&line);
+        self.partial[index].extend_from_slice(data);
+        while self.partial[index].len() >= MAX_LINE {
+            let rest = self.partial[index].split_off(MAX_LINE);
+            let line = std::mem::replace(&mut self.partial[index], rest);
+            self.emit(index, &line);
+        }
+    }
+
+    /// Log what is left unterminated on either stream.
+    fn flush(&mut self) {
+        for index in 0..STREAMS.len() {
+            if !self.partial[index].is_empty() {
+                let line = std::mem::take(&mut self.partial[index]);
+                self.emit(index, &line);
+            }
         }
     }
 }
 
-impl Drop for LineSink {
+impl Drop for Shared {
     fn drop(&mut self) {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.emit(&line);
-        }
+        self.flush();
     }
 }
 
 /// A guest's stdout or stderr.
 #[derive(Clone)]
 pub struct GuestStream {
-    sink: Arc<Mutex<LineSink>>,
+    shared: Arc<Mutex<Shared>>,
+    index: usize,
 }
 
 impl IsTerminal for GuestStream {
@@ -134,8 +154,8 @@ impl AsyncWrite for GuestStream {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Ok(mut sink) = self.sink.lock() {
-            sink.write(buf);
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.write(self.index, buf);
         }
         Poll::Ready(Ok(buf.len()))
     }

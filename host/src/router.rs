@@ -250,8 +250,9 @@ impl Router {
         let in_flight = InFlight::enter();
         let conn = request.extensions().get::<ConnInfo>().copied();
         let id: Arc<str> = request_id(request.headers()).into();
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            request.headers_mut().insert(REQUEST_ID_HEADER, v);
+        let id_value = HeaderValue::from_str(&id).ok();
+        if let Some(v) = &id_value {
+            request.headers_mut().insert(REQUEST_ID_HEADER, v.clone());
         }
         let ctx = RequestContext {
             id: id.clone(),
@@ -263,28 +264,29 @@ impl Router {
             guest_micros: Arc::new(AtomicU64::new(0)),
         };
         let method = request.method().clone();
-        let path = request.uri().path().to_string();
+        // The path is only copied when the access log is on.
+        let path = if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            request.uri().path().to_string()
+        } else {
+            String::new()
+        };
 
         let (mut response, deployment) = self.dispatch(request, conn, &ctx).await;
         let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&id) {
+        if let Some(v) = id_value {
             headers.insert(REQUEST_ID_HEADER, v);
         }
         if let Some(d) = &deployment
             && self.config.version_headers
+            && let Some((app, version)) = &d.header_values
         {
-            if let Ok(v) = HeaderValue::from_str(&d.app) {
-                headers.insert(APP_HEADER, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&d.version) {
-                headers.insert(VERSION_HEADER, v);
-            }
+            headers.insert(APP_HEADER, app.clone());
+            headers.insert(VERSION_HEADER, version.clone());
         }
         let status = response.status().as_u16();
         let log = AccessLog {
             id,
-            app: deployment.as_ref().map(|d| d.app.clone()),
-            version: deployment.as_ref().map(|d| d.version.clone()),
+            deployment,
             method,
             path,
             status,
@@ -387,8 +389,7 @@ impl Drop for InFlight {
 /// One access-log line, written when the response body ends or is dropped.
 struct AccessLog {
     id: Arc<str>,
-    app: Option<Arc<str>>,
-    version: Option<Arc<str>>,
+    deployment: Option<Arc<Deployment>>,
     method: http::Method,
     path: String,
     status: u16,
@@ -402,11 +403,13 @@ struct AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        let app = self.app.as_deref().unwrap_or("-");
-        let version = self.version.as_deref().unwrap_or("-");
-        if self.app.is_some() {
-            metrics().request(app, version, self.status, elapsed);
-        }
+        let (app, version) = match &self.deployment {
+            Some(d) => {
+                d.metrics.request(self.status, elapsed);
+                (&*d.app, &*d.version)
+            }
+            None => ("-", "-"),
+        };
         let guest_ms = self.guest_micros.load(Ordering::Relaxed) as f64 / 1000.0;
         tracing::info!(
             target: "access",

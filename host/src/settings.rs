@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::limits::Limits;
+use crate::limits::{Limits, MAX_INSTANCE_REUSE};
 use crate::outbound::OutboundPolicy;
 
 /// Largest per-app memory cap, in MiB (the pooling allocator's slot size).
@@ -44,6 +44,10 @@ pub struct AppSettings {
     /// Requests per second per client IP (0: unlimited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_rate_limit_rps: Option<u32>,
+    /// Requests one instance may serve, one after another (1: a fresh
+    /// instance per request). For stateless apps only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
 }
 
 /// Where a secret's value comes from: an environment variable of the host
@@ -158,6 +162,13 @@ impl AppSettings {
                 host.max_concurrent
             ));
         }
+        if let Some(n) = self.instance_reuse
+            && !(1..=MAX_INSTANCE_REUSE).contains(&n)
+        {
+            return Err(format!(
+                "instance_reuse must be between 1 (a fresh instance per request) and {MAX_INSTANCE_REUSE}, got {n}"
+            ));
+        }
         Ok(())
     }
 
@@ -173,6 +184,7 @@ impl AppSettings {
             client_rate_limit_rps: self
                 .client_rate_limit_rps
                 .unwrap_or(host.client_rate_limit_rps),
+            instance_reuse: self.instance_reuse.unwrap_or(host.instance_reuse),
             ..*host
         }
     }
@@ -213,6 +225,7 @@ mod tests {
             body_read_timeout: Duration::from_secs(10),
             rate_limit_rps: 0,
             client_rate_limit_rps: 0,
+            instance_reuse: 1,
         }
     }
 

@@ -1,9 +1,12 @@
-//! What lives in each request's `Store`: the WASI, wasi:http and
+//! What lives in each instance's `Store`: the WASI, wasi:http and
 //! wasi:config contexts, the resource table they share, the outbound HTTP
-//! hooks, the guest's captured stdout/stderr and the memory limiter. A new one is built per request from its
-//! deployment and dropped with the instance.
+//! hooks, the guest's captured stdout/stderr, the memory limiter and the
+//! current request's deadline. It is built from its deployment with the
+//! instance and dropped with it: after one request, or after several when
+//! the app opts into instance reuse ([`HostState::begin`] starts each one).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -22,15 +25,18 @@ pub struct HostState {
     pub config: Arc<WasiConfigVariables>,
     pub hooks: OutboundHooks,
     pub limiter: GuestLimiter,
+    pub output: GuestOutput,
+    /// When the current request's time is up (read by the epoch callback).
+    pub deadline: Instant,
 }
 
 impl HostState {
-    pub fn new(deployment: &Deployment, request_id: &Arc<str>) -> Self {
+    pub fn new(deployment: &Deployment, request_id: &Arc<str>, deadline: Instant) -> Self {
         let output = GuestOutput::new(deployment.app.clone(), request_id.clone());
         let wasi = WasiCtx::builder()
             .envs(&deployment.env)
-            .stdout(output.stream("stdout"))
-            .stderr(output.stream("stderr"))
+            .stdout(output.stdout())
+            .stderr(output.stderr())
             .build();
         HostState {
             wasi,
@@ -42,7 +48,16 @@ impl HostState {
                 policy: deployment.outbound.clone(),
             },
             limiter: GuestLimiter::new(deployment.limits.memory_bytes),
+            output,
+            deadline,
         }
+    }
+
+    /// Start another request on a reused instance.
+    pub fn begin(&mut self, request_id: &Arc<str>, deadline: Instant) {
+        self.output.begin(request_id.clone());
+        self.limiter.memory_limit_hit = false;
+        self.deadline = deadline;
     }
 
     /// The `wasi:config/store` view (for the linker).

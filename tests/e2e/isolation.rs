@@ -1,9 +1,12 @@
 //! A fresh instance per request: guest failures stay inside their request,
-//! and nothing a request leaves in guest memory reaches the next one.
+//! and nothing a request leaves in guest memory reaches the next one, unless
+//! the app opted into instance reuse.
 
 use futures::future::join_all;
 
-use crate::harness::{Host, client, guest};
+use serde_json::json;
+
+use crate::harness::{Host, assert_schema, client, guest, wasm};
 
 #[tokio::test]
 async fn counter_answers_one_every_time() {
@@ -132,4 +135,76 @@ async fn returning_without_a_response_is_500() {
         http.get(host.url("/ok")).send().await.unwrap().status(),
         200
     );
+}
+
+/// Instance reuse is opt-in per app: a stateless app's instance serves up
+/// to `instance_reuse` requests (the counter goes on), then a fresh one
+/// takes over; a trap drops the instance at once; other apps keep a fresh
+/// instance per request.
+#[tokio::test]
+async fn instance_reuse_is_opt_in_and_a_trap_discards_the_instance() {
+    let host = Host::start(&guest("guest"), &[]);
+    let (status, app) = host
+        .deploy(
+            "reused",
+            wasm("counter-guest"),
+            json!({"route": "/reused", "instance_reuse": 3}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+    assert_schema(&app, "App");
+    let (status, app) = host
+        .deploy(
+            "fresh",
+            wasm("counter-guest"),
+            json!({"route": "/fresh"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+
+    let http = client();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        let url = host.url(path);
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        seen.push(get("/reused").await.1);
+    }
+    assert_eq!(seen, ["1", "2", "3", "1", "2", "3", "1"], "reuse cycle");
+    for _ in 0..3 {
+        assert_eq!(get("/fresh").await.1, "1", "reuse leaked into another app");
+    }
+
+    // The instance that served "1" traps on its next request ("2"): the
+    // one after that starts from a fresh instance.
+    let (status, _) = get("/reused/trap").await;
+    assert_eq!(status, 500);
+    assert_eq!(get("/reused").await.1, "1", "a trapped instance was reused");
+
+    // Parallel requests each get an instance of their own.
+    let parallel = join_all((0..40).map(|_| get("/reused"))).await;
+    assert!(parallel.iter().all(|(s, _)| *s == 200), "{parallel:?}");
+
+    for bad in [0, 100_001] {
+        let (status, body) = host
+            .deploy(
+                "reused",
+                wasm("counter-guest"),
+                json!({"instance_reuse": bad}),
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "instance_reuse {bad}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("instance_reuse"),
+            "{body}"
+        );
+    }
 }

@@ -84,4 +84,10 @@ fn invalid_flags_are_refused_before_binding() {
         stderr.contains("--memory-mib must be between 1 and 4096"),
         "{stderr}"
     );
+    let (status, stderr) = start_failure_with(&["--instance-reuse", "0"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--instance-reuse must be between 1"),
+        "{stderr}"
+    );
 }

@@ -1,6 +1,10 @@
 //! Test guest: increments a static counter and answers with its value. In a
 //! fresh instance per request the answer is always `1`; anything else means
-//! guest state leaked from one request to the next.
+//! guest state leaked from one request to the next (or, for an app that opted
+//! into instance reuse, that the instance was reused, as it should be).
+//!
+//! A path ending in `/trap` counts, then traps: the instance must not
+//! serve again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,8 +16,12 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 struct App;
 
 impl Guest for App {
-    fn handle(_request: IncomingRequest, out: ResponseOutparam) {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+        if guest_sdk::path(&request).ends_with("/trap") {
+            core::arch::wasm32::unreachable()
+        }
+        drop(request);
         guest_sdk::respond(out, 200, "text/plain", n.to_string().as_bytes());
     }
 }

@@ -1,0 +1,95 @@
+//! The host's per-request cost in process, without sockets: one request
+//! through `Deployment::handle`, response body read to the end, for a fresh
+//! instance per request and for a reused instance (`instance_reuse`).
+//!
+//! Run by `make bench` (it builds the release guest first); by hand:
+//! `cargo build --release --target wasm32-wasip2 -p guest && cargo bench -p host --bench per_request`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use host::invoke::{Deployment, RequestContext};
+use host::limits::Limits;
+use host::outbound::OutboundPolicy;
+use http_body_util::{BodyExt, Empty};
+use tokio::sync::Semaphore;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+const GUEST: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/wasm32-wasip2/release/guest.wasm"
+);
+
+fn deployment(limits: Limits) -> Deployment {
+    let wasm = std::fs::read(GUEST)
+        .unwrap_or_else(|e| panic!("{GUEST}: {e}; build it with `make build-guest` first"));
+    let engine = host::engine::build(&limits).expect("engine");
+    let linker = host::component::linker(&engine).expect("linker");
+    let component = host::component::compile(&engine, &wasm).expect("compile");
+    let pre = host::component::prepare(&engine, &linker, &component).expect("prepare");
+    Deployment::new(
+        "bench".into(),
+        "v1".into(),
+        pre,
+        limits,
+        Vec::new(),
+        Vec::new(),
+        OutboundPolicy::parse(&[]).expect("empty allow-list"),
+    )
+}
+
+fn per_request(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let limits = Limits {
+        memory_bytes: 128 << 20,
+        timeout: Duration::from_secs(30),
+        max_concurrent: 16,
+        max_body_bytes: 1 << 20,
+        body_read_timeout: Duration::from_secs(10),
+        rate_limit_rps: 0,
+        client_rate_limit_rps: 0,
+        instance_reuse: 1,
+    };
+    let permits = Arc::new(Semaphore::new(16));
+    let mut group = c.benchmark_group("per_request");
+    for (name, reuse) in [("fresh_instance", 1), ("reused_instance", 128)] {
+        let deployment = runtime.block_on(async {
+            deployment(Limits {
+                instance_reuse: reuse,
+                ..limits
+            })
+        });
+        let ctx = RequestContext {
+            id: "bench".into(),
+            scheme: Scheme::Http,
+            guest_micros: Arc::new(AtomicU64::new(0)),
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let request = http::Request::get("http://bench.local/")
+                        .body(
+                            Empty::<Bytes>::new()
+                                .map_err(|never| -> hyper::Error { match never {} }),
+                        )
+                        .expect("request");
+                    let permit = permits.clone().try_acquire_owned().expect("permit");
+                    let response = deployment.handle(request, permit, &ctx).await;
+                    assert_eq!(response.status(), 200);
+                    let body = response.into_body().collect().await.expect("body");
+                    assert_eq!(body.to_bytes().len(), 14);
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_request);
+criterion_main!(benches);
