@@ -18,6 +18,10 @@ use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+/// The host binary's allocator, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const GUEST: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../target/wasm32-wasip2/release/guest.wasm"

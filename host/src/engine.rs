@@ -27,7 +27,9 @@ const MEMORIES_PER_COMPONENT: u32 = 2;
 /// dropped. With `PAGEMAP_SCAN` (Linux 6.7+) only the pages the instance
 /// actually dirtied are copied back from the image; nothing is `madvise`d, so
 /// the next instance in the slot takes no page faults and the host no TLB
-/// shootdowns. Pages past this are decommitted as usual.
+/// shootdowns. Pages past this are decommitted as usual. Without the ioctl
+/// wasmtime would `memset` the lowest bytes whether touched or not (a Rust
+/// guest's stack sits there, mostly untouched), so then nothing is kept.
 const MEMORY_KEEP_RESIDENT: usize = 4 << 20;
 /// The same for tables (function references: small).
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
@@ -40,6 +42,13 @@ const DECOMMIT_BATCH: usize = 16;
 /// on.
 pub fn build(limits: &Limits) -> Result<Engine> {
     let slots = limits.max_concurrent + MAX_IDLE_INSTANCES;
+    let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
+    let keep_resident = if pagemap { MEMORY_KEEP_RESIDENT } else { 0 };
+    tracing::debug!(
+        pagemap_scan = pagemap,
+        keep_resident,
+        "pooling allocator: memory reset mode"
+    );
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
         .total_core_instances(slots * CORE_INSTANCES_PER_COMPONENT)
@@ -50,7 +59,7 @@ pub fn build(limits: &Limits) -> Result<Engine> {
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX))
-        .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+        .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(TABLE_KEEP_RESIDENT)
         .pagemap_scan(Enabled::Auto)
         .decommit_batch_size(DECOMMIT_BATCH);
