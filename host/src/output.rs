@@ -168,3 +168,35 @@ impl AsyncWrite for GuestStream {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_flushes_refills_the_budget_and_switches_the_request() {
+        let output = GuestOutput::new("app".into(), "r1".into());
+        let (stdout, stderr) = (output.stdout(), output.stderr());
+        for _ in 0..MAX_LINES_PER_REQUEST + 5 {
+            stdout.shared.lock().unwrap().write(stdout.index, b"line\n");
+        }
+        stderr
+            .shared
+            .lock()
+            .unwrap()
+            .write(stderr.index, b"unterminated");
+        {
+            let shared = output.shared.lock().unwrap();
+            assert_eq!(shared.lines, 0);
+            assert!(shared.truncated);
+            assert_eq!(shared.partial[1], b"unterminated");
+        }
+        output.begin("r2".into());
+        let shared = output.shared.lock().unwrap();
+        assert_eq!(&*shared.request_id, "r2");
+        assert_eq!(shared.lines, MAX_LINES_PER_REQUEST);
+        assert_eq!(shared.bytes, MAX_BYTES_PER_REQUEST);
+        assert!(!shared.truncated);
+        assert!(shared.partial.iter().all(Vec::is_empty));
+    }
+}
