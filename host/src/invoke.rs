@@ -419,23 +419,17 @@ impl Deployment {
         // the first poll and then no task is spawned. One still running
         // (streaming its body, or still busy after a dropped connection) is
         // detached to finish on its own.
+        // A guest that drops its outparam without answering closes the
+        // receiver: that branch is then disabled and we wait for the guest
+        // to say why.
         let mut guest = Detached(Some(guest));
-        let finished = tokio::select! {
+        let result = tokio::select! {
             biased;
-            result = guest.future() => Some(result),
-            answer = &mut receiver => match answer {
-                Ok(answer) => {
-                    guest.detach();
-                    return self.answered(answer);
-                }
-                // The guest dropped its outparam without answering; wait
-                // for it to say why.
-                Err(_) => None,
-            },
-        };
-        let result = match finished {
-            Some(result) => result,
-            None => guest.future().await,
+            result = guest.future() => result,
+            Ok(answer) = &mut receiver => {
+                guest.detach();
+                return self.answered(answer);
+            }
         };
         match receiver.try_recv() {
             Ok(answer) => self.answered(answer),
