@@ -22,7 +22,7 @@ help:
 	@echo "run           serve the default guest on http://127.0.0.1:8080/"
 	@echo "test          build all guests, the host and test tools, then run every test"
 	@echo "lint          rustfmt check and clippy (host, tests, guests), warnings as errors"
-	@echo "bench         measure host vs native hyper vs wasmtime serve; writes BENCHMARKS.md.new"
+	@echo "bench         measure host vs native hyper vs wasmtime serve; updates BENCHMARKS.md"
 
 build-guest:
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest

@@ -15,7 +15,9 @@ request (from /proc, less sensitive to a noisy machine than req/s). Also:
 the in-process criterion microbench (instantiate + handle), cold start
 (deploy -> first 200 for the hello and a several-MB guest, restart with 100
 deployed apps -> all ready), idle RSS and RSS with many deployed apps, and
-a 64 MiB streamed echo against native. Results go to BENCHMARKS.md.new.
+a 64 MiB streamed echo against native. The results replace the measured
+part of BENCHMARKS.md (between its `bench:begin` / `bench:end` markers); the
+written analysis after it stays.
 
 Every server runs without RUST_BACKTRACE: with it set, wasmtime captures a
 backtrace for an error it builds and drops on every instance teardown,
@@ -396,9 +398,30 @@ def main():
     w("")
     report = "\n".join(lines)
     print(report)
-    with open(os.path.join(ROOT, "BENCHMARKS.md.new"), "w") as f:
-        f.write(report + "\n")
-    log("wrote BENCHMARKS.md.new: copy its tables into BENCHMARKS.md, keeping the analysis sections")
+    write_report(os.path.join(ROOT, "BENCHMARKS.md"), report)
+
+
+BEGIN, END = "<!-- bench:begin (written by make bench) -->", "<!-- bench:end -->"
+
+
+def write_report(path, report):
+    """Replace the measured part of `path` (between BEGIN and END), keeping
+    what is written around it; a file without the markers is replaced."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    block = f"{BEGIN}\n{report.rstrip()}\n{END}"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + block + tail
+    else:
+        text = block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    log(f"wrote the measured part of {path}; the analysis after it is unchanged: review and commit")
 
 
 if __name__ == "__main__":
