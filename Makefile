@@ -1,10 +1,11 @@
 # Build, run and test the host and its guests. `make help` lists the targets.
 
 CARGO ?= cargo
+RUSTUP ?= rustup
 WASM_TARGET := wasm32-wasip2
 # Every guest component in the repo: the default app plus the test guests.
 GUESTS := guest trap-guest spin-guest memhog-guest recurse-guest slow-guest counter-guest noresponse-guest \
-          config-guest fetch-guest chatty-guest
+          config-guest fetch-guest chatty-guest hostile-guest
 GUEST_FLAGS := --release --target $(WASM_TARGET) $(addprefix -p ,$(GUESTS))
 # Guests only `make bench` builds (several MB of generated code).
 BENCH_GUESTS := big-guest
@@ -13,7 +14,7 @@ BENCH_GUESTS := big-guest
 TOOLS := target/tools
 KUBE_VALIDATE := $(TOOLS)/bin/kubernetes-validate
 
-.PHONY: help build-guest build-guests build run test tools lint bench fmt clean
+.PHONY: help wasm-target build-guest build-guests build run test tools lint bench fmt clean
 
 help:
 	@echo "build-guest   build the default guest (target/$(WASM_TARGET)/release/guest.wasm)"
@@ -24,10 +25,19 @@ help:
 	@echo "lint          rustfmt check and clippy (host, tests, guests), warnings as errors"
 	@echo "bench         measure host vs native hyper vs wasmtime serve; updates BENCHMARKS.md"
 
-build-guest:
+# rustup installs the toolchain that rust-toolchain.toml pins, but it does not
+# add targets to a toolchain that is already installed: a machine with Rust
+# 1.95 and no wasm32-wasip2 would fail with "can't find crate for `core`".
+# Every target that builds guests depends on this one.
+wasm-target:
+	@$(RUSTUP) target list --installed | grep -qx '$(WASM_TARGET)' || { \
+		echo "installing the $(WASM_TARGET) target (rustup target add $(WASM_TARGET))"; \
+		$(RUSTUP) target add $(WASM_TARGET); }
+
+build-guest: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest
 
-build-guests:
+build-guests: wasm-target
 	$(CARGO) build $(GUEST_FLAGS)
 
 build: build-guest
@@ -46,14 +56,14 @@ test: build-guests tools
 	$(CARGO) build -p host
 	$(CARGO) test --workspace --exclude guest-sdk $(addprefix --exclude ,$(GUESTS) $(BENCH_GUESTS))
 
-lint:
+lint: wasm-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy $(GUEST_FLAGS) -p guest-sdk $(addprefix -p ,$(BENCH_GUESTS)) -- -D warnings
 
 # Installs wrk (Debian) and wasmtime-cli 48.0.8 (crates.io, into
 # target/bench-tools) when missing. Loopback only; stops what it starts.
-bench:
+bench: wasm-target
 	python3 scripts/bench.py
 
 fmt:

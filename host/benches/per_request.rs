@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use host::invoke::{Deployment, RequestContext};
-use host::limits::Limits;
+use host::invoke::{Deployment, Identity, RequestContext};
+use host::limits::{Limits, MemoryBudget};
 use host::outbound::OutboundPolicy;
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
@@ -30,18 +30,23 @@ const GUEST: &str = concat!(
 fn deployment(limits: Limits) -> Deployment {
     let wasm = std::fs::read(GUEST)
         .unwrap_or_else(|e| panic!("{GUEST}: {e}; build it with `make build-guest` first"));
-    let engine = host::engine::build(&limits).expect("engine");
+    let engine = host::engine::build(limits.max_concurrent, limits.memory_bytes).expect("engine");
     let linker = host::component::linker(&engine).expect("linker");
     let component = host::component::compile(&engine, &wasm).expect("compile");
     let pre = host::component::prepare(&engine, &linker, &component).expect("prepare");
     Deployment::new(
-        "bench".into(),
-        "v1".into(),
+        Identity {
+            app: "bench".into(),
+            version: "v1".into(),
+            digest: "bench".into(),
+            settings_key: 0,
+        },
         pre,
         limits,
         Vec::new(),
         Vec::new(),
         OutboundPolicy::parse(&[]).expect("empty allow-list"),
+        MemoryBudget::new(64 << 30),
     )
 }
 
@@ -56,9 +61,13 @@ fn per_request(c: &mut Criterion) {
         max_concurrent: 16,
         max_body_bytes: 1 << 20,
         body_read_timeout: Duration::from_secs(10),
+        body_min_rate: 1024,
         rate_limit_rps: 0,
         client_rate_limit_rps: 0,
         instance_reuse: 1,
+        max_resources: 1024,
+        max_outbound: 16,
+        max_outbound_app: 256,
     };
     let permits = Arc::new(Semaphore::new(16));
     let mut group = c.benchmark_group("per_request");

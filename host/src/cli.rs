@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve components over HTTP (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Deploy a component as a new version of an app on a running host.
     Deploy(crate::client::DeployArgs),
     /// List the apps of a running host, or show one.
@@ -95,10 +95,22 @@ pub struct ServeArgs {
     #[arg(long, env = "HOST_VERSION_HEADERS", default_value_t = true, action = ArgAction::Set)]
     pub version_headers: bool,
 
-    /// Linear memory cap per instance, in MiB (per-app settings may override).
-    /// A guest that grows past it traps (500).
+    /// Linear memory cap per instance, in MiB (per-app settings may override,
+    /// up to --max-app-memory-mib). A guest that grows past it traps (500).
     #[arg(long, env = "HOST_MEMORY_MIB", default_value_t = 128)]
     pub memory_mib: u64,
+
+    /// The largest `memory_mib` an app may ask for, in MiB: the size of every
+    /// pooled memory slot. Deploys asking for more are refused (400).
+    #[arg(long, env = "HOST_MAX_APP_MEMORY_MIB", default_value_t = 4096)]
+    pub max_app_memory_mib: u64,
+
+    /// Guest memory (linear memories and tables) all instances together may
+    /// hold, in MiB. Growth past it fails that request with 503. Default:
+    /// three quarters of the memory limit of the host's cgroup, or of the
+    /// machine's RAM.
+    #[arg(long, env = "HOST_MEMORY_BUDGET_MIB")]
+    pub memory_budget_mib: Option<u64>,
 
     /// Request timeout in milliseconds, on guest CPU and on waiting alike (504).
     #[arg(long, env = "HOST_TIMEOUT_MS", default_value_t = 30_000)]
@@ -107,6 +119,12 @@ pub struct ServeArgs {
     /// Requests served at once, host-wide; more are refused with 503.
     #[arg(long, env = "HOST_MAX_CONCURRENT", default_value_t = 1000)]
     pub max_concurrent: u32,
+
+    /// Requests of one app served at once, unless its settings say otherwise
+    /// (503 beyond). Default: a quarter of --max-concurrent, so one app's
+    /// clients can never take every slot.
+    #[arg(long, env = "HOST_APP_MAX_CONCURRENT")]
+    pub app_max_concurrent: Option<u32>,
 
     /// Largest request body accepted, in bytes (413 above it).
     #[arg(long, env = "HOST_MAX_BODY_BYTES", default_value_t = 100 * 1024 * 1024)]
@@ -134,14 +152,27 @@ pub struct ServeArgs {
     #[arg(long, env = "HOST_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// Time a client has to send a request's headers (and finish the TLS
-    /// handshake), in milliseconds; slower connections are closed.
+    /// Time a client has to send a request's headers, in milliseconds:
+    /// from accept to the first complete request head (TLS handshake and
+    /// HTTP/2 preface included), and for each later head. Slower
+    /// connections are closed.
     #[arg(long, env = "HOST_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
 
-    /// Longest pause allowed while a request body arrives, in milliseconds (408).
+    /// A connection with no request in flight for this long is closed, in
+    /// milliseconds (HTTP/2 gets a GOAWAY first).
+    #[arg(long, env = "HOST_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Longest pause allowed while a request body arrives, in milliseconds
+    /// (408); also the grace before --body-min-rate applies.
     #[arg(long, env = "HOST_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_read_timeout_ms: u64,
+
+    /// Average bytes per second a request body must keep up once the grace
+    /// is over (408 below it); 0 turns the rule off.
+    #[arg(long, env = "HOST_BODY_MIN_RATE", default_value_t = 1024)]
+    pub body_min_rate: u32,
 
     /// Largest total size of a request's headers, in bytes (431).
     #[arg(long, env = "HOST_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
@@ -163,6 +194,36 @@ pub struct ServeArgs {
     /// instance per request. Only for stateless apps; apps may override.
     #[arg(long, env = "HOST_INSTANCE_REUSE", default_value_t = 1)]
     pub instance_reuse: u32,
+
+    /// Host-side resources (wasi:http fields, bodies, streams, pollables)
+    /// one instance may hold at once; past it the guest traps (500).
+    #[arg(long, env = "HOST_MAX_GUEST_RESOURCES", default_value_t = 256)]
+    pub max_guest_resources: u32,
+
+    /// Outbound HTTP calls one instance may have in flight; more fail in the
+    /// guest with a wasi:http error.
+    #[arg(long, env = "HOST_MAX_OUTBOUND_PER_INSTANCE", default_value_t = 16)]
+    pub max_outbound_per_instance: u32,
+
+    /// Outbound HTTP calls all instances of one app may have in flight.
+    #[arg(long, env = "HOST_MAX_OUTBOUND_PER_APP", default_value_t = 256)]
+    pub max_outbound_per_app: u32,
+
+    /// Directory secret files are read from (`file:NAME` sources). Without
+    /// it, apps get no file secrets.
+    #[arg(long, env = "HOST_SECRETS_DIR", value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
+
+    /// Environment variables an app may name as a secret must start with
+    /// this (repeatable; comma-separated in the environment variable).
+    #[arg(
+        long = "secret-env-prefix",
+        env = "HOST_SECRET_ENV_PREFIX",
+        value_name = "PREFIX",
+        value_delimiter = ',',
+        default_value = crate::secrets::DEFAULT_ENV_PREFIX
+    )]
+    pub secret_env_prefixes: Vec<String>,
 
     /// HTTP/2: concurrent streams per connection.
     #[arg(long, env = "HOST_H2_MAX_STREAMS", default_value_t = 100)]
@@ -194,7 +255,7 @@ pub fn run() -> Result<()> {
     };
     match cli.command {
         None => serve(cli.serve, runtime()?),
-        Some(Command::Serve(args)) => serve(args, runtime()?),
+        Some(Command::Serve(args)) => serve(*args, runtime()?),
         Some(client) => runtime()?.block_on(crate::client::run(client)),
     }
 }
@@ -203,7 +264,11 @@ fn serve(args: ServeArgs, runtime: tokio::runtime::Runtime) -> Result<()> {
     let json = args.log_format == "json";
     let config = Config::from_args(args)?;
     init_logging(json);
-    runtime.block_on(crate::server::serve(config))
+    let served = runtime.block_on(crate::server::serve(config));
+    // A compile still running on a blocking thread (a signal came during
+    // startup) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 fn init_logging(json: bool) {

@@ -3,6 +3,7 @@
 //! by default, `--json` for scripts; a server error is printed as the
 //! server's message with a non-zero exit.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -11,7 +12,8 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::cli::Command;
-use crate::settings::{SecretSource, parse_pair};
+use crate::secrets::SecretSource;
+use crate::settings::parse_pair;
 
 /// Where the admin API is and how to talk to it.
 #[derive(Debug, Clone, Args)]
@@ -159,7 +161,7 @@ impl Client {
 
 pub async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Serve(_) => bail!("`serve` is not a client command"),
         Command::Deploy(args) => deploy(args).await,
         Command::Apps(args) => {
             let client = Client::new(&args.server)?;
@@ -176,14 +178,14 @@ pub async fn run(command: Command) -> Result<()> {
                 None => {
                     let apps = body["apps"].as_array().cloned().unwrap_or_default();
                     if apps.is_empty() {
-                        println!("no apps");
+                        writeln!(std::io::stdout(), "no apps")?;
                     }
                     for app in &apps {
-                        print_app(app, false);
+                        print_app(app, false)?;
                     }
+                    Ok(())
                 }
             }
-            Ok(())
         }
         Command::Rollback(args) => {
             let client = Client::new(&args.server)?;
@@ -305,29 +307,37 @@ fn report(server: &ServerArgs, body: &Value, human: impl Fn(&Value) -> String) -
     if server.json {
         print_json(body)
     } else {
-        println!("{}", human(body));
+        writeln!(std::io::stdout(), "{}", human(body))?;
         Ok(())
     }
 }
 
+/// Output goes through `writeln!`, never `println!`: a closed pipe (`host
+/// apps | head -1`) is an error `main` ends on quietly, not a panic.
 fn print_json(body: &Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(body)?);
+    writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(body)?)?;
     Ok(())
 }
 
-fn print_app(app: &Value, detailed: bool) {
+fn print_app(app: &Value, detailed: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let canary = match app["canary"].as_object() {
         Some(c) => format!("  canary {} at {}%", s(&c["version"]), c["weight"]),
         None => String::new(),
     };
-    println!(
-        "{:<20} {:<8} {:<14} {}{canary}",
+    let failed = match app["failed"].as_str() {
+        Some(reason) => format!("  NOT SERVED: {reason}"),
+        None => String::new(),
+    };
+    writeln!(
+        out,
+        "{:<20} {:<8} {:<14} {}{canary}{failed}",
         s(&app["name"]),
         s(&app["source"]),
         s(&app["current_version"]),
         s(&app["url"])
-    );
+    )?;
     if detailed {
         for v in app["versions"].as_array().into_iter().flatten() {
             let mark = if v["current"].as_bool() == Some(true) {
@@ -335,12 +345,14 @@ fn print_app(app: &Value, detailed: bool) {
             } else {
                 " "
             };
-            println!(
+            writeln!(
+                out,
                 "  {mark} {}  {} bytes  deployed {}",
                 s(&v["version"]),
                 v["size"],
                 v["deployed_at"]
-            );
+            )?;
         }
     }
+    Ok(())
 }

@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::cli::ServeArgs;
 use crate::limits::{Limits, MAX_INSTANCE_REUSE};
 use crate::router::FrontConfig;
+use crate::secrets::SecretPolicy;
+use crate::settings::Ceilings;
 
 /// Where `make build-guest` leaves the default guest, relative to the workspace.
 pub const DEFAULT_GUEST: &str = "target/wasm32-wasip2/release/guest.wasm";
@@ -18,6 +20,15 @@ pub const DEFAULT_GUEST: &str = "target/wasm32-wasip2/release/guest.wasm";
 /// Upper bound on `--max-concurrent`: every slot reserves pooled instance
 /// memory (virtual address space) up front.
 pub const MAX_CONCURRENT_CEILING: u32 = 10_000;
+/// Upper bound on `--max-app-memory-mib` (and so `--memory-mib`): a 32-bit
+/// linear memory cannot grow past 4 GiB.
+pub const MAX_MEMORY_MIB: u64 = 4096;
+/// Upper bound on `--memory-budget-mib` (1 TiB).
+const MAX_BUDGET_MIB: u64 = 1 << 20;
+/// Upper bound on `--max-upload-bytes`: 4 GiB, past any real component.
+const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// Upper bound on `--max-body-bytes`: 1 TiB.
+const MAX_BODY_BYTES: u64 = 1 << 40;
 
 /// The component served at `/` as app `default`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,16 +52,44 @@ pub struct Config {
     pub keep_versions: usize,
     pub max_upload_bytes: u64,
     pub compile_timeout: Duration,
+    /// Each app's limits unless its settings override them.
     pub limits: Limits,
+    /// What no app's settings may exceed.
+    pub ceilings: Ceilings,
+    /// Guest memory all instances together may hold, in bytes.
+    pub memory_budget_bytes: u64,
+    pub secrets: SecretPolicy,
     pub front: FrontConfig,
     pub drain_timeout: Duration,
     pub shutdown_delay: Duration,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub h2_max_streams: u32,
     pub h2_max_pending_resets: usize,
     pub h2_max_local_error_resets: usize,
+}
+
+/// An hour, the ceiling of every time limit.
+const HOUR_MS: u64 = 3_600_000;
+
+/// `value` must lie in `range`; the message names the flag.
+fn in_range<T>(flag: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<T>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    ensure!(
+        range.contains(&value),
+        "--{flag} must be between {} and {}, got {value}",
+        range.start(),
+        range.end()
+    );
+    Ok(value)
+}
+
+fn millis(flag: &str, value: u64, max: u64) -> Result<Duration> {
+    in_range(flag, value, 1..=max).map(Duration::from_millis)
 }
 
 impl Config {
@@ -83,60 +122,90 @@ impl Config {
                 manifest.display()
             );
         }
+        let max_app_memory_mib = in_range(
+            "max-app-memory-mib",
+            args.max_app_memory_mib,
+            1..=MAX_MEMORY_MIB,
+        )?;
+        let memory_mib = in_range("memory-mib", args.memory_mib, 1..=max_app_memory_mib)?;
+        let memory_budget_mib = match args.memory_budget_mib {
+            Some(mib) => in_range("memory-budget-mib", mib, 1..=MAX_BUDGET_MIB)?,
+            None => default_memory_budget_mib(),
+        };
         ensure!(
-            (1..=4096).contains(&args.memory_mib),
-            "--memory-mib must be between 1 and 4096, got {}",
-            args.memory_mib
+            memory_mib <= memory_budget_mib,
+            "--memory-mib {memory_mib} is over the host's guest memory budget of {memory_budget_mib} MiB: \
+             lower --memory-mib or raise --memory-budget-mib"
         );
-        ensure!(
-            (1..=MAX_INSTANCE_REUSE).contains(&args.instance_reuse),
-            "--instance-reuse must be between 1 (a fresh instance per request) and {MAX_INSTANCE_REUSE}, got {}",
-            args.instance_reuse
-        );
-        ensure!(
-            args.timeout_ms >= 1,
-            "--timeout-ms must be at least 1, got 0"
-        );
-        ensure!(
-            (1..=MAX_CONCURRENT_CEILING).contains(&args.max_concurrent),
-            "--max-concurrent must be between 1 and {MAX_CONCURRENT_CEILING}, got {}",
-            args.max_concurrent
-        );
-        ensure!(
-            args.keep_versions >= 1,
-            "--keep-versions must be at least 1"
-        );
-        ensure!(
-            args.compile_timeout_ms >= 1,
-            "--compile-timeout-ms must be at least 1"
-        );
-
-        ensure!(
-            args.max_connections >= 1,
-            "--max-connections must be at least 1"
-        );
-        ensure!(
-            args.header_read_timeout_ms >= 1,
-            "--header-read-timeout-ms must be at least 1"
-        );
-        ensure!(
-            args.body_read_timeout_ms >= 1,
-            "--body-read-timeout-ms must be at least 1"
-        );
-        ensure!(
-            args.max_header_bytes >= 1024,
-            "--max-header-bytes must be at least 1024, got {}",
-            args.max_header_bytes
-        );
-        ensure!(
-            args.max_headers >= 8,
-            "--max-headers must be at least 8, got {}",
-            args.max_headers
-        );
-        ensure!(
-            args.h2_max_streams >= 1,
-            "--h2-max-streams must be at least 1"
-        );
+        let instance_reuse = in_range(
+            "instance-reuse",
+            args.instance_reuse,
+            1..=MAX_INSTANCE_REUSE,
+        )?;
+        let timeout = millis("timeout-ms", args.timeout_ms, HOUR_MS)?;
+        let max_concurrent = in_range(
+            "max-concurrent",
+            args.max_concurrent,
+            1..=MAX_CONCURRENT_CEILING,
+        )?;
+        let app_max_concurrent = match args.app_max_concurrent {
+            Some(n) => in_range("app-max-concurrent", n, 1..=max_concurrent)?,
+            None => (max_concurrent / 4).max(1),
+        };
+        let keep_versions = in_range("keep-versions", args.keep_versions, 1..=1000)?;
+        let compile_timeout = millis("compile-timeout-ms", args.compile_timeout_ms, HOUR_MS)?;
+        let max_upload_bytes = in_range(
+            "max-upload-bytes",
+            args.max_upload_bytes,
+            1024..=MAX_UPLOAD_BYTES,
+        )?;
+        let max_body_bytes = in_range("max-body-bytes", args.max_body_bytes, 0..=MAX_BODY_BYTES)?;
+        let max_connections = in_range("max-connections", args.max_connections, 1..=1_000_000)?;
+        let header_read_timeout = millis(
+            "header-read-timeout-ms",
+            args.header_read_timeout_ms,
+            HOUR_MS / 6,
+        )?;
+        let idle_timeout = millis("idle-timeout-ms", args.idle_timeout_ms, HOUR_MS)?;
+        let body_read_timeout = millis("body-read-timeout-ms", args.body_read_timeout_ms, HOUR_MS)?;
+        let drain_timeout = Duration::from_millis(in_range(
+            "drain-timeout-ms",
+            args.drain_timeout_ms,
+            0..=HOUR_MS,
+        )?);
+        let shutdown_delay = Duration::from_millis(in_range(
+            "shutdown-delay-ms",
+            args.shutdown_delay_ms,
+            0..=HOUR_MS / 6,
+        )?);
+        let max_header_bytes = in_range("max-header-bytes", args.max_header_bytes, 1024..=1 << 20)?;
+        let max_headers = in_range("max-headers", args.max_headers, 8..=10_000)?;
+        let h2_max_streams = in_range("h2-max-streams", args.h2_max_streams, 1..=10_000)?;
+        let h2_max_pending_resets = in_range(
+            "h2-max-pending-resets",
+            args.h2_max_pending_resets,
+            1..=100_000,
+        )?;
+        let h2_max_local_error_resets = in_range(
+            "h2-max-local-error-resets",
+            args.h2_max_local_error_resets,
+            1..=100_000,
+        )?;
+        let max_resources = in_range(
+            "max-guest-resources",
+            args.max_guest_resources,
+            16..=1_000_000,
+        )?;
+        let max_outbound_app = in_range(
+            "max-outbound-per-app",
+            args.max_outbound_per_app,
+            1..=100_000,
+        )?;
+        let max_outbound = in_range(
+            "max-outbound-per-instance",
+            args.max_outbound_per_instance,
+            1..=max_outbound_app,
+        )?;
         let tls = match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => {
                 ensure!(
@@ -149,6 +218,8 @@ impl Config {
             }
             _ => None,
         };
+        let secrets = SecretPolicy::new(args.secrets_dir.as_deref(), args.secret_env_prefixes)
+            .map_err(anyhow::Error::msg)?;
 
         let admin_token = admin_token(args.admin_token_file.as_deref())?;
         if admin_token.is_none() && !args.admin_listen.ip().is_loopback() {
@@ -170,35 +241,80 @@ impl Config {
             state_dir,
             admin_listen: args.admin_listen,
             admin_token,
-            keep_versions: args.keep_versions,
-            max_upload_bytes: args.max_upload_bytes,
-            compile_timeout: Duration::from_millis(args.compile_timeout_ms),
+            keep_versions,
+            max_upload_bytes,
+            compile_timeout,
             limits: Limits {
-                memory_bytes: args.memory_mib * 1024 * 1024,
-                timeout: Duration::from_millis(args.timeout_ms),
-                max_concurrent: args.max_concurrent,
-                max_body_bytes: args.max_body_bytes,
-                body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
+                memory_bytes: memory_mib << 20,
+                timeout,
+                max_concurrent: app_max_concurrent,
+                max_body_bytes,
+                body_read_timeout,
+                body_min_rate: args.body_min_rate,
                 rate_limit_rps: args.rate_limit_rps,
                 client_rate_limit_rps: args.client_rate_limit_rps,
-                instance_reuse: args.instance_reuse,
+                instance_reuse,
+                max_resources,
+                max_outbound,
+                max_outbound_app,
             },
+            ceilings: Ceilings {
+                // An app may not ask for more than one slot holds, nor more
+                // than the whole budget: neither could ever be applied.
+                memory_mib: max_app_memory_mib.min(memory_budget_mib),
+                max_concurrent,
+            },
+            memory_budget_bytes: memory_budget_mib << 20,
+            secrets,
             front: FrontConfig {
-                max_concurrent: args.max_concurrent,
+                max_concurrent,
                 version_headers: args.version_headers,
-                max_header_bytes: args.max_header_bytes,
-                max_headers: args.max_headers,
+                max_header_bytes,
+                max_headers,
             },
-            drain_timeout: Duration::from_millis(args.drain_timeout_ms),
-            shutdown_delay: Duration::from_millis(args.shutdown_delay_ms),
+            drain_timeout,
+            shutdown_delay,
             tls,
-            max_connections: args.max_connections,
-            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
-            h2_max_streams: args.h2_max_streams,
-            h2_max_pending_resets: args.h2_max_pending_resets,
-            h2_max_local_error_resets: args.h2_max_local_error_resets,
+            max_connections,
+            header_read_timeout,
+            idle_timeout,
+            h2_max_streams,
+            h2_max_pending_resets,
+            h2_max_local_error_resets,
         })
     }
+}
+
+/// The default `--memory-budget-mib`: three quarters of the memory this
+/// process may use (its cgroup's limit, else the machine's RAM); the rest
+/// is the host's own (compiled code, connections, host-side guest state).
+fn default_memory_budget_mib() -> u64 {
+    let available = [cgroup_memory_limit(), physical_memory()]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(4 << 30);
+    ((available / 4 * 3) >> 20).clamp(1, MAX_BUDGET_MIB)
+}
+
+/// The memory limit of this process's cgroup (v2, then v1), if one is set.
+fn cgroup_memory_limit() -> Option<u64> {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
+    let v1 = || std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes").ok();
+    let raw = v2.or_else(v1)?;
+    // "max" (v2) or a huge number (v1) mean no limit.
+    raw.trim().parse::<u64>().ok().filter(|&b| b < 1 << 60)
+}
+
+fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf(3) with valid names has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
 }
 
 /// The admin token from `--admin-token-file`, else `$HOST_ADMIN_TOKEN`.

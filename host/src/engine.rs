@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::invoke::MAX_IDLE_INSTANCES;
-use crate::limits::Limits;
 
 /// How often the epoch advances: the granularity of CPU deadlines, and how
 /// often a busy guest yields its thread to other requests.
@@ -37,11 +36,13 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// many slots share one TLB flush.
 const DECOMMIT_BATCH: usize = 16;
 
-/// Build the engine: pooling allocator sized for `limits.max_concurrent`
-/// running instances plus the idle ones kept for reuse, epoch interruption
-/// on.
-pub fn build(limits: &Limits) -> Result<Engine> {
-    let slots = limits.max_concurrent + MAX_IDLE_INSTANCES;
+/// Build the engine: pooling allocator sized for `max_concurrent` running
+/// instances plus the idle ones kept for reuse, each memory slot able to
+/// grow to `max_memory_bytes` (the largest `memory_mib` an app may ask
+/// for; each instance's own, lower cap is its limiter's), epoch
+/// interruption on.
+pub fn build(max_concurrent: u32, max_memory_bytes: u64) -> Result<Engine> {
+    let slots = max_concurrent + MAX_IDLE_INSTANCES;
     let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
     let keep_resident = if pagemap { MEMORY_KEEP_RESIDENT } else { 0 };
     tracing::debug!(
@@ -58,7 +59,7 @@ pub fn build(limits: &Limits) -> Result<Engine> {
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_tables_per_component(TABLES_PER_COMPONENT)
-        .max_memory_size(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX))
+        .max_memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX))
         .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(TABLE_KEEP_RESIDENT)
         .pagemap_scan(Enabled::Auto)

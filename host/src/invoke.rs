@@ -40,7 +40,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::limits::{BodyVerdict, LimitedBody, Limits};
+use crate::limits::{BodyVerdict, LimitedBody, Limits, MemoryBudget, MemoryRefusal};
 use crate::metrics::{VersionMetrics, metrics};
 use crate::outbound::OutboundPolicy;
 use crate::response;
@@ -55,20 +55,38 @@ pub struct RequestContext {
     pub guest_micros: Arc<AtomicU64>,
 }
 
+/// Which version of which app a [`Deployment`] serves, and what it was
+/// built from.
+pub struct Identity {
+    pub app: Arc<str>,
+    pub version: Arc<str>,
+    /// SHA-256 of the component.
+    pub digest: Arc<str>,
+    /// A hash of the version's settings: a deployment is only reused for
+    /// the very same code and settings.
+    pub settings_key: u64,
+}
+
 /// One servable version of an app: its pre-instantiated component and
 /// everything each of its requests' stores is built from.
 pub struct Deployment {
     pub app: Arc<str>,
     pub version: Arc<str>,
+    pub digest: Arc<str>,
+    pub settings_key: u64,
     pre: ProxyPre<HostState>,
     pub limits: Limits,
     pub env: Arc<[(String, String)]>,
     pub config: Arc<WasiConfigVariables>,
     pub outbound: Arc<OutboundPolicy>,
+    /// Outbound calls its instances may have in flight together.
+    pub outbound_calls: Arc<Semaphore>,
+    /// The host-wide guest memory budget its instances charge.
+    pub budget: Arc<MemoryBudget>,
     /// This version's own concurrency cap.
     permits: Arc<Semaphore>,
     rate: Option<DefaultDirectRateLimiter>,
-    client_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    client_rate: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
     /// Idle instances, when the app opted into instance reuse.
     warm: Option<Arc<WarmPool>>,
     pub metrics: Arc<VersionMetrics>,
@@ -82,6 +100,13 @@ pub struct Deployment {
 pub const MAX_IDLE_INSTANCES: u32 = 256;
 /// An idle instance not reused within this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the per-client rate limiter forgets clients it has not seen.
+const CLIENT_RATE_PRUNE: Duration = Duration::from_secs(30);
+/// Most bytes a guest may pass to the host in one call (strings, lists):
+/// the largest legitimate one is a write of one outgoing-body chunk.
+const HOSTCALL_FUEL: usize = 4 << 20;
+/// Guest-defined resource handles (`resource.new`) an instance may hold.
+const MAX_COMPONENT_HANDLES: usize = 10_000;
 /// Idle instances across all apps (bounded by [`MAX_IDLE_INSTANCES`]).
 static IDLE: AtomicUsize = AtomicUsize::new(0);
 
@@ -182,6 +207,8 @@ enum Failure {
     Timeout,
     /// The guest tried to grow its memory past the cap.
     MemoryLimit(wasmtime::Error),
+    /// The guest's memory could not grow: the host-wide budget is spent.
+    MemoryBudget(wasmtime::Error),
     /// The guest trapped (or a host call it made failed fatally).
     Trap(wasmtime::Error),
     /// The guest returned without calling `response-outparam::set`.
@@ -198,27 +225,42 @@ fn quota(rps: u32) -> Option<Quota> {
 
 impl Deployment {
     pub fn new(
-        app: Arc<str>,
-        version: Arc<str>,
+        identity: Identity,
         pre: ProxyPre<HostState>,
         limits: Limits,
         env: Vec<(String, String)>,
         config: Vec<(String, String)>,
         outbound: OutboundPolicy,
+        budget: Arc<MemoryBudget>,
     ) -> Deployment {
+        let Identity {
+            app,
+            version,
+            digest,
+            settings_key,
+        } = identity;
         let metrics = Arc::new(metrics().for_version(&app, &version));
         let header_values = HeaderValue::from_str(&app)
             .ok()
             .zip(HeaderValue::from_str(&version).ok());
+        let client_rate =
+            quota(limits.client_rate_limit_rps).map(|q| Arc::new(RateLimiter::keyed(q)));
+        if let Some(limiter) = &client_rate {
+            prune_clients(Arc::downgrade(limiter));
+        }
         Deployment {
             app,
             version,
+            digest,
+            settings_key,
             pre,
             metrics,
             header_values,
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
+            outbound_calls: Arc::new(Semaphore::new(limits.max_outbound_app as usize)),
+            budget,
             rate: quota(limits.rate_limit_rps).map(RateLimiter::direct),
-            client_rate: quota(limits.client_rate_limit_rps).map(RateLimiter::keyed),
+            client_rate,
             warm: (limits.instance_reuse > 1).then(|| {
                 WarmPool::new(
                     limits.instance_reuse,
@@ -282,9 +324,7 @@ impl Deployment {
             return too_large(max_body);
         }
         let verdict = BodyVerdict::default();
-        let timeout = self.limits.body_read_timeout;
-        let request =
-            request.map(|body| LimitedBody::new(body, max_body, timeout, verdict.clone()));
+        let request = request.map(|body| LimitedBody::new(body, &self.limits, verdict.clone()));
 
         let outcome = self.run(request, (host_permit, permit), ctx).await;
         // A guest that gave up because the body broke a limit gets that
@@ -292,12 +332,21 @@ impl Deployment {
         if verdict.too_large() {
             return too_large(max_body);
         }
-        if verdict.timed_out() {
+        if verdict.stalled() {
             return response::error(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!(
                     "the request body stalled for over {} ms",
-                    timeout.as_millis()
+                    self.limits.body_read_timeout.as_millis()
+                ),
+            );
+        }
+        if verdict.too_slow() {
+            return response::error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body arrived slower than {} bytes per second",
+                    self.limits.body_min_rate
                 ),
             );
         }
@@ -309,9 +358,14 @@ impl Deployment {
 
     /// A store for a new instance, its epoch callback reading the current
     /// request's deadline from the store (so a reused instance keeps it).
-    fn new_store(&self, ctx: &RequestContext, deadline: Instant) -> Store<HostState> {
-        let mut store = Store::new(self.pre.engine(), HostState::new(self, &ctx.id, deadline));
+    /// `None` when the host-wide guest memory budget cannot take one more
+    /// instance.
+    fn new_store(&self, ctx: &RequestContext, deadline: Instant) -> Option<Store<HostState>> {
+        let state = HostState::new(self, &ctx.id, deadline)?;
+        let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
+        store.set_max_component_handles(MAX_COMPONENT_HANDLES);
         store.epoch_deadline_callback(|store| {
             Ok(if Instant::now() >= store.data().deadline {
                 UpdateDeadline::Interrupt
@@ -319,7 +373,7 @@ impl Deployment {
                 UpdateDeadline::Yield(1)
             })
         });
-        store
+        Some(store)
     }
 
     async fn run<B>(
@@ -333,7 +387,8 @@ impl Deployment {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let started = Instant::now();
-        let deadline = started + self.limits.timeout;
+        // The timeout is validated (at most an hour), so this cannot overflow.
+        let deadline = started.checked_add(self.limits.timeout).unwrap_or(started);
         let warm = self.warm.as_ref().and_then(|pool| pool.take());
         let (mut store, proxy, served) = match warm {
             Some(warm) => {
@@ -341,7 +396,16 @@ impl Deployment {
                 store.data_mut().begin(&ctx.id, deadline);
                 (store, Some(warm.proxy), warm.served)
             }
-            None => (self.new_store(ctx, deadline), None, 0),
+            None => match self.new_store(ctx, deadline) {
+                Some(store) => (store, None, 0),
+                None => {
+                    let failure = Failure::MemoryBudget(wasmtime::format_err!(
+                        "the guest memory budget cannot take another instance"
+                    ));
+                    failure.log(&self.app, &self.version);
+                    return Err(failure);
+                }
+            },
         };
         // Past each epoch tick a busy guest yields to other tasks; past the
         // deadline it traps with `Trap::Interrupt`.
@@ -402,13 +466,14 @@ impl Deployment {
                     Ok(())
                 }
                 Err(_elapsed) => Err(Failure::Timeout),
-                Ok(Err(err)) if store.data().limiter.memory_limit_hit => {
-                    Err(Failure::MemoryLimit(err))
-                }
-                Ok(Err(err)) if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
-                    Err(Failure::Timeout)
-                }
-                Ok(Err(err)) => Err(Failure::Trap(err)),
+                Ok(Err(err)) => match store.data().limiter.refused {
+                    Some(MemoryRefusal::InstanceCap) => Err(Failure::MemoryLimit(err)),
+                    Some(MemoryRefusal::HostBudget) => Err(Failure::MemoryBudget(err)),
+                    None if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                        Err(Failure::Timeout)
+                    }
+                    None => Err(Failure::Trap(err)),
+                },
             };
             if let Err(failure) = &result {
                 failure.log(&app, &version);
@@ -416,13 +481,18 @@ impl Deployment {
             result
         });
         // The guest runs on this task until it answers: most finish within
-        // the first poll and then no task is spawned. One still running
-        // (streaming its body, or still busy after a dropped connection) is
-        // detached to finish on its own.
+        // the first poll and then no task is spawned. One that answered and
+        // is still streaming its body is detached to finish on its own. If
+        // the client goes away first (this future is dropped: a reset
+        // stream, a closed connection) the guest is cancelled, so requests
+        // nobody waits for cannot pile up work and hold slots.
         // A guest that drops its outparam without answering closes the
         // receiver: that branch is then disabled and we wait for the guest
         // to say why.
-        let mut guest = Detached(Some(guest));
+        let mut guest = GuestRun {
+            future: Some(guest),
+            app: self.app.clone(),
+        };
         let result = tokio::select! {
             biased;
             result = guest.future() => result,
@@ -454,19 +524,46 @@ impl Deployment {
     }
 }
 
+/// Forget, every [`CLIENT_RATE_PRUNE`], the clients of a per-client rate
+/// limiter whose state is back to full, so its memory follows the clients
+/// seen recently, not every client ever seen. Ends with the limiter.
+fn prune_clients(limiter: Weak<DefaultKeyedRateLimiter<IpAddr>>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(CLIENT_RATE_PRUNE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(limiter) = limiter.upgrade() else {
+                return;
+            };
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    });
+}
+
 /// A guest's run: the instance, its call and its clean-up.
 type GuestFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
-/// A guest run polled in place; dropped unfinished, it is spawned to finish
-/// on its own, so a guest always runs to its end or its deadline.
-struct Detached(Option<GuestFuture>);
+/// A guest run polled in place, on the request's task. Once the guest has
+/// answered it is detached to stream the rest of its response on its own
+/// (to its end or its deadline); dropped before it answered (the client
+/// went away), it is cancelled: its instance is dropped at once.
+struct GuestRun {
+    future: Option<GuestFuture>,
+    app: Arc<str>,
+}
 
-impl Detached {
+impl GuestRun {
     async fn future(&mut self) -> Result<(), Failure> {
-        match &mut self.0 {
+        match &mut self.future {
             Some(future) => {
                 let result = future.await;
-                self.0 = None;
+                self.future = None;
                 result
             }
             None => Ok(()),
@@ -474,15 +571,18 @@ impl Detached {
     }
 
     fn detach(&mut self) {
-        if let Some(future) = self.0.take() {
+        if let Some(future) = self.future.take() {
             tokio::spawn(future);
         }
     }
 }
 
-impl Drop for Detached {
+impl Drop for GuestRun {
     fn drop(&mut self) {
-        self.detach();
+        if self.future.take().is_some() {
+            tracing::debug!(app = %self.app, "the client went away before the app answered: guest cancelled");
+            metrics().guest_failure(&self.app, "cancelled");
+        }
     }
 }
 
@@ -496,6 +596,11 @@ impl Failure {
             Failure::MemoryLimit(err) => {
                 tracing::warn!(app, version, cause = ?err, "guest hit its memory limit");
                 "memory_limit"
+            }
+            Failure::MemoryBudget(err) => {
+                tracing::warn!(app, version, cause = ?err, "the host's guest memory budget is spent");
+                metrics().reject("memory_budget");
+                "memory_budget"
             }
             Failure::Trap(err) => {
                 tracing::warn!(app, version, cause = ?err, "guest trapped");
@@ -527,6 +632,9 @@ impl Failure {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the app exceeded its memory limit",
             ),
+            Failure::MemoryBudget(_) => {
+                return busy("the server is out of memory for apps; retry shortly");
+            }
             Failure::Trap(_) | Failure::ErrorCode(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the app failed while handling the request",

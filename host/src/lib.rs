@@ -19,6 +19,7 @@
 //! - [`persist`]: the state directory (components, records, compiled code).
 //! - [`manifest`]: the TOML apps manifest.
 //! - [`settings`]: per-app env, config, secrets, outbound policy, limits.
+//! - [`secrets`]: which secret sources the operator allows, read safely.
 //! - [`outbound`]: the outbound HTTP allow-list and its enforcement.
 //! - [`router`]: which app and version answer a request.
 //! - [`admin`]: the admin API on its own listener, with health and metrics.
@@ -52,6 +53,7 @@ pub mod persist;
 pub mod registry;
 pub mod response;
 pub mod router;
+pub mod secrets;
 pub mod server;
 pub mod settings;
 pub mod state;

@@ -6,9 +6,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -17,19 +17,24 @@ use wasmtime::ResourceLimiter;
 
 use crate::metrics::metrics;
 
-/// The limits every request runs under.
+/// The limits every request of an app runs under: the host's defaults,
+/// overridden per app by its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Linear memory cap per instance, in bytes.
     pub memory_bytes: u64,
     /// Wall-clock budget per request: guest CPU and waiting alike.
     pub timeout: Duration,
-    /// Requests served at once.
+    /// Requests of this app served at once.
     pub max_concurrent: u32,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: u64,
-    /// Longest wait for the next piece of a request body.
+    /// Longest wait for the next piece of a request body, and the grace
+    /// before [`Limits::body_min_rate`] applies.
     pub body_read_timeout: Duration,
+    /// Average bytes per second a request body must keep up after the
+    /// grace (0: no minimum), so a trickle cannot hold a slot for long.
+    pub body_min_rate: u32,
     /// Requests per second per app (0: unlimited); the burst is one second's worth.
     pub rate_limit_rps: u32,
     /// Requests per second per client IP, per app (0: unlimited).
@@ -38,6 +43,13 @@ pub struct Limits {
     /// instance per request). Only for apps that keep no state between
     /// requests: memory and globals carry over.
     pub instance_reuse: u32,
+    /// Host-side resources (wasi:http fields, bodies, streams, pollables…)
+    /// an instance may hold at once.
+    pub max_resources: u32,
+    /// Outbound HTTP calls one instance may have in flight.
+    pub max_outbound: u32,
+    /// Outbound HTTP calls all instances of one app may have in flight.
+    pub max_outbound_app: u32,
 }
 
 /// The most requests one instance may serve with instance reuse.
@@ -45,20 +57,102 @@ pub const MAX_INSTANCE_REUSE: u32 = 100_000;
 
 /// Table growth cap per instance (elements); generous for real guests.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// What one table element is charged against the memory budget.
+const TABLE_ELEMENT_BYTES: u64 = 16;
 
-/// Caps an instance's linear memory and tables, and remembers whether the
-/// cap was what stopped the guest so the failure can be reported as such.
+/// The host-wide budget for guest memory (`--memory-budget-mib`): every
+/// instance reserves what the host may hold for it outside its memories
+/// when it is made, and its linear memories and tables are charged as they
+/// grow; all is released when the instance is dropped. So the sum of what
+/// all instances hold can never exceed what the operator configured,
+/// whatever `--max-concurrent` × `--memory-mib` would allow.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl MemoryBudget {
+    pub fn new(limit_bytes: u64) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            limit: limit_bytes,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes the operator allows in all.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_charge(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// What stopped a guest's memory from growing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryRefusal {
+    /// Its own cap (`--memory-mib` or the app's `memory_mib`).
+    InstanceCap,
+    /// The host-wide budget (`--memory-budget-mib`) is spent.
+    HostBudget,
+}
+
+/// Caps an instance's linear memory and tables, charges them to the
+/// host-wide [`MemoryBudget`], and remembers what stopped the guest so the
+/// failure can be reported as such.
 pub struct GuestLimiter {
     memory_bytes: usize,
-    pub memory_limit_hit: bool,
+    budget: Arc<MemoryBudget>,
+    /// Bytes this instance has charged to the budget: its host-side
+    /// reserve, then its memories and tables as they grow.
+    charged: u64,
+    pub refused: Option<MemoryRefusal>,
 }
 
 impl GuestLimiter {
-    pub fn new(memory_bytes: u64) -> Self {
-        GuestLimiter {
-            memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
-            memory_limit_hit: false,
+    /// A limiter that has reserved `host_reserve` bytes (what the host may
+    /// hold for the instance outside its memories) from the budget; `None`
+    /// when the budget cannot take them.
+    pub fn new(memory_bytes: u64, budget: Arc<MemoryBudget>, host_reserve: u64) -> Option<Self> {
+        if !budget.try_charge(host_reserve) {
+            return None;
         }
+        Some(GuestLimiter {
+            memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+            budget,
+            charged: host_reserve,
+            refused: None,
+        })
+    }
+
+    fn charge(&mut self, bytes: u64) -> bool {
+        if self.budget.try_charge(bytes) {
+            self.charged += bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for GuestLimiter {
+    fn drop(&mut self) {
+        self.budget.release(self.charged);
     }
 }
 
@@ -70,10 +164,18 @@ impl ResourceLimiter for GuestLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
-            self.memory_limit_hit = true;
+            self.refused = Some(MemoryRefusal::InstanceCap);
             wasmtime::bail!(
                 "guest tried to grow its memory from {current} to {desired} bytes, over its limit of {} bytes",
                 self.memory_bytes
+            );
+        }
+        let growth = desired.saturating_sub(current) as u64;
+        if !self.charge(growth) {
+            self.refused = Some(MemoryRefusal::HostBudget);
+            wasmtime::bail!(
+                "guest tried to grow its memory by {growth} bytes, but the host's guest memory budget of {} bytes is spent",
+                self.budget.limit()
             );
         }
         Ok(true)
@@ -81,11 +183,22 @@ impl ResourceLimiter for GuestLimiter {
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        let growth = desired.saturating_sub(current) as u64 * TABLE_ELEMENT_BYTES;
+        if !self.charge(growth) {
+            self.refused = Some(MemoryRefusal::HostBudget);
+            wasmtime::bail!(
+                "guest tried to grow a table, but the host's guest memory budget of {} bytes is spent",
+                self.budget.limit()
+            );
+        }
+        Ok(true)
     }
 }
 
@@ -95,14 +208,21 @@ pub struct BodyVerdict(Arc<AtomicU8>);
 
 impl BodyVerdict {
     const TOO_LARGE: u8 = 1;
-    const TIMED_OUT: u8 = 2;
+    const STALLED: u8 = 2;
+    const TOO_SLOW: u8 = 3;
 
     pub fn too_large(&self) -> bool {
         self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
     }
 
-    pub fn timed_out(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::TIMED_OUT
+    /// Nothing arrived for the read timeout.
+    pub fn stalled(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::STALLED
+    }
+
+    /// It kept arriving, but slower than the minimum rate.
+    pub fn too_slow(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_SLOW
     }
 
     fn set(&self, v: u8) {
@@ -111,28 +231,54 @@ impl BodyVerdict {
 }
 
 /// A request body that fails once more than `limit` bytes have arrived
-/// (`HttpRequestBodySize`), or when the client sends nothing for
-/// `read_timeout` (`ConnectionReadTimeout`), and records which in its
-/// [`BodyVerdict`] so the host can answer 413 or 408.
+/// (`HttpRequestBodySize`), when the client sends nothing for
+/// `read_timeout`, or when it falls below `min_rate` bytes per second on
+/// average after a grace of `read_timeout` (`ConnectionReadTimeout`), and
+/// records which in its [`BodyVerdict`] so the host can answer 413 or 408.
+/// The rate rule is what stops a client that sends a byte every few
+/// seconds from holding a concurrency slot for the whole request timeout.
 pub struct LimitedBody<B = Incoming> {
     inner: B,
     remaining: u64,
     limit: u64,
     read_timeout: Duration,
-    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    min_rate: u32,
+    started: Instant,
+    received: u64,
+    /// When the current pause becomes a stall (set on the first `Pending`
+    /// after data).
+    stall_at: Option<Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     verdict: BodyVerdict,
 }
 
 impl<B> LimitedBody<B> {
-    pub fn new(inner: B, limit: u64, read_timeout: Duration, verdict: BodyVerdict) -> Self {
+    pub fn new(inner: B, limits: &Limits, verdict: BodyVerdict) -> Self {
         LimitedBody {
             inner,
-            remaining: limit,
-            limit,
-            read_timeout,
-            idle: None,
+            remaining: limits.max_body_bytes,
+            limit: limits.max_body_bytes,
+            read_timeout: limits.body_read_timeout,
+            min_rate: limits.body_min_rate,
+            started: Instant::now(),
+            received: 0,
+            stall_at: None,
+            timer: None,
             verdict,
         }
+    }
+
+    /// When the body falls below the minimum rate: after the grace, one
+    /// more second for every `min_rate` bytes received.
+    fn too_slow_at(&self) -> Option<Instant> {
+        let rate = u64::from(self.min_rate);
+        if rate == 0 {
+            return None;
+        }
+        let earned = Duration::from_millis(self.received.saturating_mul(1000) / rate);
+        self.started
+            .checked_add(self.read_timeout)?
+            .checked_add(earned)
     }
 }
 
@@ -151,7 +297,7 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.idle = None;
+                this.stall_at = None;
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
@@ -163,20 +309,36 @@ where
                         )));
                     }
                     this.remaining -= len;
+                    this.received += len;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let timeout = this.read_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match idle.as_mut().poll(cx) {
+                let now = Instant::now();
+                let stall_at = *this
+                    .stall_at
+                    .get_or_insert_with(|| now.checked_add(this.read_timeout).unwrap_or(now));
+                let slow_at = this.too_slow_at();
+                let (at, verdict) = match slow_at {
+                    Some(slow) if slow < stall_at => (slow, BodyVerdict::TOO_SLOW),
+                    _ => (stall_at, BodyVerdict::STALLED),
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+                if timer.deadline() != at.into() {
+                    timer.as_mut().reset(at.into());
+                }
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        this.verdict.set(BodyVerdict::TIMED_OUT);
-                        metrics().reject("body_timeout");
+                        this.verdict.set(verdict);
+                        metrics().reject(if verdict == BodyVerdict::TOO_SLOW {
+                            "body_too_slow"
+                        } else {
+                            "body_timeout"
+                        });
                         Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
                     }
                     Poll::Pending => Poll::Pending,

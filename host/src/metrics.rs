@@ -30,7 +30,8 @@ pub struct AppLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
     pub app: String,
-    /// `trap`, `timeout`, `memory_limit`, `no_response`, `error_code`.
+    /// `trap`, `timeout`, `memory_limit`, `memory_budget`, `no_response`,
+    /// `error_code`, `cancelled` (the client left before the app answered).
     pub kind: String,
 }
 
@@ -39,7 +40,8 @@ pub struct ReasonLabel {
     /// What was refused: `body_too_large` (413), `rate_limited` (429),
     /// `rate_limited_client` (429), `headers_too_large` (431),
     /// `too_many_headers` (431), `host_busy` (503), `app_busy` (503),
-    /// `body_timeout` (408), `no_route` (404).
+    /// `memory_budget` (503), `body_timeout` (408), `body_too_slow` (408),
+    /// `no_route` (404), `bad_path` (400).
     pub reason: String,
 }
 
@@ -51,7 +53,7 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutboundLabels {
     pub app: String,
-    /// `allowed`, `denied`, `error`.
+    /// `allowed`, `denied`, `error`, `limited` (too many in flight).
     pub result: String,
 }
 
@@ -70,6 +72,12 @@ pub struct Metrics {
     pub code_loads: Family<ResultLabel, Counter>,
     pub outbound: Family<OutboundLabels, Counter>,
     pub connections: Gauge,
+    /// Deployed apps on disk that failed to restore and are not served.
+    pub apps_failed: Gauge,
+    /// Guest memory charged to the `--memory-budget-mib` budget, in bytes.
+    pub memory_budget_used: Gauge,
+    /// Deploys being uploaded or compiled now.
+    pub deploys_in_progress: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -93,6 +101,9 @@ impl Metrics {
             code_loads: Family::default(),
             outbound: Family::default(),
             connections: Gauge::default(),
+            apps_failed: Gauge::default(),
+            memory_budget_used: Gauge::default(),
+            deploys_in_progress: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +165,21 @@ impl Metrics {
             "open_connections",
             "Open client connections on the public listener",
             m.connections.clone(),
+        );
+        registry.register(
+            "apps_failed",
+            "Deployed apps that failed to restore at start and are not served",
+            m.apps_failed.clone(),
+        );
+        registry.register(
+            "deploys_in_progress",
+            "Deploys being uploaded or compiled now",
+            m.deploys_in_progress.clone(),
+        );
+        registry.register(
+            "guest_memory_bytes",
+            "Guest memory (linear memories and tables) held by all instances, charged to --memory-budget-mib",
+            m.memory_budget_used.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,12 +1,17 @@
 //! Outbound HTTP from guests: deny by default, allow what the app's
-//! allow-list names, and block loopback, private and link-local
-//! destinations after DNS resolution unless the allow-list names that exact
-//! IP address.
+//! allow-list names, and block every non-public destination (loopback,
+//! private, link-local, shared, benchmarking, documentation, NAT64/6to4 and
+//! Teredo forms of those, …) after DNS resolution, unless the request is to
+//! an IP literal that a matching pattern (same scheme and port) names.
 //!
 //! The host connects to the very address it checked (it never resolves the
 //! name a second time), so DNS cannot be rebound between check and connect.
-//! A denied call reaches the guest as wasi:http `HTTP-request-denied` and is
-//! logged with the app and the reason.
+//! DNS lookups and connects are time-bounded, and each instance and each
+//! app may only have so many calls in flight (`--max-outbound-per-instance`,
+//! `--max-outbound-per-app`): past that a call fails in the guest with
+//! `connection-limit-reached`, so a guest cannot exhaust the host's file
+//! descriptors. A denied call reaches the guest as wasi:http
+//! `HTTP-request-denied` and is logged with the app and the reason.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -18,12 +23,19 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::metrics::metrics;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a DNS lookup may take.
+const DNS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest write into an outgoing body (a guest's response or an outbound
+/// request); with one buffered write this bounds what the host holds for
+/// each body the guest has not yet sent to 2 × this.
+pub const OUTGOING_BODY_CHUNK_BYTES: usize = 12 * 1024;
 
 /// One allow-list entry: `scheme://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +83,8 @@ impl OutboundPolicy {
         Ok(OutboundPolicy { patterns })
     }
 
+    /// Does some pattern allow `scheme://host:port`? For an IP literal only
+    /// a pattern naming that IP (with this scheme and port) can.
     fn allowed(&self, scheme: &str, host: &str, port: u16) -> bool {
         let ip = parse_ip(host);
         self.patterns.iter().any(|p| {
@@ -91,14 +105,6 @@ impl OutboundPolicy {
         })
     }
 
-    /// Is `ip` named literally by some pattern (which lets it through even
-    /// when it is loopback, private or link-local)?
-    fn names_ip(&self, ip: IpAddr) -> bool {
-        self.patterns
-            .iter()
-            .any(|p| matches!(p.host, HostPattern::Ip(a) if a == ip))
-    }
-
     /// Decide on a request: the address to connect to, or why not.
     async fn check(&self, scheme: &str, host: &str, port: u16) -> Result<SocketAddr, String> {
         if scheme != "http" && scheme != "https" {
@@ -107,20 +113,24 @@ impl OutboundPolicy {
         if !self.allowed(scheme, host, port) {
             return Err("destination is not in the app's outbound allow-list".into());
         }
-        let candidates: Vec<SocketAddr> = match parse_ip(host) {
-            Some(ip) => vec![SocketAddr::new(ip, port)],
-            None => tokio::net::lookup_host((host, port))
+        // An IP literal got here only through a pattern naming that very IP
+        // for this scheme and port: the operator allowed it, private or not.
+        if let Some(ip) = parse_ip(host) {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let candidates: Vec<SocketAddr> =
+            tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port)))
                 .await
+                .map_err(|_| format!("DNS lookup took over {} s", DNS_TIMEOUT.as_secs()))?
                 .map_err(|e| format!("DNS lookup failed: {e}"))?
-                .collect(),
-        };
+                .collect();
         candidates
             .iter()
             .copied()
-            .find(|addr| !is_internal(addr.ip()) || self.names_ip(addr.ip()))
+            .find(|addr| !is_internal(addr.ip()))
             .ok_or_else(|| {
-                "destination resolves to a loopback, private or link-local address \
-                 not named in the allow-list"
+                "destination resolves to a loopback, private or link-local (non-public) \
+                 address; a private service must be allowed by its IP"
                     .to_string()
             })
     }
@@ -176,44 +186,117 @@ fn parse_pattern(raw: &str) -> Result<Pattern, String> {
     })
 }
 
-/// Loopback, private, link-local, unspecified and similar non-public addresses.
+/// Every address that is not plainly public: the IANA special-purpose
+/// registries for IPv4 and IPv6, with the IPv6 forms that embed an IPv4
+/// address (mapped, compatible, NAT64, 6to4) judged by that address.
 fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
+            v4.is_loopback()                                  // 127/8
+                || v4.is_private()                            // 10/8, 172.16/12, 192.168/16
+                || v4.is_link_local()                         // 169.254/16
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.is_multicast()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
-                || o[0] == 0
+                || v4.is_multicast()                          // 224/4
+                || v4.is_documentation()                      // 192.0.2/24, 198.51.100/24, 203.0.113/24
+                || o[0] == 0                                  // 0/8 "this network"
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)       // 100.64/10 shared (CGNAT)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)    // 192.0.0/24 IETF protocol assignments
+                || (o[0] == 192 && o[1] == 88 && o[2] == 99)  // 192.88.99/24 6to4 relay anycast
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)       // 198.18/15 benchmarking
+                || o[0] >= 240 // 240/4 reserved
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
             let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_internal(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4)); // ::ffff:a.b.c.d
+            }
+            if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return embedded(seg[6], seg[7]); // ::a.b.c.d (IPv4-compatible)
+            }
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return embedded(seg[6], seg[7]); // 64:ff9b::/96 NAT64
+            }
+            if seg[0] == 0x2002 {
+                return embedded(seg[1], seg[2]); // 2002::/16 6to4
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || v6.is_multicast()                          // ff00::/8
+                || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // 64:ff9b:1::/48 local NAT64
+                || (seg[0] == 0x100 && seg[1..4] == [0, 0, 0]) // 100::/64 discard
+                || (seg[0] == 0x2001 && seg[1] < 0x200)       // 2001::/23 IETF (Teredo, ORCHID, …)
+                || (seg[0] == 0x2001 && seg[1] == 0xdb8)      // 2001:db8::/32 documentation
+                || (seg[0] == 0x3fff && seg[1] < 0x1000)      // 3fff::/20 documentation
+                || (seg[0] & 0xfe00) == 0xfc00                // fc00::/7 unique local
+                || (seg[0] & 0xffc0) == 0xfe80                // fe80::/10 link-local
+                || (seg[0] & 0xffc0) == 0xfec0 // fec0::/10 site-local (deprecated)
         }
     }
 }
 
-/// The wasi:http hooks of one app's requests: outbound calls go through
-/// its policy.
+/// The wasi:http hooks of one instance: outbound calls go through its
+/// app's policy and in-flight caps.
 pub struct OutboundHooks {
     pub app: Arc<str>,
     pub policy: Arc<OutboundPolicy>,
+    /// Calls all instances of the app may have in flight.
+    pub app_calls: Arc<Semaphore>,
+    /// Calls this instance may have in flight; made on its first call.
+    instance_calls: Option<Arc<Semaphore>>,
+    max_instance_calls: u32,
 }
+
+impl OutboundHooks {
+    pub fn new(
+        app: Arc<str>,
+        policy: Arc<OutboundPolicy>,
+        app_calls: Arc<Semaphore>,
+        max_instance_calls: u32,
+    ) -> OutboundHooks {
+        OutboundHooks {
+            app,
+            policy,
+            app_calls,
+            instance_calls: None,
+            max_instance_calls,
+        }
+    }
+
+    /// A slot for one more call, under both caps.
+    fn slot(&mut self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let max = self.max_instance_calls as usize;
+        let instance = self
+            .instance_calls
+            .get_or_insert_with(|| Arc::new(Semaphore::new(max)))
+            .clone()
+            .try_acquire_owned()
+            .ok()?;
+        let app = self.app_calls.clone().try_acquire_owned().ok()?;
+        Some((instance, app))
+    }
+}
+
+/// Holds a call's slots until its connection closes.
+type Slot = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
 impl WasiHttpHooks for OutboundHooks {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: Request<WasiBody>,
@@ -221,6 +304,11 @@ impl WasiHttpHooks for OutboundHooks {
         _response_errors: IoFuture,
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send> {
         let app = self.app.clone();
+        let Some(slot) = self.slot() else {
+            tracing::warn!(app = %app, url = %request.uri(), "outbound request refused: too many calls in flight");
+            metrics().outbound(&app, "limited");
+            return Box::new(async { Err(Error::ConnectionLimitReached) });
+        };
         let policy = self.policy.clone();
         Box::new(async move {
             let uri = request.uri().clone();
@@ -237,7 +325,7 @@ impl WasiHttpHooks for OutboundHooks {
             };
             tracing::debug!(app = %app, url = %uri, %addr, "outbound request allowed");
             let tls_host = (scheme == "https").then_some(host);
-            let sent = send(addr, tls_host, request, options).await;
+            let sent = send(addr, tls_host, request, options, slot).await;
             metrics().outbound(&app, if sent.is_ok() { "allowed" } else { "error" });
             sent
         })
@@ -266,11 +354,13 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
 
 /// Connect to `addr` (TLS with SNI `tls_host` for https), send `request`
 /// over HTTP/1.1 and return the response head; the body streams after.
+/// `slot` is held until the connection closes.
 async fn send(
     addr: SocketAddr,
     tls_host: Option<String>,
     mut request: Request<WasiBody>,
     options: Option<RequestOptions>,
+    slot: Slot,
 ) -> Result<(http::Response<WasiBody>, IoFuture), Error> {
     let connect_timeout = options
         .and_then(|o| o.connect_timeout)
@@ -286,8 +376,12 @@ async fn send(
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = match tls_host {
         Some(host) => {
-            let name = rustls::pki_types::ServerName::try_from(host)
-                .map_err(|_| Error::TlsCertificateError)?;
+            // An IPv6 literal comes as `[::1]`; the certificate names `::1`.
+            let name = match parse_ip(&host) {
+                Some(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+                None => rustls::pki_types::ServerName::try_from(host)
+                    .map_err(|_| Error::TlsCertificateError)?,
+            };
             let tls = tokio::time::timeout(connect_timeout, tls_connector().connect(name, tcp))
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?
@@ -296,7 +390,10 @@ async fn send(
         }
         None => Box::new(tcp),
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        // Bounds what a response the guest does not read holds in the host.
+        .max_buf_size(16 * 1024)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(Error::from)?;
     let driver = tokio::spawn(conn);
@@ -314,6 +411,7 @@ async fn send(
         .map_err(|_| Error::ConnectionReadTimeout)?
         .map_err(Error::from)?;
     let io: IoFuture = Box::new(async move {
+        let _slot = slot;
         match driver.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(Error::from(err)),
@@ -395,10 +493,33 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            "192.0.0.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.2.1",
+            "240.0.0.1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2001::1",
+            "2001:db8::1",
+            "fec0::1",
+            "100::1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+        for ip in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+            "2001:4860:4860::8888",
+        ] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }
@@ -409,11 +530,20 @@ mod tests {
         let by_name = policy(&["http://localhost:8080"]);
         let err = by_name.check("http", "localhost", 8080).await.unwrap_err();
         assert!(err.contains("loopback"), "{err}");
-        // The literal address listed: allowed.
+        // The literal address listed: allowed, on that scheme and port only.
         let by_ip = policy(&["http://127.0.0.1:8080"]);
         assert_eq!(
             by_ip.check("http", "127.0.0.1", 8080).await.unwrap(),
             "127.0.0.1:8080".parse().unwrap()
         );
+        assert!(by_ip.check("http", "127.0.0.1", 9090).await.is_err());
+        assert!(by_ip.check("https", "127.0.0.1", 8080).await.is_err());
+        // A listed IP exempts nothing else: a name that resolves to it is
+        // still refused.
+        let both = policy(&["http://127.0.0.1:8080", "http://localhost:8080"]);
+        assert!(both.check("http", "localhost", 8080).await.is_err());
+        // Bracketed IPv6 literals match their pattern.
+        let v6 = policy(&["https://[::1]:8443"]);
+        assert!(v6.check("https", "[::1]", 8443).await.is_ok());
     }
 }

@@ -165,25 +165,53 @@ impl StateDir {
             .collect())
     }
 
-    /// Remove components and cache entries no app references any more.
-    pub fn collect_garbage(&self, live_digests: &HashSet<String>) {
+    /// The digest of every stored component and cache entry.
+    pub fn stored_digests(&self) -> HashSet<String> {
+        let mut digests = HashSet::new();
+        for sub in ["components", "cache"] {
+            let Ok(entries) = fs::read_dir(self.root.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if let Some(digest) = file_digest(&entry.file_name().to_string_lossy()) {
+                    digests.insert(digest.to_string());
+                }
+            }
+        }
+        digests
+    }
+
+    /// Remove the stored components and cache entries of `digests`; how
+    /// many files went.
+    pub fn remove_digests(&self, digests: &[String]) -> usize {
+        let doomed: HashSet<&str> = digests.iter().map(String::as_str).collect();
+        let mut removed = 0;
         for sub in ["components", "cache"] {
             let Ok(entries) = fs::read_dir(self.root.join(sub)) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                let name = name.to_string_lossy();
-                let digest = name.split(['.', '-']).next().unwrap_or_default();
-                if digest.len() == 64
-                    && !live_digests.contains(digest)
-                    && let Err(err) = fs::remove_file(entry.path())
-                {
-                    tracing::warn!(file = %entry.path().display(), error = %err, "failed to remove unused state file");
+                if !file_digest(&name.to_string_lossy()).is_some_and(|d| doomed.contains(d)) {
+                    continue;
+                }
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(err) => {
+                        tracing::warn!(file = %entry.path().display(), error = %err, "failed to remove unused state file")
+                    }
                 }
             }
         }
+        removed
     }
+}
+
+/// The digest a state file is named after (`DIGEST.wasm`,
+/// `DIGEST-ENGINE.cwasm`), if it is one.
+fn file_digest(name: &str) -> Option<&str> {
+    let digest = name.split(['.', '-']).next()?;
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
 }
 
 /// Write `bytes` to `path` so that a crash leaves either the old contents or

@@ -3,33 +3,52 @@
 //! Two kinds of app: *static* ones declared on the command line or in the
 //! manifest (read-only at run time), and *deployed* ones managed through the
 //! admin API and persisted in the state directory. Every change (deploy,
-//! rollback, canary, promote, abort, delete) is validated first, compiled
-//! off the serving threads, written to disk crash-safely, and only then
-//! published to the router in one atomic swap. A rejected change leaves
-//! both the disk and what is served exactly as they were.
+//! rollback, canary, promote, abort, delete) takes the same path:
+//!
+//! 1. under the lock, plan the app's new record from its current one (pure
+//!    functions on [`AppRecord`], validated);
+//! 2. without the lock, make what the new record serves: store the upload,
+//!    load or compile the code (off the serving threads, within
+//!    `--compile-timeout-ms`), read secrets;
+//! 3. under the lock again, check the record did not change meanwhile (else
+//!    409), write it to disk crash-safely and publish the routing table in
+//!    one atomic swap.
+//!
+//! A rejected change leaves both the disk and what is served exactly as
+//! they were. Unused components and compiled code are removed by a
+//! background collector, never on the request path, and never while any
+//! record on disk (served, failed or unreadable) may still name them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-use http::StatusCode;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::component;
-use crate::invoke::Deployment;
-use crate::limits::Limits;
+use crate::invoke::{Deployment, Identity};
+use crate::limits::{Limits, MemoryBudget};
 use crate::metrics::metrics;
 use crate::outbound::OutboundPolicy;
 use crate::persist::{StateDir, sha256_hex};
 use crate::router::{Canary, LiveApp, Route, Router, RoutingTable};
-use crate::settings::AppSettings;
+use crate::secrets::SecretPolicy;
+use crate::settings::{AppSettings, Ceilings};
 use crate::state::HostState;
+
+/// The name of the implicit default guest; no deployed app may take it.
+pub const DEFAULT_APP: &str = "default";
+/// Longest the host waits for an app's secrets to be read.
+const SECRET_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the garbage collector waits after a change before it runs, so a
+/// burst of deploys costs one pass.
+const GC_DELAY: Duration = Duration::from_millis(200);
 
 /// A deployed app as stored in `STATE_DIR/apps/NAME.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,38 +87,191 @@ pub struct VersionRecord {
     pub settings: AppSettings,
 }
 
-/// An error for the admin API: a status and a message that says what to fix.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
+impl AppRecord {
+    /// The record of `version`, by exact id.
+    fn version(&self, id: &str) -> Result<&VersionRecord, AppError> {
+        self.versions
+            .iter()
+            .find(|v| v.version == id)
+            .ok_or_else(|| {
+                AppError::Invalid(format!(
+                    "the record of app {} names version {id}, which it does not hold",
+                    self.name
+                ))
+            })
+    }
 
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
+    /// Resolve a version id (or a unique prefix of one).
+    fn find_version(&self, wanted: &str) -> Result<&VersionRecord, AppError> {
+        let matches: Vec<&VersionRecord> = self
+            .versions
+            .iter()
+            .filter(|v| !wanted.is_empty() && v.version.starts_with(wanted))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one),
+            [] => Err(AppError::NotFound(format!(
+                "app {} has no version {wanted}; it has: {}",
+                self.name,
+                self.versions
+                    .iter()
+                    .map(|v| v.version.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            _ => Err(AppError::Invalid(format!(
+                "version {wanted} is ambiguous; give more digits"
+            ))),
         }
     }
-    fn bad_request(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, m)
+
+    /// Every component digest the record names.
+    fn digests(&self) -> impl Iterator<Item = &str> {
+        self.versions.iter().map(|v| v.digest.as_str())
     }
-    fn not_found(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, m)
+}
+
+/// The version/canary state machine: each change is a pure function from
+/// an app's record to its next record.
+mod plan {
+    use super::{AppError, AppRecord, CanaryRecord, Route, VersionRecord};
+
+    /// `version` becomes current (the front of the history); any canary ends.
+    pub fn deploy(
+        existing: Option<&AppRecord>,
+        name: &str,
+        route: Route,
+        version: VersionRecord,
+        keep: usize,
+    ) -> AppRecord {
+        let mut versions = existing.map(|r| r.versions.clone()).unwrap_or_default();
+        versions.retain(|v| v.digest != version.digest);
+        let current = version.version.clone();
+        versions.insert(0, version);
+        versions.truncate(keep.max(1));
+        AppRecord {
+            name: name.to_string(),
+            route,
+            current,
+            canary: None,
+            versions,
+        }
     }
-    fn conflict(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, m)
+
+    /// The previous version (or `to`) becomes current; any canary ends.
+    pub fn rollback(record: &AppRecord, to: Option<&str>) -> Result<AppRecord, AppError> {
+        let target = match to {
+            Some(wanted) => record.find_version(wanted)?,
+            None => {
+                let at = record
+                    .versions
+                    .iter()
+                    .position(|v| v.version == record.current);
+                at.and_then(|i| record.versions.get(i + 1)).ok_or_else(|| {
+                    AppError::Conflict(format!(
+                        "app {} has no version older than {} to roll back to",
+                        record.name, record.current
+                    ))
+                })?
+            }
+        };
+        if target.version == record.current && record.canary.is_none() {
+            return Err(AppError::Conflict(format!(
+                "version {} is already current",
+                target.version
+            )));
+        }
+        Ok(AppRecord {
+            current: target.version.clone(),
+            canary: None,
+            ..record.clone()
+        })
     }
-    fn unprocessable(m: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m)
+
+    /// `weight`% of requests go to `version`.
+    pub fn canary(
+        record: &AppRecord,
+        version: &str,
+        weight: u8,
+        sticky: bool,
+    ) -> Result<AppRecord, AppError> {
+        if weight > 100 {
+            return Err(AppError::Invalid(format!(
+                "weight must be 0 to 100, got {weight}"
+            )));
+        }
+        let target = record.find_version(version)?;
+        if target.version == record.current {
+            return Err(AppError::Conflict(format!(
+                "version {} is already current; a canary needs another version",
+                target.version
+            )));
+        }
+        Ok(AppRecord {
+            canary: Some(CanaryRecord {
+                version: target.version.clone(),
+                weight,
+                sticky,
+            }),
+            ..record.clone()
+        })
     }
-    fn internal(err: anyhow::Error) -> ApiError {
-        tracing::error!(error = ?err, "admin operation failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the host could not complete the operation; see its log",
-        )
+
+    /// The canary's version becomes current.
+    pub fn promote(record: &AppRecord) -> Result<AppRecord, AppError> {
+        let canary = record.canary.as_ref().ok_or_else(|| {
+            AppError::Conflict(format!("app {} has no canary to promote", record.name))
+        })?;
+        Ok(AppRecord {
+            current: canary.version.clone(),
+            canary: None,
+            ..record.clone()
+        })
+    }
+
+    /// The canary ends; the current version takes all traffic.
+    pub fn abort(record: &AppRecord) -> Result<AppRecord, AppError> {
+        if record.canary.is_none() {
+            return Err(AppError::Conflict(format!(
+                "app {} has no canary to abort",
+                record.name
+            )));
+        }
+        Ok(AppRecord {
+            canary: None,
+            ..record.clone()
+        })
+    }
+}
+
+/// Why a change to the apps was refused. The admin API maps each kind to a
+/// status; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A name, setting or request that can never succeed as given.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The change clashes with the app's current state or another app.
+    #[error("{0}")]
+    Conflict(String),
+    /// The component cannot be served (not a component, wrong exports,
+    /// unknown imports, compile too slow).
+    #[error("{0}")]
+    Unservable(String),
+    /// The host cannot take the change now; retrying later may work.
+    #[error("{0}")]
+    Busy(String),
+    /// The host failed (disk, a bug); details are in its log.
+    #[error("the host could not complete the operation; see its log")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AppError {
+    fn internal(err: anyhow::Error) -> AppError {
+        tracing::error!(error = ?err, "app operation failed");
+        AppError::Internal(err)
     }
 }
 
@@ -129,6 +301,10 @@ pub struct AppView {
     pub current_version: String,
     pub canary: Option<CanaryRecord>,
     pub versions: Vec<VersionView>,
+    /// Why a deployed app is not being served (it failed to restore at
+    /// start); absent for served apps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,7 +317,11 @@ pub struct VersionView {
 /// Settings of the registry that come from the command line.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
+    /// Each app's limits unless its settings override them.
     pub defaults: Limits,
+    pub ceilings: Ceilings,
+    pub secrets: SecretPolicy,
+    pub budget: Arc<MemoryBudget>,
     pub keep_versions: usize,
     pub compile_timeout: Duration,
     /// `http://ADDR` of the public listener, for the URLs shown to users.
@@ -227,11 +407,31 @@ struct StaticApp {
     version: VersionRecord,
 }
 
+/// A deployed app on disk that is not being served.
+struct FailedApp {
+    record: AppRecord,
+    reason: String,
+}
+
+/// What serves one app: its current version and its canary, if any.
+struct Served {
+    current: Arc<Deployment>,
+    canary: Option<Canary>,
+    /// Code to keep in memory, by digest.
+    code: Vec<(String, ProxyPre<HostState>)>,
+    sources: Vec<CodeSource>,
+}
+
 #[derive(Default)]
 struct Inner {
-    /// Deployed apps, as persisted.
+    /// Deployed apps being served, as persisted.
     records: BTreeMap<String, AppRecord>,
     statics: BTreeMap<String, StaticApp>,
+    /// Deployed apps whose record is on disk but which failed to restore.
+    failed: BTreeMap<String, FailedApp>,
+    /// Record files that could not be parsed: what they name is unknown,
+    /// so the collector deletes no component while there are any.
+    unreadable: usize,
     /// Every app as served now.
     live: BTreeMap<String, Arc<LiveApp>>,
     /// Pre-instantiated code by digest, for the versions being served.
@@ -243,6 +443,11 @@ pub struct Registry {
     config: RegistryConfig,
     router: Arc<Router>,
     inner: Mutex<Inner>,
+    /// Components being stored by deploys in progress, by digest (count):
+    /// the collector keeps them.
+    storing: std::sync::Mutex<HashMap<String, usize>>,
+    /// Wakes the garbage collector.
+    collect: Arc<Notify>,
 }
 
 /// Summary of a restart's restore.
@@ -261,7 +466,7 @@ fn now_secs() -> u64 {
 }
 
 /// App names: lowercase letters, digits and `-`, 1 to 63 characters.
-pub fn validate_name(name: &str) -> Result<(), ApiError> {
+pub fn validate_name(name: &str) -> Result<(), AppError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -271,10 +476,50 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
+        Err(AppError::Invalid(format!(
             "app name {name:?} must be 1-63 lowercase letters, digits or `-`, not starting with `-`"
         )))
     }
+}
+
+/// Keeps a digest in the registry's `storing` set while a deploy stores it.
+struct Storing<'a> {
+    set: &'a std::sync::Mutex<HashMap<String, usize>>,
+    digest: String,
+}
+
+impl<'a> Storing<'a> {
+    fn new(set: &'a std::sync::Mutex<HashMap<String, usize>>, digest: &str) -> Storing<'a> {
+        if let Ok(mut set) = set.lock() {
+            *set.entry(digest.to_string()).or_default() += 1;
+        }
+        Storing {
+            set,
+            digest: digest.to_string(),
+        }
+    }
+}
+
+impl Drop for Storing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock()
+            && let Some(count) = set.get_mut(&self.digest)
+        {
+            *count -= 1;
+            if *count == 0 {
+                set.remove(&self.digest);
+            }
+        }
+    }
+}
+
+/// Run blocking `work` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| anyhow::anyhow!("a blocking task failed: {e}"))?
 }
 
 impl Registry {
@@ -284,9 +529,9 @@ impl Registry {
         state: StateDir,
         router: Arc<Router>,
         config: RegistryConfig,
-    ) -> Registry {
+    ) -> Arc<Registry> {
         let engine_key = component::engine_key(&engine);
-        Registry {
+        let registry = Arc::new(Registry {
             compiler: Compiler {
                 engine,
                 linker,
@@ -296,34 +541,86 @@ impl Registry {
             config,
             router,
             inner: Mutex::new(Inner::default()),
+            storing: std::sync::Mutex::new(HashMap::new()),
+            collect: Arc::new(Notify::new()),
+        });
+        collector(Arc::downgrade(&registry), registry.collect.clone());
+        registry
+    }
+
+    /// Obtain code for `digest` on a blocking thread, within the compile
+    /// time bound unless `bounded` is false (static apps at startup: the
+    /// operator's own files, and the host cannot start without them).
+    async fn obtain(
+        &self,
+        digest: &str,
+        wasm: Option<Bytes>,
+        bounded: bool,
+    ) -> Result<(ProxyPre<HostState>, CodeSource), AppError> {
+        if let Some(pre) = self.inner.lock().await.compiled.get(digest).cloned() {
+            metrics().code_load("memory");
+            return Ok((pre, CodeSource::Memory));
+        }
+        let compiler = self.compiler.clone();
+        let owned = digest.to_string();
+        let limit = if bounded {
+            self.config.compile_timeout
+        } else {
+            Duration::MAX
+        };
+        let work = blocking(move || compiler.obtain(&owned, wasm.as_deref()));
+        match tokio::time::timeout(limit, work).await {
+            Err(_) => Err(AppError::Unservable(format!(
+                "compiling the component took longer than the limit of {} ms",
+                limit.as_millis()
+            ))),
+            Ok(Err(err)) => Err(AppError::Unservable(format!("{err:#}"))),
+            Ok(Ok(code)) => Ok(code),
         }
     }
 
-    /// Run `obtain` on a blocking thread.
-    async fn obtain(
+    /// Read `settings`' secrets off the serving threads, within a bound.
+    async fn resolve_config(
         &self,
-        digest: String,
-        wasm: Option<Arc<[u8]>>,
-    ) -> anyhow::Result<(ProxyPre<HostState>, CodeSource)> {
-        let compiler = self.compiler.clone();
-        tokio::task::spawn_blocking(move || compiler.obtain(&digest, wasm.as_deref()))
-            .await
-            .context("compiler thread failed")?
+        settings: &AppSettings,
+    ) -> Result<Vec<(String, String)>, AppError> {
+        let settings = settings.clone();
+        let policy = self.config.secrets.clone();
+        let work = blocking(move || settings.resolve_config(&policy).map_err(anyhow::Error::msg));
+        match tokio::time::timeout(SECRET_READ_TIMEOUT, work).await {
+            Err(_) => Err(AppError::Invalid(format!(
+                "reading the app's secrets took over {} s",
+                SECRET_READ_TIMEOUT.as_secs()
+            ))),
+            Ok(result) => result.map_err(|e| AppError::Invalid(e.to_string())),
+        }
     }
 
-    fn deployment(
+    /// A servable version: its code (from `wasm`, memory, the cache or the
+    /// stored component) and everything its requests need.
+    async fn serve_version(
         &self,
         name: &str,
         version: &VersionRecord,
-        pre: ProxyPre<HostState>,
-    ) -> Result<Arc<Deployment>, String> {
+        wasm: Option<Bytes>,
+        bounded: bool,
+    ) -> Result<(Arc<Deployment>, ProxyPre<HostState>, CodeSource), AppError> {
+        let (pre, source) = self.obtain(&version.digest, wasm, bounded).await?;
         let settings = &version.settings;
-        let config = settings.resolve_config()?;
-        let outbound = OutboundPolicy::parse(&settings.allow_outbound)?;
-        Ok(Arc::new(Deployment::new(
-            name.into(),
-            version.version.as_str().into(),
-            pre,
+        let config = self
+            .resolve_config(settings)
+            .await
+            .map_err(|e| AppError::Invalid(format!("version {}: {e}", version.version)))?;
+        let outbound =
+            OutboundPolicy::parse(&settings.allow_outbound).map_err(AppError::Invalid)?;
+        let deployment = Arc::new(Deployment::new(
+            Identity {
+                app: name.into(),
+                version: version.version.as_str().into(),
+                digest: version.digest.as_str().into(),
+                settings_key: version_settings_key(version),
+            },
+            pre.clone(),
             settings.limits(&self.config.defaults),
             settings
                 .env
@@ -332,65 +629,78 @@ impl Registry {
                 .collect(),
             config,
             outbound,
-        )))
+            self.config.budget.clone(),
+        ));
+        Ok((deployment, pre, source))
     }
 
-    /// The deployment for `version` of app `name`, compiling or loading its
-    /// code if it is not in memory.
-    async fn deployment_for(
+    /// Everything `record` serves. Versions already served by `live` are
+    /// reused as they are (their warm instances and limiters too); the rest
+    /// are loaded or compiled now. Runs without the lock.
+    async fn serve_record(
         &self,
-        inner: &mut Inner,
-        name: &str,
-        version: &VersionRecord,
-    ) -> Result<(Arc<Deployment>, CodeSource), ApiError> {
-        let (pre, source) = match inner.compiled.get(&version.digest) {
-            Some(pre) => {
-                metrics().code_load("memory");
-                (pre.clone(), CodeSource::Memory)
+        record: &AppRecord,
+        live: Option<&LiveApp>,
+        upload: Option<(&str, Bytes)>,
+    ) -> Result<Served, AppError> {
+        let mut code = Vec::new();
+        let mut sources = Vec::new();
+        let mut make = async |id: &str| -> Result<Arc<Deployment>, AppError> {
+            let served_now = live.and_then(|app| {
+                std::iter::once(&app.current)
+                    .chain(app.canary.as_ref().map(|c| &c.deployment))
+                    .find(|d| &*d.version == id)
+            });
+            let version = record.version(id)?;
+            if let Some(deployment) = served_now
+                && deployment.settings_key == version_settings_key(version)
+            {
+                return Ok(deployment.clone());
             }
-            None => {
-                let (pre, source) =
-                    self.obtain(version.digest.clone(), None)
-                        .await
-                        .map_err(|e| {
-                            ApiError::internal(e.context(format!(
-                                "failed to load version {} of {name}",
-                                version.version
-                            )))
-                        })?;
-                inner.compiled.insert(version.digest.clone(), pre.clone());
-                (pre, source)
-            }
+            let wasm = upload
+                .as_ref()
+                .filter(|(digest, _)| *digest == version.digest)
+                .map(|(_, wasm)| wasm.clone());
+            let (deployment, pre, source) = self
+                .serve_version(&record.name, version, wasm, true)
+                .await?;
+            code.push((version.digest.clone(), pre));
+            sources.push(source);
+            Ok(deployment)
         };
-        let deployment = self
-            .deployment(name, version, pre)
-            .map_err(|e| ApiError::bad_request(format!("version {}: {e}", version.version)))?;
-        Ok((deployment, source))
+        let current = make(&record.current).await?;
+        let canary = match &record.canary {
+            Some(c) => Some(Canary {
+                deployment: make(&c.version).await?,
+                weight: c.weight,
+                sticky: c.sticky,
+            }),
+            None => None,
+        };
+        Ok(Served {
+            current,
+            canary,
+            code,
+            sources,
+        })
     }
 
     /// Publish the live apps to the router, and drop code no longer served.
     fn publish(&self, inner: &mut Inner) {
         self.router
             .publish(RoutingTable::new(inner.live.values().cloned()));
-        let mut used = HashSet::new();
-        for app in inner.live.values() {
-            used.insert(digest_of(inner, &app.name, &app.current.version));
-            if let Some(canary) = &app.canary {
-                used.insert(digest_of(inner, &app.name, &canary.deployment.version));
-            }
-        }
-        inner.compiled.retain(|digest, _| used.contains(digest));
-    }
-
-    /// Remove stored components and cache entries nothing refers to.
-    fn collect_garbage(&self, inner: &Inner) {
-        let live: HashSet<String> = inner
-            .records
+        let used: HashSet<&str> = inner
+            .live
             .values()
-            .flat_map(|r| r.versions.iter().map(|v| v.digest.clone()))
-            .chain(inner.statics.values().map(|s| s.version.digest.clone()))
+            .flat_map(|app| {
+                std::iter::once(&app.current)
+                    .chain(app.canary.as_ref().map(|c| &c.deployment))
+                    .map(|d| d.digest.as_ref())
+            })
             .collect();
-        self.compiler.state.collect_garbage(&live);
+        let keep: HashSet<String> = used.into_iter().map(str::to_string).collect();
+        inner.compiled.retain(|digest, _| keep.contains(digest));
+        metrics().apps_failed.set(inner.failed.len() as i64);
     }
 
     fn route_taken(inner: &Inner, route: &Route, except: &str) -> Option<String> {
@@ -415,9 +725,14 @@ impl Registry {
                     record: s.version.clone(),
                     current: true,
                 }],
+                failed: None,
             });
         }
-        let r = inner.records.get(name)?;
+        let (r, failed) = match (inner.records.get(name), inner.failed.get(name)) {
+            (Some(r), _) => (r, None),
+            (None, Some(f)) => (&f.record, Some(f.reason.clone())),
+            (None, None) => return None,
+        };
         Some(AppView {
             name: r.name.clone(),
             route: r.route.prefix.clone(),
@@ -434,6 +749,7 @@ impl Registry {
                     current: v.version == r.current,
                 })
                 .collect(),
+            failed,
         })
     }
 
@@ -458,17 +774,20 @@ impl Registry {
         route: Route,
         settings: AppSettings,
     ) -> anyhow::Result<()> {
-        validate_name(name).map_err(|e| anyhow::anyhow!(e.message))?;
+        validate_name(name)?;
         settings
-            .validate(&self.config.defaults)
+            .validate(&self.config.ceilings, &self.config.secrets)
             .map_err(|e| anyhow::anyhow!("app {name}: {e}"))?;
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("failed to read component {}", path.display()))?;
+        let owned = path.to_path_buf();
+        let bytes = Bytes::from(
+            blocking(move || {
+                std::fs::read(&owned).map_err(|e| {
+                    anyhow::anyhow!("failed to read component {}: {e}", owned.display())
+                })
+            })
+            .await?,
+        );
         let digest = sha256_hex(&bytes);
-        let (pre, _) = self
-            .obtain(digest.clone(), Some(bytes.clone().into()))
-            .await
-            .with_context(|| format!("cannot serve {}", path.display()))?;
         let version = VersionRecord {
             version: digest[..12].to_string(),
             digest: digest.clone(),
@@ -476,9 +795,10 @@ impl Registry {
             deployed_at: now_secs(),
             settings,
         };
-        let deployment = self
-            .deployment(name, &version, pre.clone())
-            .map_err(|e| anyhow::anyhow!("app {name}: {e}"))?;
+        let (deployment, pre, _) = self
+            .serve_version(name, &version, Some(bytes), false)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve {} as app {name}: {e}", path.display()))?;
         let mut inner = self.inner.lock().await;
         if inner.live.contains_key(name) {
             anyhow::bail!("app {name} is declared twice");
@@ -503,22 +823,30 @@ impl Registry {
         Ok(())
     }
 
+    /// Is an app of this name declared or deployed (served or not)?
+    pub async fn has_app(&self, name: &str) -> bool {
+        let inner = self.inner.lock().await;
+        inner.live.contains_key(name) || inner.failed.contains_key(name)
+    }
+
     /// Bring back every deployed app from the state directory. A record that
-    /// cannot be read or served is reported and skipped.
+    /// cannot be read or served is reported, kept on disk, listed as failed
+    /// and skipped.
     pub async fn restore(&self) -> anyhow::Result<Restored> {
         let mut summary = Restored::default();
-        let records = self.compiler.state.load_records()?;
-        let mut inner = self.inner.lock().await;
+        let state = self.compiler.state.clone();
+        let records = blocking(move || state.load_records()).await?;
         for record in records {
             let record = match record {
                 Ok(record) => record,
                 Err(err) => {
-                    tracing::error!(error = %err, "skipping an unreadable app record");
+                    tracing::error!(error = %err, "skipping an unreadable app record; no stored component is deleted while it exists");
+                    self.inner.lock().await.unreadable += 1;
                     summary.failed += 1;
                     continue;
                 }
             };
-            match self.restore_one(&mut inner, &record).await {
+            match self.restore_one(&record).await {
                 Ok(sources) => {
                     summary.apps += 1;
                     for source in sources {
@@ -527,323 +855,274 @@ impl Registry {
                             CodeSource::Compiled => summary.compiled += 1,
                         }
                     }
-                    inner.records.insert(record.name.clone(), record);
                 }
                 Err(err) => {
-                    tracing::error!(app = %record.name, error = %err.message, "failed to restore app; skipping it");
+                    let reason = err.to_string();
+                    tracing::error!(app = %record.name, error = %reason, "failed to restore app; it is not served until it is deployed again or the host restarts with the problem fixed");
                     summary.failed += 1;
+                    let name = record.name.clone();
+                    self.inner
+                        .lock()
+                        .await
+                        .failed
+                        .insert(name, FailedApp { record, reason });
                 }
             }
         }
+        let mut inner = self.inner.lock().await;
         self.publish(&mut inner);
+        drop(inner);
+        self.collect.notify_one();
         Ok(summary)
     }
 
-    async fn restore_one(
-        &self,
-        inner: &mut Inner,
-        record: &AppRecord,
-    ) -> Result<Vec<CodeSource>, ApiError> {
+    async fn restore_one(&self, record: &AppRecord) -> Result<Vec<CodeSource>, AppError> {
         validate_name(&record.name)?;
+        let served = self.serve_record(record, None, None).await?;
+        let mut inner = self.inner.lock().await;
         if inner.live.contains_key(&record.name) {
-            return Err(ApiError::conflict(format!(
+            return Err(AppError::Conflict(format!(
                 "app {} is also declared statically",
                 record.name
             )));
         }
-        if let Some(other) = Self::route_taken(inner, &record.route, &record.name) {
-            return Err(ApiError::conflict(format!(
+        if let Some(other) = Self::route_taken(&inner, &record.route, &record.name) {
+            return Err(AppError::Conflict(format!(
                 "route {} is already served by app {other}",
                 record.route
             )));
         }
-        let find = |v: &str| {
-            record
-                .versions
-                .iter()
-                .find(|r| r.version == v)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "record names version {v}, which it does not hold"
-                    ))
-                })
-        };
-        let current = find(&record.current)?;
-        let (current, source) = self.deployment_for(inner, &record.name, current).await?;
-        let mut sources = vec![source];
-        let canary = match &record.canary {
-            Some(c) => {
-                let (deployment, source) = self
-                    .deployment_for(inner, &record.name, find(&c.version)?)
-                    .await?;
-                sources.push(source);
-                Some(Canary {
-                    deployment,
-                    weight: c.weight,
-                    sticky: c.sticky,
-                })
-            }
-            None => None,
-        };
-        tracing::info!(app = %record.name, version = %record.current, source = ?sources[0], "restored app");
+        tracing::info!(app = %record.name, version = %record.current, source = ?served.sources.first(), "restored app");
+        let sources = served.sources.clone();
+        self.install(&mut inner, record.clone(), served);
+        Ok(sources)
+    }
+
+    /// Put `record` and what serves it into `inner` (not yet published).
+    fn install(&self, inner: &mut Inner, record: AppRecord, served: Served) {
+        let name = record.name.clone();
+        inner.compiled.extend(served.code);
         inner.live.insert(
-            record.name.clone(),
+            name.clone(),
             Arc::new(LiveApp {
-                name: record.name.as_str().into(),
+                name: name.as_str().into(),
                 route: record.route.clone(),
-                current,
-                canary,
+                current: served.current,
+                canary: served.canary,
             }),
         );
-        Ok(sources)
+        inner.failed.remove(&name);
+        inner.records.insert(name, record);
     }
 
     pub async fn list(&self) -> Vec<AppView> {
         let inner = self.inner.lock().await;
-        inner
-            .live
-            .keys()
+        let names: std::collections::BTreeSet<&String> =
+            inner.live.keys().chain(inner.failed.keys()).collect();
+        names
+            .into_iter()
             .filter_map(|name| self.view(&inner, name))
             .collect()
     }
 
-    pub async fn get(&self, name: &str) -> Result<AppView, ApiError> {
+    pub async fn get(&self, name: &str) -> Result<AppView, AppError> {
         let inner = self.inner.lock().await;
         self.view(&inner, name)
-            .ok_or_else(|| ApiError::not_found(format!("no app named {name}")))
+            .ok_or_else(|| AppError::NotFound(format!("no app named {name}")))
     }
 
-    fn deployed<'a>(inner: &'a mut Inner, name: &str) -> Result<&'a mut AppRecord, ApiError> {
+    /// Deployed apps that failed to restore, with the reason: for
+    /// `/readyz` and the `host_apps_failed` gauge.
+    pub async fn failed(&self) -> Vec<(String, String)> {
+        let inner = self.inner.lock().await;
+        inner
+            .failed
+            .values()
+            .map(|f| (f.record.name.clone(), f.reason.clone()))
+            .collect()
+    }
+
+    /// The record of deployed app `name`, as a change starts from it.
+    fn deployed<'a>(inner: &'a Inner, name: &str) -> Result<&'a AppRecord, AppError> {
         if inner.statics.contains_key(name) {
-            return Err(ApiError::conflict(format!(
+            return Err(AppError::Conflict(format!(
                 "app {name} is declared on the command line or in the manifest; change it there"
+            )));
+        }
+        if let Some(failed) = inner.failed.get(name) {
+            return Err(AppError::Conflict(format!(
+                "app {name} is not being served ({}); deploy it again, or fix that and restart the host",
+                failed.reason
             )));
         }
         inner
             .records
-            .get_mut(name)
-            .ok_or_else(|| ApiError::not_found(format!("no app named {name}")))
+            .get(name)
+            .ok_or_else(|| AppError::NotFound(format!("no app named {name}")))
+    }
+
+    /// The one commit path: check that app `name`'s record is still
+    /// `before` (no other change slipped in while `after` was prepared),
+    /// write `after` to disk, serve it, publish.
+    async fn commit(
+        &self,
+        before: Option<&AppRecord>,
+        after: AppRecord,
+        served: Served,
+    ) -> Result<AppView, AppError> {
+        let mut inner = self.inner.lock().await;
+        let name = after.name.clone();
+        let now = inner
+            .records
+            .get(&name)
+            .or_else(|| inner.failed.get(&name).map(|f| &f.record));
+        if now != before {
+            return Err(AppError::Conflict(format!(
+                "app {name} changed while this change was being prepared; retry it"
+            )));
+        }
+        if inner.statics.contains_key(&name) {
+            return Err(AppError::Conflict(format!(
+                "app {name} is declared on the command line or in the manifest; change it there"
+            )));
+        }
+        if let Some(other) = Self::route_taken(&inner, &after.route, &name) {
+            return Err(AppError::Conflict(format!(
+                "route {} is already served by app {other}",
+                after.route
+            )));
+        }
+        let state = self.compiler.state.clone();
+        let record = after.clone();
+        blocking(move || state.save_record(&record))
+            .await
+            .map_err(AppError::internal)?;
+        self.install(&mut inner, after, served);
+        self.publish(&mut inner);
+        self.view(&inner, &name)
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("app {name} vanished")))
     }
 
     /// Deploy `wasm` as the new current version of app `name`.
     pub async fn deploy(
         &self,
         name: &str,
-        wasm: Vec<u8>,
+        wasm: Bytes,
         request: DeployRequest,
-    ) -> Result<AppView, ApiError> {
+    ) -> Result<AppView, AppError> {
         let result = self.try_deploy(name, wasm, request).await;
         metrics().deploy(if result.is_ok() { "ok" } else { "rejected" });
+        if result.is_ok() {
+            self.collect.notify_one();
+        }
         result
     }
 
     async fn try_deploy(
         &self,
         name: &str,
-        wasm: Vec<u8>,
+        wasm: Bytes,
         request: DeployRequest,
-    ) -> Result<AppView, ApiError> {
+    ) -> Result<AppView, AppError> {
         validate_name(name)?;
         let settings = request.settings;
         settings
-            .validate(&self.config.defaults)
-            .map_err(ApiError::bad_request)?;
-        // Secrets must be readable now, before anything changes.
-        settings.resolve_config().map_err(ApiError::bad_request)?;
+            .validate(&self.config.ceilings, &self.config.secrets)
+            .map_err(AppError::Invalid)?;
         let host = request.host.as_deref();
         let requested_route = match &request.route {
-            Some(prefix) => Some(Route::new(prefix, host).map_err(ApiError::bad_request)?),
+            Some(prefix) => Some(Route::new(prefix, host).map_err(AppError::Invalid)?),
             None => None,
         };
-
-        let digest = sha256_hex(&wasm);
-        let size = wasm.len() as u64;
-        let wasm: Arc<[u8]> = wasm.into();
-        let limit = self.config.compile_timeout;
-        // Code already in memory (another app or version with the same
-        // digest) is shared, not loaded again.
-        let loaded = self.inner.lock().await.compiled.get(&digest).cloned();
-        let obtain = async {
-            match loaded {
-                Some(pre) => {
-                    metrics().code_load("memory");
-                    Ok((pre, CodeSource::Memory))
-                }
-                None => self.obtain(digest.clone(), Some(wasm.clone())).await,
-            }
-        };
-        let (pre, _) = match tokio::time::timeout(limit, obtain).await {
-            Err(_) => {
-                return Err(ApiError::unprocessable(format!(
-                    "compiling the component took longer than the limit of {} ms",
-                    limit.as_millis()
+        let existing = {
+            let inner = self.inner.lock().await;
+            if inner.statics.contains_key(name) {
+                return Err(AppError::Conflict(format!(
+                    "app {name} is declared on the command line or in the manifest; change it there"
                 )));
             }
-            Ok(Err(err)) => return Err(ApiError::unprocessable(format!("{err:#}"))),
-            Ok(Ok(code)) => code,
+            inner
+                .records
+                .get(name)
+                .or_else(|| inner.failed.get(name).map(|f| &f.record))
+                .cloned()
         };
-
-        let mut inner = self.inner.lock().await;
-        if inner.statics.contains_key(name) {
-            return Err(ApiError::conflict(format!(
-                "app {name} is declared on the command line or in the manifest; change it there"
+        if name == DEFAULT_APP && existing.is_none() {
+            return Err(AppError::Invalid(format!(
+                "the app name `{DEFAULT_APP}` is reserved for the host's default guest; pick another name"
             )));
         }
-        let existing = inner.records.get(name).cloned();
         let route = match (requested_route, &existing) {
             (Some(route), _) => route,
             (None, Some(record)) if host.is_some() => {
-                Route::new(&record.route.prefix, host).map_err(ApiError::bad_request)?
+                Route::new(&record.route.prefix, host).map_err(AppError::Invalid)?
             }
             (None, Some(record)) => record.route.clone(),
             (None, None) => {
-                return Err(ApiError::bad_request(format!(
+                return Err(AppError::Invalid(format!(
                     "app {name} is new: its first deploy needs a route (e.g. /{name})"
                 )));
             }
         };
-        if let Some(other) = Self::route_taken(&inner, &route, name) {
-            return Err(ApiError::conflict(format!(
+        if let Some(other) = Self::route_taken(&*self.inner.lock().await, &route, name) {
+            return Err(AppError::Conflict(format!(
                 "route {route} is already served by app {other}"
             )));
         }
 
+        let digest = sha256_hex(&wasm);
         let version = VersionRecord {
             version: digest[..12].to_string(),
             digest: digest.clone(),
-            size,
+            size: wasm.len() as u64,
             deployed_at: now_secs(),
             settings,
         };
-        let deployment = self
-            .deployment(name, &version, pre.clone())
-            .map_err(ApiError::bad_request)?;
-
-        let mut versions = existing.map(|r| r.versions).unwrap_or_default();
-        versions.retain(|v| v.digest != digest);
-        versions.insert(0, version.clone());
-        versions.truncate(self.config.keep_versions.max(1));
-        let record = AppRecord {
-            name: name.to_string(),
-            route: route.clone(),
-            current: version.version.clone(),
-            canary: None,
-            versions,
-        };
-
-        let state = &self.compiler.state;
-        state
-            .save_component(&digest, &wasm)
-            .and_then(|()| state.save_record(&record))
-            .map_err(ApiError::internal)?;
-
-        inner.compiled.insert(digest, pre);
-        inner.records.insert(name.to_string(), record);
-        inner.live.insert(
-            name.to_string(),
-            Arc::new(LiveApp {
-                name: name.into(),
-                route,
-                current: deployment,
-                canary: None,
-            }),
+        let after = plan::deploy(
+            existing.as_ref(),
+            name,
+            route,
+            version.clone(),
+            self.config.keep_versions,
         );
-        self.publish(&mut inner);
-        self.collect_garbage(&inner);
+        // The collector keeps the component from here until the record
+        // naming it is on disk (or the deploy failed).
+        let _storing = Storing::new(&self.storing, &digest);
+        let served = self
+            .serve_record(&after, None, Some((&digest, wasm.clone())))
+            .await?;
+        let state = self.compiler.state.clone();
+        blocking(move || state.save_component(&digest, &wasm))
+            .await
+            .map_err(AppError::internal)?;
+        let view = self.commit(existing.as_ref(), after, served).await?;
         tracing::info!(app = name, version = %version.version, "deployed");
-        self.view(&inner, name)
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("app vanished after deploy")))
+        Ok(view)
     }
 
-    /// Resolve a version id (or a unique prefix of one) within `record`.
-    fn find_version<'a>(
-        record: &'a AppRecord,
-        wanted: &str,
-    ) -> Result<&'a VersionRecord, ApiError> {
-        let matches: Vec<&VersionRecord> = record
-            .versions
-            .iter()
-            .filter(|v| !wanted.is_empty() && v.version.starts_with(wanted))
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok(one),
-            [] => Err(ApiError::not_found(format!(
-                "app {} has no version {wanted}; it has: {}",
-                record.name,
-                record
-                    .versions
-                    .iter()
-                    .map(|v| v.version.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-            _ => Err(ApiError::bad_request(format!(
-                "version {wanted} is ambiguous; give more digits"
-            ))),
-        }
-    }
-
-    /// Apply `record` (already validated) to disk, then to what is served.
-    async fn commit(
+    /// Apply `plan` to deployed app `name` through the commit path.
+    async fn change(
         &self,
-        inner: &mut Inner,
-        record: AppRecord,
-        current: Arc<Deployment>,
-        canary: Option<Canary>,
-    ) -> Result<AppView, ApiError> {
-        self.compiler
-            .state
-            .save_record(&record)
-            .map_err(ApiError::internal)?;
-        let name = record.name.clone();
-        inner.live.insert(
-            name.clone(),
-            Arc::new(LiveApp {
-                name: name.as_str().into(),
-                route: record.route.clone(),
-                current,
-                canary,
-            }),
-        );
-        inner.records.insert(name.clone(), record);
-        self.publish(inner);
-        self.view(inner, &name)
-            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("app vanished")))
+        name: &str,
+        what: &str,
+        plan: impl FnOnce(&AppRecord) -> Result<AppRecord, AppError>,
+    ) -> Result<AppView, AppError> {
+        let (before, live) = {
+            let inner = self.inner.lock().await;
+            let record = Self::deployed(&inner, name)?.clone();
+            (record, inner.live.get(name).cloned())
+        };
+        let after = plan(&before)?;
+        let served = self.serve_record(&after, live.as_deref(), None).await?;
+        let view = self.commit(Some(&before), after, served).await?;
+        tracing::info!(app = name, version = %view.current_version, canary = ?view.canary, "{what}");
+        Ok(view)
     }
 
     /// Make the previous version (or `to`) current again. Ends any canary.
-    pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<AppView, ApiError> {
-        let mut inner = self.inner.lock().await;
-        let mut record = Self::deployed(&mut inner, name)?.clone();
-        let target = match to {
-            Some(wanted) => Self::find_version(&record, wanted)?.clone(),
-            None => {
-                let at = record
-                    .versions
-                    .iter()
-                    .position(|v| v.version == record.current);
-                match at.and_then(|i| record.versions.get(i + 1)) {
-                    Some(previous) => previous.clone(),
-                    None => {
-                        return Err(ApiError::conflict(format!(
-                            "app {name} has no version older than {} to roll back to",
-                            record.current
-                        )));
-                    }
-                }
-            }
-        };
-        if target.version == record.current && record.canary.is_none() {
-            return Err(ApiError::conflict(format!(
-                "version {} is already current",
-                target.version
-            )));
-        }
-        let (current, _) = self.deployment_for(&mut inner, name, &target).await?;
-        record.current = target.version.clone();
-        record.canary = None;
-        tracing::info!(app = name, version = %target.version, "rolled back");
-        self.commit(&mut inner, record, current, None).await
+    pub async fn rollback(&self, name: &str, to: Option<&str>) -> Result<AppView, AppError> {
+        self.change(name, "rolled back", |r| plan::rollback(r, to))
+            .await
     }
 
     /// Send `weight`% of requests to `version`.
@@ -853,99 +1132,198 @@ impl Registry {
         version: &str,
         weight: u8,
         sticky: bool,
-    ) -> Result<AppView, ApiError> {
-        if weight > 100 {
-            return Err(ApiError::bad_request(format!(
-                "weight must be 0 to 100, got {weight}"
-            )));
-        }
-        let mut inner = self.inner.lock().await;
-        let mut record = Self::deployed(&mut inner, name)?.clone();
-        let target = Self::find_version(&record, version)?.clone();
-        if target.version == record.current {
-            return Err(ApiError::conflict(format!(
-                "version {} is already current; a canary needs another version",
-                target.version
-            )));
-        }
-        let current_version = Self::find_version(&record, &record.current)?.clone();
-        let (current, _) = self
-            .deployment_for(&mut inner, name, &current_version)
-            .await?;
-        let (deployment, _) = self.deployment_for(&mut inner, name, &target).await?;
-        record.canary = Some(CanaryRecord {
-            version: target.version.clone(),
-            weight,
-            sticky,
-        });
-        tracing::info!(app = name, version = %target.version, weight, sticky, "canary set");
-        let canary = Canary {
-            deployment,
-            weight,
-            sticky,
-        };
-        self.commit(&mut inner, record, current, Some(canary)).await
+    ) -> Result<AppView, AppError> {
+        self.change(name, "canary set", |r| {
+            plan::canary(r, version, weight, sticky)
+        })
+        .await
     }
 
     /// Make the canary version current.
-    pub async fn promote(&self, name: &str) -> Result<AppView, ApiError> {
-        let mut inner = self.inner.lock().await;
-        let mut record = Self::deployed(&mut inner, name)?.clone();
-        let Some(canary) = record.canary.take() else {
-            return Err(ApiError::conflict(format!(
-                "app {name} has no canary to promote"
-            )));
-        };
-        let target = Self::find_version(&record, &canary.version)?.clone();
-        let (current, _) = self.deployment_for(&mut inner, name, &target).await?;
-        record.current = target.version.clone();
-        tracing::info!(app = name, version = %target.version, "canary promoted");
-        self.commit(&mut inner, record, current, None).await
+    pub async fn promote(&self, name: &str) -> Result<AppView, AppError> {
+        self.change(name, "canary promoted", plan::promote).await
     }
 
     /// Stop the canary; all traffic goes to the current version.
-    pub async fn abort_canary(&self, name: &str) -> Result<AppView, ApiError> {
-        let mut inner = self.inner.lock().await;
-        let mut record = Self::deployed(&mut inner, name)?.clone();
-        if record.canary.take().is_none() {
-            return Err(ApiError::conflict(format!(
-                "app {name} has no canary to abort"
-            )));
-        }
-        let current_version = Self::find_version(&record, &record.current)?.clone();
-        let (current, _) = self
-            .deployment_for(&mut inner, name, &current_version)
-            .await?;
-        tracing::info!(app = name, "canary aborted");
-        self.commit(&mut inner, record, current, None).await
+    pub async fn abort_canary(&self, name: &str) -> Result<AppView, AppError> {
+        self.change(name, "canary aborted", plan::abort).await
     }
 
-    /// Stop serving app `name` and forget it.
-    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+    /// Stop serving app `name` and forget it (a failed one too).
+    pub async fn remove(&self, name: &str) -> Result<(), AppError> {
         let mut inner = self.inner.lock().await;
-        Self::deployed(&mut inner, name)?;
-        self.compiler
-            .state
-            .remove_record(name)
-            .map_err(ApiError::internal)?;
+        if !inner.failed.contains_key(name) {
+            Self::deployed(&inner, name)?;
+        }
+        let state = self.compiler.state.clone();
+        let owned = name.to_string();
+        blocking(move || state.remove_record(&owned))
+            .await
+            .map_err(AppError::internal)?;
         inner.records.remove(name);
+        inner.failed.remove(name);
         inner.live.remove(name);
         self.publish(&mut inner);
-        self.collect_garbage(&inner);
+        drop(inner);
+        self.collect.notify_one();
         tracing::info!(app = name, "removed");
         Ok(())
     }
+
+    /// One garbage-collection pass: delete stored components and cache
+    /// entries that no record names. The directory listing happens without
+    /// the lock; deletion re-checks under it.
+    async fn collect_garbage(&self) {
+        let live = |inner: &Inner, storing: &HashMap<String, usize>| -> Option<HashSet<String>> {
+            if inner.unreadable > 0 {
+                return None;
+            }
+            Some(
+                inner
+                    .records
+                    .values()
+                    .chain(inner.failed.values().map(|f| &f.record))
+                    .flat_map(AppRecord::digests)
+                    .chain(inner.statics.values().map(|s| s.version.digest.as_str()))
+                    .chain(storing.keys().map(String::as_str))
+                    .map(str::to_string)
+                    .collect(),
+            )
+        };
+        let state = self.compiler.state.clone();
+        let Ok(candidates) = blocking(move || Ok(state.stored_digests())).await else {
+            return;
+        };
+        let inner = self.inner.lock().await;
+        let storing = self.storing.lock().map(|s| s.clone()).unwrap_or_default();
+        let Some(live) = live(&inner, &storing) else {
+            tracing::debug!("garbage collection skipped: an app record could not be read");
+            return;
+        };
+        let doomed: Vec<String> = candidates
+            .into_iter()
+            .filter(|d| !live.contains(d))
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        let state = self.compiler.state.clone();
+        // Deleting under the lock: a deploy registers its digest in
+        // `storing` before it stores it, so nothing it stores is removed.
+        let removed = blocking(move || Ok(state.remove_digests(&doomed))).await;
+        drop(inner);
+        if let Ok(n) = removed {
+            tracing::debug!(files = n, "removed unused components and compiled code");
+        }
+    }
 }
 
-/// The digest behind `version` of app `name`.
-fn digest_of(inner: &Inner, name: &str, version: &str) -> String {
-    if let Some(s) = inner.statics.get(name) {
-        return s.version.digest.clone();
-    }
-    inner
-        .records
-        .get(name)
-        .and_then(|r| r.versions.iter().find(|v| v.version == version))
-        .map(|v| v.digest.clone())
+/// The background garbage collector: after each change (debounced), one
+/// pass. Ends with the registry.
+fn collector(registry: std::sync::Weak<Registry>, wake: Arc<Notify>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        loop {
+            wake.notified().await;
+            tokio::time::sleep(GC_DELAY).await;
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            registry.collect_garbage().await;
+        }
+    });
+}
+
+/// What of a version's settings a served deployment was built from: a
+/// deployment is reused only for the very same version and settings.
+pub fn version_settings_key(version: &VersionRecord) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    version.digest.hash(&mut h);
+    serde_json::to_string(&version.settings)
         .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(n: u8) -> VersionRecord {
+        let digest = format!("{n:02x}").repeat(32);
+        VersionRecord {
+            version: digest[..12].to_string(),
+            digest,
+            size: 1,
+            deployed_at: 0,
+            settings: AppSettings::default(),
+        }
+    }
+
+    fn route() -> Route {
+        Route::new("/a", None).unwrap()
+    }
+
+    #[test]
+    fn deploy_puts_the_version_first_and_keeps_the_history_bounded() {
+        let r = plan::deploy(None, "a", route(), version(1), 2);
+        assert_eq!(r.current, version(1).version);
+        let r = plan::deploy(Some(&r), "a", route(), version(2), 2);
+        let r = plan::deploy(Some(&r), "a", route(), version(3), 2);
+        let ids: Vec<_> = r.versions.iter().map(|v| v.version.clone()).collect();
+        assert_eq!(ids, [version(3).version, version(2).version]);
+        // Redeploying a version in the history moves it to the front once.
+        let r = plan::deploy(Some(&r), "a", route(), version(2), 2);
+        assert_eq!(r.versions.len(), 2);
+        assert_eq!(r.current, version(2).version);
+    }
+
+    #[test]
+    fn rollback_canary_promote_and_abort_follow_the_state_machine() {
+        let r = plan::deploy(None, "a", route(), version(1), 10);
+        assert!(matches!(
+            plan::rollback(&r, None),
+            Err(AppError::Conflict(_))
+        ));
+        let r = plan::deploy(Some(&r), "a", route(), version(2), 10);
+        let back = plan::rollback(&r, None).unwrap();
+        assert_eq!(back.current, version(1).version);
+        assert!(matches!(
+            plan::rollback(&r, Some("ffff")),
+            Err(AppError::NotFound(_))
+        ));
+
+        let c = plan::canary(&r, &version(1).version[..6], 30, true).unwrap();
+        assert_eq!(c.canary.as_ref().unwrap().weight, 30);
+        assert!(matches!(
+            plan::canary(&r, &version(2).version, 30, false),
+            Err(AppError::Conflict(_))
+        ));
+        assert!(matches!(
+            plan::canary(&r, &version(1).version, 101, false),
+            Err(AppError::Invalid(_))
+        ));
+        let promoted = plan::promote(&c).unwrap();
+        assert_eq!(promoted.current, version(1).version);
+        assert!(promoted.canary.is_none());
+        assert!(matches!(plan::promote(&r), Err(AppError::Conflict(_))));
+        let aborted = plan::abort(&c).unwrap();
+        assert_eq!(aborted.current, version(2).version);
+        assert!(aborted.canary.is_none());
+        assert!(matches!(plan::abort(&r), Err(AppError::Conflict(_))));
+        // A rollback ends a canary, even back to the current version.
+        let ended = plan::rollback(&c, Some(&version(2).version)).unwrap();
+        assert!(ended.canary.is_none());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("app-1").is_ok());
+        for bad in ["", "-a", "A", "a_b", &"a".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,6 +1,14 @@
 //! Routing: which app answers a request, and which of its versions; and
-//! the public front around it (request ids, header caps, rate limits, the
-//! host-wide cap, access logs).
+//! the public front around it (request ids, header caps, path
+//! normalisation, rate limits, the host-wide cap, access logs).
+//!
+//! Paths are normalised before routing, the way a proxy in front would
+//! (RFC 3986 §6, like nginx and Envoy's `normalize_path` +
+//! `merge_slashes`): percent-encoded unreserved characters are decoded,
+//! `.` and `..` segments are resolved and repeated slashes merged; a
+//! percent-encoded `/` or `\`, or a broken `%` escape, is refused with 400.
+//! The app sees the normalised path, so what it serves is what was routed
+//! to it. Host names are matched without a trailing dot.
 //!
 //! The table is an immutable snapshot swapped atomically on every change
 //! (deploy, rollback, canary, delete), so a request sees one consistent
@@ -8,6 +16,7 @@
 //! Host-specific routes win over host-less ones; among those, the longest
 //! path prefix wins (`/api` matches `/api` and `/api/x`, not `/apix`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
@@ -59,6 +68,7 @@ impl Route {
             None => None,
             Some(h) => {
                 let h = h.to_ascii_lowercase();
+                let h = h.strip_suffix('.').unwrap_or(&h).to_string();
                 let valid = !h.is_empty()
                     && h.len() <= 253
                     && h.chars()
@@ -284,6 +294,11 @@ impl Router {
             headers.insert(VERSION_HEADER, version.clone());
         }
         let status = response.status().as_u16();
+        let expected = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| http_body::Body::size_hint(response.body()).exact());
         let log = AccessLog {
             id,
             deployment,
@@ -293,10 +308,17 @@ impl Router {
             started,
             guest_micros: ctx.guest_micros,
             bytes: 0,
-            completed: false,
+            completed: expected == Some(0),
             _in_flight: in_flight,
         };
-        response.map(|body| AccessBody { inner: body, log }.boxed_unsync())
+        response.map(|body| {
+            AccessBody {
+                inner: body,
+                expected,
+                log,
+            }
+            .boxed_unsync()
+        })
     }
 
     async fn dispatch(
@@ -331,6 +353,20 @@ impl Router {
                 response::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &message),
                 None,
             );
+        }
+        let mut request = request;
+        match normalize_path(request.uri().path()) {
+            Ok(Cow::Borrowed(_)) => {}
+            Ok(Cow::Owned(path)) => {
+                if let Err(message) = set_path(&mut request, &path) {
+                    metrics().reject("bad_path");
+                    return (response::error(StatusCode::BAD_REQUEST, &message), None);
+                }
+            }
+            Err(message) => {
+                metrics().reject("bad_path");
+                return (response::error(StatusCode::BAD_REQUEST, &message), None);
+            }
         }
         let deployment = {
             let table = self.table.load();
@@ -431,6 +467,9 @@ impl Drop for AccessLog {
 /// A response body that counts its bytes and carries the access log.
 struct AccessBody {
     inner: HyperOutgoingBody,
+    /// The body's declared length, if it has one: hyper stops polling once
+    /// it has sent that many bytes, so reaching it means complete.
+    expected: Option<u64>,
     log: AccessLog,
 }
 
@@ -449,6 +488,9 @@ impl http_body::Body for AccessBody {
                 if let Some(data) = frame.data_ref() {
                     this.log.bytes += data.len() as u64;
                 }
+                if this.expected == Some(this.log.bytes) || this.inner.is_end_stream() {
+                    this.log.completed = true;
+                }
             }
             Poll::Ready(None) => this.log.completed = true,
             _ => {}
@@ -465,7 +507,7 @@ impl http_body::Body for AccessBody {
     }
 }
 
-/// The request's host name, lowercased, without a port.
+/// The request's host name, lowercased, without a port or a trailing dot.
 fn request_host<B>(request: &Request<B>) -> Option<String> {
     let raw = match request.uri().host() {
         Some(h) => h.to_string(),
@@ -477,7 +519,96 @@ fn request_host<B>(request: &Request<B>) -> Option<String> {
             }
         }
     };
-    Some(raw.to_ascii_lowercase())
+    let mut host = raw.to_ascii_lowercase();
+    if host.ends_with('.') {
+        host.pop();
+    }
+    Some(host)
+}
+
+/// Is `b` an RFC 3986 unreserved character (safe to decode from `%XX`)?
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalise a request path for routing (see the module header). Borrowed
+/// when nothing changes, which is the common case and costs one scan.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
+    let bytes = path.as_bytes();
+    let plain = !bytes.contains(&b'%')
+        && !path.contains("//")
+        && !path.contains("/./")
+        && !path.contains("/../")
+        && !path.ends_with("/.")
+        && !path.ends_with("/..");
+    if plain {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Decode unreserved escapes, upper-case the others, refuse escaped
+    // separators and broken escapes.
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            decoded.push(bytes[i] as char);
+            i += 1;
+            continue;
+        }
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(|| format!("the path {path:?} has a broken %-escape"))?;
+        if hex == b'/' || hex == b'\\' {
+            return Err(format!(
+                "the path {path:?} has an encoded `/` or `\\`, which is ambiguous: send it unencoded"
+            ));
+        }
+        if unreserved(hex) {
+            decoded.push(hex as char);
+        } else {
+            decoded.push_str(&format!("%{hex:02X}"));
+        }
+        i += 3;
+    }
+    // Remove dot segments and empty segments.
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut normal = String::with_capacity(decoded.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() || (trailing && !segments.is_empty()) {
+        normal.push('/');
+    }
+    Ok(Cow::Owned(normal))
+}
+
+/// Replace the request's path, keeping its query.
+fn set_path<B>(request: &mut Request<B>, path: &str) -> Result<(), String> {
+    let mut parts = request.uri().clone().into_parts();
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| format!("the normalised path {path:?} is not a valid URI path"))?,
+    );
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|e| format!("cannot rewrite the path: {e}"))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -508,5 +639,43 @@ mod tests {
         assert!(Route::new("/a?b", None).is_err());
         assert!(Route::new("/a//b", None).is_err());
         assert!(Route::new("/", Some("bad host")).is_err());
+        assert_eq!(
+            Route::new("/", Some("x.example.com."))
+                .unwrap()
+                .host
+                .as_deref(),
+            Some("x.example.com")
+        );
+    }
+
+    #[test]
+    fn paths_are_normalised_like_a_proxy_would() {
+        let n = |p| normalize_path(p).map(|c| c.into_owned());
+        assert!(matches!(normalize_path("/a/b?x"), Ok(Cow::Borrowed(_))));
+        assert_eq!(n("/private/../public/x").unwrap(), "/public/x");
+        assert_eq!(n("//app").unwrap(), "/app");
+        assert_eq!(n("/a//b///c").unwrap(), "/a/b/c");
+        assert_eq!(n("/a/./b/.").unwrap(), "/a/b/");
+        assert_eq!(n("/../../etc").unwrap(), "/etc");
+        assert_eq!(n("/a/..").unwrap(), "/");
+        assert_eq!(n("/%70rivate").unwrap(), "/private");
+        assert_eq!(n("/a/%2e%2e/b").unwrap(), "/b");
+        assert_eq!(n("/caf%c3%a9").unwrap(), "/caf%C3%A9");
+        assert_eq!(n("/a/").unwrap(), "/a/");
+        assert!(n("/a%2Fb").is_err());
+        assert!(n("/a%5cb").is_err());
+        assert!(n("/a%zz").is_err());
+        assert!(n("/a%2").is_err());
+    }
+
+    #[test]
+    fn host_names_match_without_a_trailing_dot() {
+        let request = Request::get("http://x.example.com./a").body(()).unwrap();
+        assert_eq!(request_host(&request).as_deref(), Some("x.example.com"));
+        let request = Request::get("/a")
+            .header("host", "X.Example.COM.:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&request).as_deref(), Some("x.example.com"));
     }
 }

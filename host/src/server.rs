@@ -1,9 +1,15 @@
 //! The HTTP fronts: bind, accept (TLS optional), serve each connection with
 //! hyper (HTTP/1.1 with keep-alive, HTTP/2 by ALPN or h2c), hand every
 //! request to a [`Handler`], and drain gracefully on SIGINT/SIGTERM.
-//! Connection-level protections live here: the connection cap, the header
-//! read timeout against slowloris, and HTTP/2 stream and reset limits. The public listener's handler is the [`Router`]; the
-//! admin listener's is the [`Admin`] API.
+//!
+//! Connection-level protections live here: the connection cap; a deadline
+//! from accept to the first complete request head, whatever the protocol
+//! (TLS handshake, HTTP/2 preface and HTTP/1 head alike), so sockets that
+//! send nothing cannot hold the cap; an idle timeout for connections with
+//! no request in flight, HTTP/2 keep-alive pings; HTTP/2 stream and reset
+//! limits; and hyper's own parse limits set above the front's (which answer
+//! 431 with a message and a metric). The public listener's handler is the
+//! [`Router`]; the admin listener's is the [`Admin`] API.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
 //! and embedders can start a server in-process on port 0.
@@ -12,30 +18,36 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::admin::Admin;
 use crate::config::{Config, DefaultApp};
 use crate::engine::{self, EpochTicker};
+use crate::limits::MemoryBudget;
 use crate::metrics::metrics;
 use crate::persist::StateDir;
-use crate::registry::{Registry, RegistryConfig};
+use crate::registry::{DEFAULT_APP, Registry, RegistryConfig};
 use crate::router::{ConnInfo, Route, Router};
 use crate::tls::CertStore;
 use crate::{component, manifest};
@@ -70,14 +82,26 @@ impl Health {
     }
 }
 
+/// HTTP/2 keep-alive: a PING after this long without frames...
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and the connection is closed if it is not answered within this.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// After an idle connection is asked to close, how long it may take before
+/// it is dropped (if still idle).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The shortest header line hyper accepts (`a:\r\n`): hyper's header-count
+/// limit is set so that its read buffer fills first, and every head that
+/// fits the buffer reaches the front, which answers 431 itself.
+const MIN_HEADER_LINE: usize = 4;
+
 /// How each listener treats connections.
 #[derive(Debug, Clone)]
 pub struct ConnOptions {
     pub drain: Duration,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
-    pub max_headers: usize,
     pub h2_max_streams: u32,
     pub h2_max_pending_resets: usize,
     pub h2_max_local_error_resets: usize,
@@ -91,8 +115,8 @@ impl ConnOptions {
             drain: config.drain_timeout,
             max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
             max_header_bytes: config.front.max_header_bytes,
-            max_headers: config.front.max_headers,
             h2_max_streams: config.h2_max_streams,
             h2_max_pending_resets: config.h2_max_pending_resets,
             h2_max_local_error_resets: config.h2_max_local_error_resets,
@@ -101,12 +125,40 @@ impl ConnOptions {
     }
 }
 
+/// SIGINT and SIGTERM, listened for from the moment they are installed.
+pub struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("failed to listen for SIGINT")?,
+        })
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
 /// Bind both listeners, start the admin API (health first), load every
 /// app, print the startup lines and serve until SIGINT/SIGTERM; then drain:
 /// readiness goes false, after `--shutdown-delay-ms` the listeners stop
-/// accepting, and in-flight requests get up to `--drain-timeout-ms`.
+/// accepting, and in-flight requests get up to `--drain-timeout-ms`. A
+/// signal during startup stops it: the host exits 0 without serving.
 pub async fn serve(config: Config) -> Result<()> {
-    let engine = engine::build(&config.limits)?;
+    let mut signals = Signals::install()?;
+    let engine = engine::build(
+        config.ceilings.max_concurrent,
+        config.ceilings.memory_mib << 20,
+    )?;
     let _ticker = EpochTicker::start(&engine)?;
     let linker = component::linker(&engine)?;
 
@@ -144,18 +196,22 @@ pub async fn serve(config: Config) -> Result<()> {
         public_addr
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let registry = Arc::new(Registry::new(
+    let budget = MemoryBudget::new(config.memory_budget_bytes);
+    let registry = Registry::new(
         engine,
         linker,
         state,
         router.clone(),
         RegistryConfig {
             defaults: config.limits,
+            ceilings: config.ceilings,
+            secrets: config.secrets.clone(),
+            budget: budget.clone(),
             keep_versions: config.keep_versions,
             compile_timeout: config.compile_timeout,
             public_base: format!("{scheme}://{shown}"),
         },
-    ));
+    );
 
     // The admin API (and with it /healthz and /readyz) comes up first, so
     // probes see "alive, not ready" while apps load.
@@ -165,6 +221,8 @@ pub async fn serve(config: Config) -> Result<()> {
         health.clone(),
         config.admin_token.clone(),
         config.max_upload_bytes,
+        admin_addr,
+        budget,
     ));
     let (stop, stopped) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -178,7 +236,19 @@ pub async fn serve(config: Config) -> Result<()> {
         ConnOptions::from_config(&config, false),
     ));
 
-    load_apps(&config, &registry, &router).await?;
+    let loaded = tokio::select! {
+        loaded = load_apps(&config, &registry, &router) => Some(loaded),
+        () = signals.recv() => None,
+    };
+    match loaded {
+        Some(loaded) => loaded?,
+        None => {
+            tracing::info!("shutdown requested during startup: stopping before serving");
+            let _ = stop.send(true);
+            let _ = admin_server.await;
+            return Ok(());
+        }
+    }
     if config.admin_token.is_none() {
         tracing::warn!(%admin_addr, "the admin API has no token (set HOST_ADMIN_TOKEN): it is open to every local client on loopback");
     }
@@ -194,7 +264,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let delay = config.shutdown_delay;
     let health_for_signal = health.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.recv().await;
         health_for_signal.set_ready(false);
         tracing::info!(
             delay_ms = delay.as_millis() as u64,
@@ -216,12 +286,12 @@ pub async fn serve(config: Config) -> Result<()> {
 }
 
 /// Static apps first (command line, manifest), then the deployed ones, then
-/// the default guest if `/` is still free.
+/// the default guest if `/` is still free and no deployed app took its name.
 async fn load_apps(config: &Config, registry: &Registry, router: &Router) -> Result<()> {
     let root = || Route::new("/", None).map_err(anyhow::Error::msg);
     if let DefaultApp::Explicit(component) = &config.default_app {
         registry
-            .add_static("default", component, root()?, Default::default())
+            .add_static(DEFAULT_APP, component, root()?, Default::default())
             .await?;
     }
     if let Some(path) = &config.manifest {
@@ -246,9 +316,15 @@ async fn load_apps(config: &Config, registry: &Registry, router: &Router) -> Res
             Some(app) if app.route.prefix == "/" => {
                 tracing::info!(app = %app.name, "not serving the default guest: `/` is taken");
             }
+            _ if registry.has_app(DEFAULT_APP).await => {
+                tracing::warn!(
+                    "not serving the default guest: a deployed app is named `{DEFAULT_APP}` \
+                     (a name now reserved; remove that app to get the default guest back)"
+                );
+            }
             _ => {
                 registry
-                    .add_static("default", component, root()?, Default::default())
+                    .add_static(DEFAULT_APP, component, root()?, Default::default())
                     .await?
             }
         }
@@ -275,26 +351,9 @@ pub async fn run<H: Handler>(
     let local = listener
         .local_addr()
         .context("failed to read the bound address")?;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(options.header_read_timeout)
-        // hyper's own parse limits sit above ours (which answer 431 with a
-        // metric), as a backstop against pathological requests.
-        .max_buf_size((options.max_header_bytes * 2).max(16 * 1024))
-        .max_headers(options.max_headers * 2);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(options.h2_max_streams)
-        .max_pending_accept_reset_streams(options.h2_max_pending_resets)
-        .max_local_error_reset_streams(options.h2_max_local_error_resets)
-        .max_header_list_size(u32::try_from(options.max_header_bytes * 2).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(connection_builder(&options));
     let slots = Arc::new(Semaphore::new(options.max_connections));
+    let (drain, draining) = watch::channel(false);
     tokio::pin!(shutdown);
 
     loop {
@@ -318,7 +377,10 @@ pub async fn run<H: Handler>(
             },
             () = &mut shutdown => break,
         };
+        let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
+        let (active, activity) = watch::channel(0usize);
+        let active = Arc::new(active);
         let handler = handler.clone();
         let info = ConnInfo {
             peer,
@@ -326,19 +388,27 @@ pub async fn run<H: Handler>(
         };
         let service = service_fn(move |mut request: Request<Incoming>| {
             let handler = handler.clone();
+            let guard = InFlight::enter(active.clone());
             request.extensions_mut().insert(info);
-            async move { Ok::<_, Infallible>(handler.handle(with_host(request, local)).await) }
+            async move {
+                let response = handler.handle(with_host(request, local)).await;
+                Ok::<_, Infallible>(response.map(|inner| TrackedBody {
+                    inner,
+                    _guard: guard,
+                }))
+            }
         });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
         let tls = tls.clone();
-        let handshake_timeout = options.header_read_timeout;
+        let first_head_by = accepted + options.header_read_timeout;
+        let idle_timeout = options.idle_timeout;
         let public = options.public;
+        let draining = draining.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let io: Box<dyn Io> = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout_at(first_head_by, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => Box::new(tls),
                         Ok(Err(err)) => {
                             tracing::debug!(%peer, error = %err, "TLS handshake failed");
@@ -356,7 +426,15 @@ pub async fn run<H: Handler>(
                 metrics().connections.inc();
             }
             let conn = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(err) = watcher.watch(conn.into_owned()).await {
+            let watchdog = idle_watchdog(activity.clone(), first_head_by, idle_timeout);
+            let close = |conn: Pin<&mut _>| auto::Connection::graceful_shutdown(conn);
+            if let Err(err) = drive(conn, close, watchdog, activity, draining).await {
+                if let Some(hyper) = err.downcast_ref::<hyper::Error>()
+                    && hyper.is_parse_too_large()
+                {
+                    // hyper answered 431 itself: the head did not fit its buffer.
+                    metrics().reject("head_too_large");
+                }
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
             if public {
@@ -366,12 +444,153 @@ pub async fn run<H: Handler>(
     }
 
     drop(listener);
+    let _ = drain.send(true);
     tracing::info!(%local, deadline_ms = options.drain.as_millis() as u64, "stopped accepting: draining in-flight requests");
+    // Every connection holds a slot until it ends: all slots back means drained.
+    let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!(%local, "drained"),
+        _ = slots.acquire_many(all) => tracing::info!(%local, "drained"),
         () = tokio::time::sleep(options.drain) => tracing::warn!(%local, "drain deadline passed; exiting with requests still in flight"),
     }
     Ok(())
+}
+
+/// hyper's connection builder for `options`.
+fn connection_builder(options: &ConnOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own parse limits sit above the front's (which answer 431 with
+    // a message and a metric): its buffer holds twice the front's header
+    // limit, and its header count can never be the limit that is hit first.
+    let buffer = (options.max_header_bytes * 2).max(16 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(buffer)
+        .max_headers(buffer / MIN_HEADER_LINE);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+        .max_concurrent_streams(options.h2_max_streams)
+        .max_pending_accept_reset_streams(options.h2_max_pending_resets)
+        .max_local_error_reset_streams(options.h2_max_local_error_resets)
+        .max_header_list_size(u32::try_from(options.max_header_bytes * 2).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Drive one connection until it ends: asked to close gracefully when it
+/// has been idle too long (`watchdog`) or the listener drains, and dropped
+/// if it is still idle [`CLOSE_GRACE`] after that.
+async fn drive<C, E>(
+    conn: C,
+    close_gracefully: impl Fn(Pin<&mut C>),
+    watchdog: impl Future<Output = ()>,
+    mut activity: watch::Receiver<usize>,
+    mut draining: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    tokio::pin!(watchdog);
+    let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut watching = true;
+    let mut drain_seen = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            () = &mut watchdog, if watching && closing.is_none() => {
+                close_gracefully(conn.as_mut());
+                closing = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+            }
+            _ = draining.wait_for(|d| *d), if !drain_seen => {
+                drain_seen = true;
+                close_gracefully(conn.as_mut());
+            }
+            () = async { closing.as_mut().expect("guarded").as_mut().await }, if closing.is_some() => {
+                if *activity.borrow_and_update() == 0 {
+                    return Ok(());
+                }
+                // A request slipped in: let it finish on its own bounds.
+                closing = None;
+                watching = false;
+            }
+        }
+    }
+}
+
+/// Resolves when a connection has gone too long without a request in
+/// flight: until `first_head_by` for the first request head (so a socket
+/// that sends nothing, or half a preface, is closed), then `idle` after
+/// each time the last request in flight ends.
+fn idle_watchdog(
+    mut activity: watch::Receiver<usize>,
+    first_head_by: Instant,
+    idle: Duration,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let mut deadline = first_head_by;
+        loop {
+            tokio::select! {
+                started = async { activity.wait_for(|n| *n > 0).await.is_ok() } => {
+                    if !started {
+                        return std::future::pending().await;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+            if activity.wait_for(|n| *n == 0).await.is_err() {
+                return std::future::pending().await;
+            }
+            deadline = Instant::now() + idle;
+        }
+    })
+}
+
+/// Counts one request in flight on its connection, from its complete head
+/// until its response body is done or dropped.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn enter(active: Arc<watch::Sender<usize>>) -> InFlight {
+        active.send_modify(|n| *n += 1);
+        InFlight(active)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct TrackedBody {
+    inner: HyperOutgoingBody,
+    _guard: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// wasi:http needs an authority; HTTP/1.0 clients may send none.
@@ -383,23 +602,4 @@ fn with_host(mut request: Request<Incoming>, local: SocketAddr) -> Request<Incom
         request.headers_mut().insert(header::HOST, host);
     }
     request
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "failed to listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

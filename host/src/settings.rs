@@ -6,19 +6,27 @@
 //! start.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::limits::{Limits, MAX_INSTANCE_REUSE};
 use crate::outbound::OutboundPolicy;
+use crate::secrets::{SecretPolicy, SecretSource};
 
-/// Largest per-app memory cap, in MiB (the pooling allocator's slot size).
-pub const MAX_APP_MEMORY_MIB: u64 = 4096;
 /// Longest per-app timeout, in milliseconds.
 pub const MAX_APP_TIMEOUT_MS: u64 = 3_600_000;
+
+/// What no app's settings may exceed: the host's own ceilings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceilings {
+    /// The largest `memory_mib` an app may have: `--max-app-memory-mib`
+    /// (the pooling allocator's slot size), or `--memory-budget-mib` if
+    /// that is lower.
+    pub memory_mib: u64,
+    /// `--max-concurrent`: the host-wide cap.
+    pub max_concurrent: u32,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,75 +58,10 @@ pub struct AppSettings {
     pub instance_reuse: Option<u32>,
 }
 
-/// Where a secret's value comes from: an environment variable of the host
-/// process (`env:NAME`, or a bare `NAME`) or a file (`file:/path`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    Env(String),
-    File(PathBuf),
-}
-
-impl SecretSource {
-    pub fn parse(s: &str) -> Result<SecretSource, String> {
-        let source = match s.split_once(':') {
-            Some(("env", var)) => SecretSource::Env(var.to_string()),
-            Some(("file", path)) => SecretSource::File(PathBuf::from(path)),
-            Some(_) => {
-                return Err(format!(
-                    "secret source {s:?} must be `env:VAR`, `file:/path` or a bare variable name"
-                ));
-            }
-            None => SecretSource::Env(s.to_string()),
-        };
-        match &source {
-            SecretSource::Env(var) if var.is_empty() || var.contains(['=', '\0']) => Err(format!(
-                "secret source {s:?} names no valid environment variable"
-            )),
-            SecretSource::File(path) if !path.is_absolute() => Err(format!(
-                "secret file {} must be an absolute path",
-                path.display()
-            )),
-            _ => Ok(source),
-        }
-    }
-
-    /// Read the value. Errors name the source, never a value.
-    fn read(&self) -> Result<String, String> {
-        match self {
-            SecretSource::Env(var) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set on the host")),
-            SecretSource::File(path) => std::fs::read_to_string(path)
-                .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| format!("cannot read {}: {e}", path.display())),
-        }
-    }
-}
-
-impl fmt::Display for SecretSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretSource::Env(var) => write!(f, "env:{var}"),
-            SecretSource::File(path) => write!(f, "file:{}", path.display()),
-        }
-    }
-}
-
-impl Serialize for SecretSource {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for SecretSource {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        SecretSource::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 impl AppSettings {
-    /// Check every value; the message says which one and how to fix it.
-    pub fn validate(&self, host: &Limits) -> Result<(), String> {
+    /// Check every value against the host's ceilings and the operator's
+    /// secret rules; the message says which one and how to fix it.
+    pub fn validate(&self, ceilings: &Ceilings, secrets: &SecretPolicy) -> Result<(), String> {
         for (key, value) in &self.env {
             if key.is_empty() || key.contains(['=', '\0']) {
                 return Err(format!(
@@ -139,12 +82,18 @@ impl AppSettings {
                 "{key} is both a config value and a secret; both are read through wasi:config, pick one"
             ));
         }
+        for (name, source) in &self.secrets {
+            secrets
+                .check(source)
+                .map_err(|e| format!("secret {name}: {e}"))?;
+        }
         OutboundPolicy::parse(&self.allow_outbound)?;
         if let Some(mib) = self.memory_mib
-            && !(1..=MAX_APP_MEMORY_MIB).contains(&mib)
+            && !(1..=ceilings.memory_mib).contains(&mib)
         {
             return Err(format!(
-                "memory_mib must be between 1 and {MAX_APP_MEMORY_MIB}, got {mib}"
+                "memory_mib must be between 1 and the host's ceiling of {} (its --max-app-memory-mib, or --memory-budget-mib if lower), got {mib}",
+                ceilings.memory_mib
             ));
         }
         if let Some(ms) = self.timeout_ms
@@ -155,11 +104,11 @@ impl AppSettings {
             ));
         }
         if let Some(n) = self.max_concurrent
-            && !(1..=host.max_concurrent).contains(&n)
+            && !(1..=ceilings.max_concurrent).contains(&n)
         {
             return Err(format!(
-                "max_concurrent must be between 1 and the host's {}, got {n}",
-                host.max_concurrent
+                "max_concurrent must be between 1 and the host's {} (its --max-concurrent), got {n}",
+                ceilings.max_concurrent
             ));
         }
         if let Some(n) = self.instance_reuse
@@ -190,14 +139,17 @@ impl AppSettings {
     }
 
     /// `wasi:config` values: config plus secrets, secrets read now.
-    pub fn resolve_config(&self) -> Result<Vec<(String, String)>, String> {
+    /// Blocking (secret files): call off the serving threads.
+    pub fn resolve_config(&self, secrets: &SecretPolicy) -> Result<Vec<(String, String)>, String> {
         let mut values: Vec<(String, String)> = self
             .config
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (name, source) in &self.secrets {
-            let value = source.read().map_err(|e| format!("secret {name}: {e}"))?;
+            let value = secrets
+                .read(source)
+                .map_err(|e| format!("secret {name}: {e}"))?;
             values.push((name.clone(), value));
         }
         Ok(values)
@@ -223,51 +175,67 @@ mod tests {
             max_concurrent: 100,
             max_body_bytes: 1 << 20,
             body_read_timeout: Duration::from_secs(10),
+            body_min_rate: 1024,
             rate_limit_rps: 0,
             client_rate_limit_rps: 0,
             instance_reuse: 1,
+            max_resources: 1024,
+            max_outbound: 16,
+            max_outbound_app: 256,
         }
     }
 
-    #[test]
-    fn secret_sources_parse_and_print_back() {
-        assert_eq!(
-            SecretSource::parse("API_KEY").unwrap(),
-            SecretSource::Env("API_KEY".into())
-        );
-        assert_eq!(SecretSource::parse("env:X").unwrap().to_string(), "env:X");
-        assert_eq!(
-            SecretSource::parse("file:/run/s").unwrap().to_string(),
-            "file:/run/s"
-        );
-        assert!(SecretSource::parse("file:relative").is_err());
-        assert!(SecretSource::parse("vault:x").is_err());
-        assert!(SecretSource::parse("").is_err());
-    }
+    const CEILINGS: Ceilings = Ceilings {
+        memory_mib: 512,
+        max_concurrent: 100,
+    };
 
     #[test]
     fn validation_names_the_bad_value() {
+        let none = SecretPolicy::none();
         let s = AppSettings {
             memory_mib: Some(0),
             ..Default::default()
         };
-        assert!(s.validate(&host()).unwrap_err().contains("memory_mib"));
+        assert!(
+            s.validate(&CEILINGS, &none)
+                .unwrap_err()
+                .contains("memory_mib")
+        );
+        let s = AppSettings {
+            memory_mib: Some(513),
+            ..Default::default()
+        };
+        let err = s.validate(&CEILINGS, &none).unwrap_err();
+        assert!(err.contains("--max-app-memory-mib"), "{err}");
         let s = AppSettings {
             max_concurrent: Some(1000),
             ..Default::default()
         };
-        assert!(s.validate(&host()).unwrap_err().contains("max_concurrent"));
+        assert!(
+            s.validate(&CEILINGS, &none)
+                .unwrap_err()
+                .contains("max_concurrent")
+        );
         let mut s = AppSettings::default();
         s.config.insert("k".into(), "v".into());
         s.secrets.insert("k".into(), SecretSource::Env("K".into()));
         assert!(
-            s.validate(&host())
+            s.validate(&CEILINGS, &none)
                 .unwrap_err()
                 .contains("both a config value and a secret")
         );
         let mut s = AppSettings::default();
+        s.secrets
+            .insert("k".into(), SecretSource::Env("HOST_ADMIN_TOKEN".into()));
+        let err = s.validate(&CEILINGS, &none).unwrap_err();
+        assert!(
+            err.contains("secret k") && err.contains("not allowed"),
+            "{err}"
+        );
+        let mut s = AppSettings::default();
         s.allow_outbound.push("ftp://x".into());
-        assert!(s.validate(&host()).is_err());
+        assert!(s.validate(&CEILINGS, &none).is_err());
     }
 
     #[test]
@@ -277,7 +245,8 @@ mod tests {
             "db".into(),
             SecretSource::Env("HOST_TEST_SURELY_UNSET_VAR".into()),
         );
-        let err = s.resolve_config().unwrap_err();
+        let policy = SecretPolicy::new(None, vec!["HOST_TEST_".into()]).unwrap();
+        let err = s.resolve_config(&policy).unwrap_err();
         assert!(
             err.contains("secret db") && err.contains("HOST_TEST_SURELY_UNSET_VAR"),
             "{err}"

@@ -4,6 +4,14 @@
 //! current request's deadline. It is built from its deployment with the
 //! instance and dropped with it: after one request, or after several when
 //! the app opts into instance reuse ([`HostState::begin`] starts each one).
+//!
+//! Everything the host holds on a guest's behalf outside its linear memory
+//! is bounded here: resource-table entries (`--max-guest-resources`), the
+//! size of each wasi:http `fields` ([`MAX_FIELDS_BYTES`]), random bytes per
+//! call, and (in [`crate::outbound`]) buffered outgoing-body bytes and
+//! outbound calls in flight. The most all that can hold is reserved from the
+//! host-wide guest memory budget when the instance is made, so instances
+//! cannot add up past it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,8 +23,27 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::invoke::Deployment;
 use crate::limits::GuestLimiter;
-use crate::outbound::OutboundHooks;
+use crate::outbound::{OUTGOING_BODY_CHUNK_BYTES, OutboundHooks};
 use crate::output::GuestOutput;
+
+/// Largest in-memory size of one wasi:http `fields` a guest builds (headers
+/// or trailers): room for a copy of the request headers the front accepts
+/// by default (16 KiB on the wire, 100 headers), with the map's overhead.
+pub const MAX_FIELDS_BYTES: usize = 24 * 1024;
+/// The most host memory one resource-table entry can hold: a full `fields`,
+/// or an outgoing body's buffer (2 × [`OUTGOING_BODY_CHUNK_BYTES`]). Each
+/// instance reserves `--max-guest-resources` × this from the guest memory
+/// budget before it starts, so host-side state adds up within the budget.
+pub const RESOURCE_CHARGE_BYTES: u64 = MAX_FIELDS_BYTES as u64;
+const _: () = assert!(
+    2 * OUTGOING_BODY_CHUNK_BYTES as u64 <= RESOURCE_CHARGE_BYTES,
+    "an outgoing body's buffer must fit one resource's charge"
+);
+/// What one outbound call in flight may hold in the host (the client
+/// connection's buffers), reserved per allowed call like the above.
+pub const OUTBOUND_CALL_CHARGE_BYTES: u64 = 64 * 1024;
+/// Largest `get-random-bytes` answer.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 pub struct HostState {
     pub wasi: WasiCtx,
@@ -31,32 +58,45 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(deployment: &Deployment, request_id: &Arc<str>, deadline: Instant) -> Self {
+    /// `None` when the guest memory budget cannot take the instance's
+    /// host-side reserve.
+    pub fn new(deployment: &Deployment, request_id: &Arc<str>, deadline: Instant) -> Option<Self> {
+        let limits = &deployment.limits;
+        let reserve = u64::from(limits.max_resources) * RESOURCE_CHARGE_BYTES
+            + u64::from(limits.max_outbound) * OUTBOUND_CALL_CHARGE_BYTES;
+        let limiter = GuestLimiter::new(limits.memory_bytes, deployment.budget.clone(), reserve)?;
         let output = GuestOutput::new(deployment.app.clone(), request_id.clone());
         let wasi = WasiCtx::builder()
             .envs(&deployment.env)
             .stdout(output.stdout())
             .stderr(output.stderr())
+            .max_random_size(MAX_RANDOM_BYTES)
             .build();
-        HostState {
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_resources as usize);
+        Some(HostState {
             wasi,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             config: deployment.config.clone(),
-            hooks: OutboundHooks {
-                app: deployment.app.clone(),
-                policy: deployment.outbound.clone(),
-            },
-            limiter: GuestLimiter::new(deployment.limits.memory_bytes),
+            hooks: OutboundHooks::new(
+                deployment.app.clone(),
+                deployment.outbound.clone(),
+                deployment.outbound_calls.clone(),
+                limits.max_outbound,
+            ),
+            limiter,
             output,
             deadline,
-        }
+        })
     }
 
     /// Start another request on a reused instance.
     pub fn begin(&mut self, request_id: &Arc<str>, deadline: Instant) {
         self.output.begin(request_id.clone());
-        self.limiter.memory_limit_hit = false;
+        self.limiter.refused = None;
         self.deadline = deadline;
     }
 

@@ -260,7 +260,15 @@ async fn canary_splits_traffic_by_weight_then_promotes() {
 
 #[tokio::test]
 async fn rejected_deploys_explain_why_and_change_nothing() {
-    let host = Host::start(&guest("guest"), &["--max-upload-bytes", "200000"]);
+    let host = Host::start(
+        &guest("guest"),
+        &[
+            "--max-upload-bytes",
+            "200000",
+            "--secret-env-prefix",
+            "E2E_",
+        ],
+    );
     let (status, good) = host
         .deploy("app", wasm("counter-guest"), json!({"route": "/app"}), None)
         .await;

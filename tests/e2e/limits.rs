@@ -85,7 +85,10 @@ async fn body_over_the_limit_is_413() {
 /// Over `--max-concurrent`, requests are refused at once with 503.
 #[tokio::test]
 async fn over_the_concurrency_cap_is_503() {
-    let host = Host::start(&guest("slow-guest"), &["--max-concurrent", "2"]);
+    let host = Host::start(
+        &guest("slow-guest"),
+        &["--max-concurrent", "2", "--app-max-concurrent", "2"],
+    );
     let http = client();
     let slow = (0..2).map(|_| {
         let http = http.clone();

@@ -3,16 +3,24 @@
 //! Build everything first with `make test` (it builds the guests for
 //! `wasm32-wasip2` and the host binary, then runs this suite).
 
+mod h2raw;
 mod harness;
 
+mod browsers;
 mod deploy;
+mod edges;
 mod faults;
+mod fresh_machine;
 mod front;
+mod hostile;
+mod hostile_clients;
 mod isolation;
 mod kubernetes;
 mod lifecycle;
 mod limits;
+mod operators;
 mod persistence;
 mod routes;
+mod secrets;
 mod settings;
 mod startup;

@@ -1,42 +1,12 @@
 //! Per-app settings end to end: env vars, wasi:config values, secrets that
 //! never show up anywhere, and the outbound HTTP policy.
 
-use std::net::SocketAddr;
-
 use reqwest::Method;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Host, TempDir, client, guest, wasm};
+use crate::harness::{Host, TempDir, client, guest, upstream, wasm};
 
 const SECRET: &str = "hunter2-e2e-secret-value";
-
-/// A tiny upstream on loopback answering every request with `body`; it
-/// stops when the test's runtime ends.
-async fn upstream(body: &'static str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    addr
-}
 
 #[tokio::test]
 async fn env_config_and_secrets_reach_the_guest_and_secrets_stay_secret() {
@@ -44,7 +14,11 @@ async fn env_config_and_secrets_reach_the_guest_and_secrets_stay_secret() {
     let component = guest("guest");
     let host = Host::start_in(
         &state.0,
-        &[component.to_str().unwrap()],
+        &[
+            component.to_str().unwrap(),
+            "--secret-env-prefix",
+            "E2E_SECRET_",
+        ],
         &[("E2E_SECRET_VAR", SECRET)],
     );
     let config = guest("config-guest");
