@@ -4,8 +4,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY rust-toolchain.toml ./
-# Installs the pinned toolchain plus the wasm32-wasip2 target it lists.
-RUN rustup toolchain install
+# Installs the pinned toolchain plus the wasm32-wasip2 target it lists; an
+# image that already has the toolchain may still lack the target, so add it.
+RUN rustup toolchain install && rustup target add wasm32-wasip2
 COPY . .
 RUN cargo build --release --locked -p host \
  && cargo build --release --locked --target wasm32-wasip2 -p guest

@@ -46,11 +46,20 @@ build: build-guest
 run: build-guest
 	$(CARGO) run -p host
 
-$(KUBE_VALIDATE):
+SCHEMATHESIS := $(TOOLS)/bin/schemathesis
+
+$(TOOLS)/bin/pip:
 	python3 -m venv $(TOOLS)
+
+$(KUBE_VALIDATE): | $(TOOLS)/bin/pip
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
 
-tools: $(KUBE_VALIDATE)
+# The admin API's contract test (tests/e2e/contract.rs) runs it against the
+# real binary.
+$(SCHEMATHESIS): | $(TOOLS)/bin/pip
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check schemathesis==4.32.5
+
+tools: $(KUBE_VALIDATE) $(SCHEMATHESIS)
 
 test: build-guests tools
 	$(CARGO) build -p host

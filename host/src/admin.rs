@@ -334,80 +334,93 @@ impl Admin {
         &self,
         request: Request<Incoming>,
     ) -> Result<(Bytes, DeployRequest), ApiError> {
-        let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, m.to_string());
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the upload is larger than the limit of {} bytes",
-                    self.max_upload_bytes
-                ),
-            )
-        };
-        if request
+        let length = request
             .headers()
             .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|len| len > self.max_upload_bytes.saturating_add(64 * 1024))
-        {
-            return Err(too_large());
-        }
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let boundary = multer::parse_boundary(content_type).map_err(|_| {
-            bad("a deploy is multipart/form-data with a `component` part (the .wasm) and an optional `settings` part (JSON)")
-        })?;
-        let constraints = multer::Constraints::new().size_limit(
-            multer::SizeLimit::new()
-                .whole_stream(self.max_upload_bytes.saturating_add(64 * 1024))
-                .for_field("component", self.max_upload_bytes)
-                .for_field("settings", MAX_JSON_BODY as u64),
-        );
+            .unwrap_or_default()
+            .to_string();
         let stream = stall_guarded(request.into_body(), UPLOAD_STALL);
-        let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
-        let mut wasm = None;
-        let mut settings = DeployRequest::default();
-        loop {
-            let field = match multipart.next_field().await {
-                Ok(Some(field)) => field,
-                Ok(None) => break,
-                Err(err) => return Err(multipart_error(err, too_large)),
-            };
-            let name = field.name().unwrap_or_default().to_string();
-            let bytes: Bytes = field
-                .bytes()
-                .await
-                .map_err(|err| multipart_error(err, too_large))?;
-            match name.as_str() {
-                "component" => wasm = Some(bytes),
-                "settings" => {
-                    settings = serde_json::from_slice(&bytes).map_err(|e| {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            format!("settings are not valid: {e}"),
-                        )
-                    })?
-                }
-                other => {
-                    return Err(ApiError::new(
+        parse_deploy(&content_type, length, stream, self.max_upload_bytes).await
+    }
+}
+
+/// A deploy's multipart body: a `component` part (the .wasm) and an
+/// optional `settings` part (JSON), within the upload cap. Never buffers
+/// more than the cap; the component is held once.
+pub async fn parse_deploy<S>(
+    content_type: &str,
+    length: Option<u64>,
+    stream: S,
+    max_upload_bytes: u64,
+) -> Result<(Bytes, DeployRequest), ApiError>
+where
+    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, m.to_string());
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the upload is larger than the limit of {max_upload_bytes} bytes"),
+        )
+    };
+    let whole = max_upload_bytes.saturating_add(64 * 1024);
+    if length.is_some_and(|len| len > whole) {
+        return Err(too_large());
+    }
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        bad("a deploy is multipart/form-data with a `component` part (the .wasm) and an optional `settings` part (JSON)")
+    })?;
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(whole)
+            .for_field("component", max_upload_bytes)
+            .for_field("settings", MAX_JSON_BODY as u64),
+    );
+    let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let mut wasm = None;
+    let mut settings = DeployRequest::default();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(err) => return Err(multipart_error(err, too_large)),
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let bytes: Bytes = field
+            .bytes()
+            .await
+            .map_err(|err| multipart_error(err, too_large))?;
+        match name.as_str() {
+            "component" => wasm = Some(bytes),
+            "settings" => {
+                settings = serde_json::from_slice(&bytes).map_err(|e| {
+                    ApiError::new(
                         StatusCode::BAD_REQUEST,
-                        format!("unexpected part {other:?}; send `component` and `settings`"),
-                    ));
-                }
+                        format!("settings are not valid: {e}"),
+                    )
+                })?
+            }
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unexpected part {other:?}; send `component` and `settings`"),
+                ));
             }
         }
-        let wasm = wasm.ok_or_else(|| bad("the deploy has no `component` part"))?;
-        if wasm.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "the `component` part is empty: send the .wasm file",
-            ));
-        }
-        Ok((wasm, settings))
     }
+    let wasm = wasm.ok_or_else(|| bad("the deploy has no `component` part"))?;
+    if wasm.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the `component` part is empty: send the .wasm file",
+        ));
+    }
+    Ok((wasm, settings))
 }
 
 /// Counts a deploy in `host_deploys_in_progress` while it lives.

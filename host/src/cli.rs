@@ -121,8 +121,8 @@ pub struct ServeArgs {
     pub max_concurrent: u32,
 
     /// Requests of one app served at once, unless its settings say otherwise
-    /// (503 beyond). Default: a quarter of --max-concurrent, so one app's
-    /// clients can never take every slot.
+    /// (503 beyond). Default: three quarters of --max-concurrent, so one
+    /// app's clients can never take every slot.
     #[arg(long, env = "HOST_APP_MAX_CONCURRENT")]
     pub app_max_concurrent: Option<u32>,
 

@@ -150,7 +150,8 @@ impl Config {
         )?;
         let app_max_concurrent = match args.app_max_concurrent {
             Some(n) => in_range("app-max-concurrent", n, 1..=max_concurrent)?,
-            None => (max_concurrent / 4).max(1),
+            // Three quarters: one app's clients leave a quarter to the rest.
+            None => (max_concurrent - max_concurrent.div_ceil(4)).max(1),
         };
         let keep_versions = in_range("keep-versions", args.keep_versions, 1..=1000)?;
         let compile_timeout = millis("compile-timeout-ms", args.compile_timeout_ms, HOUR_MS)?;

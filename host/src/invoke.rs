@@ -1,12 +1,14 @@
 //! One request through one instance of a deployed version.
 //!
 //! Per request the host builds a `Store` (WASI context, resource table,
-//! memory limiter), instantiates the pre-instantiated component out of the
-//! pooling allocator and calls its `wasi:http/incoming-handler`. The guest
-//! runs in its own task so it can keep streaming the response body after it
-//! has sent the head. The request's deadline is enforced twice: on guest CPU
-//! by the engine's epoch (the guest traps), and on a guest that waits by a
-//! tokio timeout (its instance is dropped).
+//! memory limiter with its share of the guest memory budget), instantiates
+//! the pre-instantiated component out of the pooling allocator and calls
+//! its `wasi:http/incoming-handler`. The guest runs on the request's task
+//! until it answers; then it is detached so it can keep streaming the
+//! response body, and if the client goes away before that it is cancelled.
+//! The request's deadline is enforced twice: on guest CPU by the engine's
+//! epoch (the guest traps), and on a guest that waits by a tokio timeout
+//! (its instance is dropped).
 //!
 //! Apps that declare themselves stateless (`instance_reuse` > 1) skip the
 //! instantiation: an instance that answered cleanly goes back to its
@@ -15,8 +17,9 @@
 //! resources the guest left behind drop it instead.
 //!
 //! Every way a guest can fail maps to a status here: a trap or a missing
-//! response is 500, the memory cap is 500, the deadline is 504. The cause is
-//! logged and counted; the client sees a short JSON message.
+//! response is 500, the memory cap is 500, the host-wide memory budget is
+//! 503, the deadline is 504. The cause is logged and counted; the client
+//! sees a short JSON message.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -246,7 +249,7 @@ impl Deployment {
         let client_rate =
             quota(limits.client_rate_limit_rps).map(|q| Arc::new(RateLimiter::keyed(q)));
         if let Some(limiter) = &client_rate {
-            prune_clients(Arc::downgrade(limiter));
+            prune_clients(Arc::downgrade(limiter), CLIENT_RATE_PRUNE);
         }
         Deployment {
             app,
@@ -524,15 +527,15 @@ impl Deployment {
     }
 }
 
-/// Forget, every [`CLIENT_RATE_PRUNE`], the clients of a per-client rate
-/// limiter whose state is back to full, so its memory follows the clients
-/// seen recently, not every client ever seen. Ends with the limiter.
-fn prune_clients(limiter: Weak<DefaultKeyedRateLimiter<IpAddr>>) {
+/// Forget, `every` so often, the clients of a per-client rate limiter whose
+/// state is back to full, so its memory follows the clients seen recently,
+/// not every client ever seen. Ends with the limiter.
+fn prune_clients(limiter: Weak<DefaultKeyedRateLimiter<IpAddr>>, every: Duration) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
-        let mut tick = tokio::time::interval(CLIENT_RATE_PRUNE);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
@@ -685,4 +688,32 @@ fn too_many(message: &str, wait: std::time::Duration) -> Response<HyperOutgoingB
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_per_client_rate_limiter_forgets_clients_it_no_longer_sees() {
+        let Some(quota) = quota(1000) else {
+            unreachable!("1000 rps is a quota")
+        };
+        let limiter = Arc::new(RateLimiter::keyed(quota));
+        for i in 0..500u32 {
+            let ip = IpAddr::from(i.to_be_bytes());
+            assert!(limiter.check_key(&ip).is_ok());
+        }
+        assert_eq!(limiter.len(), 500);
+        prune_clients(Arc::downgrade(&limiter), Duration::from_millis(20));
+        // A token refills in 1 ms: after a few prune rounds nobody is left.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !limiter.is_empty() {
+            assert!(Instant::now() < deadline, "{} clients kept", limiter.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A client seen again is tracked again.
+        assert!(limiter.check_key(&IpAddr::from([10, 0, 0, 1])).is_ok());
+        assert_eq!(limiter.len(), 1);
+    }
 }

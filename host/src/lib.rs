@@ -15,27 +15,33 @@
 //!   interruption) and the single epoch ticker thread.
 //! - [`component`]: checking a `.wasm` is a component this host can serve,
 //!   compiling it and pre-instantiating it.
-//! - [`registry`]: the apps, their versions, deploys, rollbacks, canaries.
+//! - [`registry`]: the apps, their versions, and every change to them
+//!   through one commit path; the background garbage collector.
 //! - [`persist`]: the state directory (components, records, compiled code).
 //! - [`manifest`]: the TOML apps manifest.
 //! - [`settings`]: per-app env, config, secrets, outbound policy, limits.
 //! - [`secrets`]: which secret sources the operator allows, read safely.
 //! - [`outbound`]: the outbound HTTP allow-list and its enforcement.
 //! - [`router`]: which app and version answer a request.
-//! - [`admin`]: the admin API on its own listener, with health and metrics.
+//! - [`admin`]: the admin API on its own listener (refusing web pages), with
+//!   health and metrics.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`output`]: guest stdout/stderr, captured into the log with a budget.
 //! - [`tls`]: TLS termination and certificate reloads.
 //! - [`state`]: what lives in each request's `Store`.
-//! - [`limits`]: per-instance memory limits and the request body cap.
-//! - [`invoke`]: one request through one fresh instance, with timeouts, and
-//!   the mapping of guest failures to HTTP statuses.
-//! - [`server`]: the listeners, connection handling and graceful drain.
+//! - [`limits`]: per-instance memory limits, the host-wide guest memory
+//!   budget, and the request body guard (cap, stalls, minimum rate).
+//! - [`invoke`]: one request through one instance (fresh, or warm with
+//!   instance reuse), with timeouts, and the mapping of guest failures to
+//!   HTTP statuses.
+//! - [`server`]: the listeners, connection handling (first-head deadline,
+//!   idle timeout) and graceful drain.
 //! - [`response`]: the error responses the host itself produces.
+//! - `fuzzing` (hidden): entry points for the fuzz targets in `fuzz/`.
 //!
-//! A request flows `server` → `router::Router::handle` (app, then version)
-//! → `invoke::Deployment::handle` → a fresh instance of the version's
-//! `ProxyPre` → the guest's `handle` → a streamed response.
+//! A request flows `server` → `router::Router::handle` (path normalised,
+//! app, then version) → `invoke::Deployment::handle` → an instance of the
+//! version's `ProxyPre` → the guest's `handle` → a streamed response.
 
 pub mod admin;
 pub mod cli;
@@ -43,6 +49,8 @@ pub mod client;
 pub mod component;
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod invoke;
 pub mod limits;
 pub mod manifest;

@@ -1,7 +1,8 @@
 //! Resource limits: the per-instance memory limiter that wasmtime consults on
-//! every `memory.grow`/`table.grow`, and the request body guard that turns an
-//! over-long upload into 413 and a trickled one into 408, without ever
-//! buffering the body.
+//! every `memory.grow`/`table.grow`, the host-wide guest memory budget it
+//! charges, and the request body guard that turns an over-long upload into
+//! 413 and a stalled or trickled one into 408, without ever buffering the
+//! body.
 
 use std::future::Future;
 use std::pin::Pin;

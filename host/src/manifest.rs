@@ -59,7 +59,8 @@ pub fn load(path: &Path) -> Result<Vec<StaticApp>> {
         .with_context(|| format!("invalid manifest {}", path.display()))
 }
 
-fn parse(text: &str, base: &Path) -> Result<Vec<StaticApp>> {
+/// Parse manifest `text`, component paths relative to `base`.
+pub fn parse(text: &str, base: &Path) -> Result<Vec<StaticApp>> {
     let manifest: Manifest = toml::from_str(text)?;
     if manifest.app.is_empty() {
         bail!("it declares no [[app]]");

@@ -85,7 +85,7 @@ impl OutboundPolicy {
 
     /// Does some pattern allow `scheme://host:port`? For an IP literal only
     /// a pattern naming that IP (with this scheme and port) can.
-    fn allowed(&self, scheme: &str, host: &str, port: u16) -> bool {
+    pub(crate) fn allowed(&self, scheme: &str, host: &str, port: u16) -> bool {
         let ip = parse_ip(host);
         self.patterns.iter().any(|p| {
             p.scheme == scheme
@@ -189,7 +189,7 @@ fn parse_pattern(raw: &str) -> Result<Pattern, String> {
 /// Every address that is not plainly public: the IANA special-purpose
 /// registries for IPv4 and IPv6, with the IPv6 forms that embed an IPv4
 /// address (mapped, compatible, NAT64, 6to4) judged by that address.
-fn is_internal(ip: IpAddr) -> bool {
+pub(crate) fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -251,6 +251,9 @@ pub struct OutboundHooks {
     /// Calls this instance may have in flight; made on its first call.
     instance_calls: Option<Arc<Semaphore>>,
     max_instance_calls: u32,
+    /// Calls refused for the caps so far (only the first is logged as a
+    /// warning: a guest in a loop must not flood the log).
+    refused: u64,
 }
 
 impl OutboundHooks {
@@ -266,6 +269,7 @@ impl OutboundHooks {
             app_calls,
             instance_calls: None,
             max_instance_calls,
+            refused: 0,
         }
     }
 
@@ -305,7 +309,12 @@ impl WasiHttpHooks for OutboundHooks {
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send> {
         let app = self.app.clone();
         let Some(slot) = self.slot() else {
-            tracing::warn!(app = %app, url = %request.uri(), "outbound request refused: too many calls in flight");
+            self.refused += 1;
+            if self.refused == 1 {
+                tracing::warn!(app = %app, url = %request.uri(), "outbound request refused: too many calls in flight (further refusals of this instance are logged at debug)");
+            } else {
+                tracing::debug!(app = %app, url = %request.uri(), "outbound request refused: too many calls in flight");
+            }
             metrics().outbound(&app, "limited");
             return Box::new(async { Err(Error::ConnectionLimitReached) });
         };

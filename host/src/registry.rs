@@ -1034,18 +1034,24 @@ impl Registry {
             Some(prefix) => Some(Route::new(prefix, host).map_err(AppError::Invalid)?),
             None => None,
         };
-        let existing = {
+        let digest = sha256_hex(&wasm);
+        let (existing, _storing) = {
             let inner = self.inner.lock().await;
             if inner.statics.contains_key(name) {
                 return Err(AppError::Conflict(format!(
                     "app {name} is declared on the command line or in the manifest; change it there"
                 )));
             }
-            inner
+            let existing = inner
                 .records
                 .get(name)
                 .or_else(|| inner.failed.get(name).map(|f| &f.record))
-                .cloned()
+                .cloned();
+            // From here until the record naming it is on disk (or the
+            // deploy failed) the collector keeps the component. Registered
+            // under the lock the collector deletes under, so it either sees
+            // this digest or has finished deleting.
+            (existing, Storing::new(&self.storing, &digest))
         };
         if name == DEFAULT_APP && existing.is_none() {
             return Err(AppError::Invalid(format!(
@@ -1070,7 +1076,6 @@ impl Registry {
             )));
         }
 
-        let digest = sha256_hex(&wasm);
         let version = VersionRecord {
             version: digest[..12].to_string(),
             digest: digest.clone(),
@@ -1085,9 +1090,6 @@ impl Registry {
             version.clone(),
             self.config.keep_versions,
         );
-        // The collector keeps the component from here until the record
-        // naming it is on disk (or the deploy failed).
-        let _storing = Storing::new(&self.storing, &digest);
         let served = self
             .serve_record(&after, None, Some((&digest, wasm.clone())))
             .await?;
@@ -1194,6 +1196,8 @@ impl Registry {
         let Ok(candidates) = blocking(move || Ok(state.stored_digests())).await else {
             return;
         };
+        // Held until the files are gone: a deploy registers what it stores
+        // under this lock, so it is either in `storing` now or comes after.
         let inner = self.inner.lock().await;
         let storing = self.storing.lock().map(|s| s.clone()).unwrap_or_default();
         let Some(live) = live(&inner, &storing) else {

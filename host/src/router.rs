@@ -55,9 +55,12 @@ impl Route {
         if !prefix.starts_with('/') {
             return Err(format!("route {prefix:?} must start with `/`"));
         }
-        if prefix.contains(['?', '#', ' ']) || prefix.contains("//") {
+        let dotted = prefix
+            .split('/')
+            .any(|segment| segment == "." || segment == "..");
+        if prefix.contains(['?', '#', ' ', '%', '\\']) || prefix.contains("//") || dotted {
             return Err(format!(
-                "route {prefix:?} must be a plain path (no `?`, `#`, spaces or `//`)"
+                "route {prefix:?} must be a plain path (no `?`, `#`, `%`, `\\`, spaces, `//`, `.` or `..` segments)"
             ));
         }
         let prefix = match prefix.trim_end_matches('/') {
@@ -191,7 +194,7 @@ impl RoutingTable {
 }
 
 /// `/a/b/c` → `/a/b/c`, `/a/b`, `/a`, `/` (trailing slashes ignored).
-fn prefixes(path: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn prefixes(path: &str) -> impl Iterator<Item = &str> {
     let mut next = Some(match path.trim_end_matches('/') {
         "" => "/",
         p => p,
@@ -508,7 +511,7 @@ impl http_body::Body for AccessBody {
 }
 
 /// The request's host name, lowercased, without a port or a trailing dot.
-fn request_host<B>(request: &Request<B>) -> Option<String> {
+pub(crate) fn request_host<B>(request: &Request<B>) -> Option<String> {
     let raw = match request.uri().host() {
         Some(h) => h.to_string(),
         None => {
@@ -546,11 +549,11 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
     }
     // Decode unreserved escapes, upper-case the others, refuse escaped
     // separators and broken escapes.
-    let mut decoded = String::with_capacity(path.len());
+    let mut decoded = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] != b'%' {
-            decoded.push(bytes[i] as char);
+            decoded.push(bytes[i]);
             i += 1;
             continue;
         }
@@ -565,12 +568,15 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
             ));
         }
         if unreserved(hex) {
-            decoded.push(hex as char);
+            decoded.push(hex);
         } else {
-            decoded.push_str(&format!("%{hex:02X}"));
+            decoded.extend_from_slice(format!("%{hex:02X}").as_bytes());
         }
         i += 3;
     }
+    // Only ASCII was replaced, by ASCII: still UTF-8.
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| format!("the path {path:?} is not valid UTF-8"))?;
     // Remove dot segments and empty segments.
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {

@@ -601,7 +601,7 @@ async fn slow_streams(
 /// The "slow clients hold every slot" reproduction: 10 h2c connections x
 /// 100 streams of app `a`, each sending one byte of body and then nothing,
 /// must not take the host-wide `--max-concurrent` slots from app `b`: with
-/// the per-app cap (default a quarter of the host's) `b` answers 200 while
+/// the per-app cap (default three quarters of the host's) `b` answers 200 while
 /// all 1000 are open, and every one of `a`'s streams got an answer (its
 /// echo's 200 once it runs, or 503 past the app's cap) or a reset.
 #[tokio::test]
