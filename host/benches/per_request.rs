@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use host::invoke::{Deployment, Identity, RequestContext};
+use host::invoke::{AppShare, Deployment, Identity, RequestContext};
 use host::limits::{Limits, MemoryBudget};
 use host::outbound::OutboundPolicy;
 use http_body_util::{BodyExt, Empty};
@@ -46,7 +46,7 @@ fn deployment(limits: Limits) -> Deployment {
         Vec::new(),
         Vec::new(),
         OutboundPolicy::parse(&[]).expect("empty allow-list"),
-        MemoryBudget::new(64 << 30),
+        AppShare::new(&limits, &MemoryBudget::new(64 << 30)),
     )
 }
 
@@ -62,6 +62,7 @@ fn per_request(c: &mut Criterion) {
         max_body_bytes: 1 << 20,
         body_read_timeout: Duration::from_secs(10),
         body_min_rate: 1024,
+        body_min_rate_grace: Duration::from_secs(5),
         rate_limit_rps: 0,
         client_rate_limit_rps: 0,
         instance_reuse: 1,

@@ -159,7 +159,7 @@ impl Admin {
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
                 };
-                for (app, reason) in self.registry.failed().await {
+                for (app, reason) in self.registry.failed().iter() {
                     body.push_str(&format!("app {app} is not served: {reason}\n"));
                 }
                 Some(text(status, body, "text/plain"))
@@ -555,6 +555,18 @@ impl Handler for Admin {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return denied;
+        }
+        // Changes wait until every app on disk is loaded (a change in the
+        // middle of the restore could not know what it replaces) and stop
+        // once a drain begins.
+        if request.method() != Method::GET && !self.health.ready() {
+            let mut busy = response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the host is not ready for changes (it is still loading its apps, or shutting down); retry shortly",
+            );
+            busy.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return busy;
         }
         match self.route(request).await {
             Ok(response) => response,

@@ -165,14 +165,20 @@ pub struct ServeArgs {
     pub idle_timeout_ms: u64,
 
     /// Longest pause allowed while a request body arrives, in milliseconds
-    /// (408); also the grace before --body-min-rate applies.
+    /// (408).
     #[arg(long, env = "HOST_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_read_timeout_ms: u64,
 
     /// Average bytes per second a request body must keep up once the grace
-    /// is over (408 below it); 0 turns the rule off.
+    /// is over (408 below it); 0 turns the rule off. Only time spent waiting
+    /// for the client counts.
     #[arg(long, env = "HOST_BODY_MIN_RATE", default_value_t = 1024)]
     pub body_min_rate: u32,
+
+    /// How long a request body may take before --body-min-rate applies, in
+    /// milliseconds.
+    #[arg(long, env = "HOST_BODY_MIN_RATE_GRACE_MS", default_value_t = 5_000)]
+    pub body_min_rate_grace_ms: u64,
 
     /// Largest total size of a request's headers, in bytes (431).
     #[arg(long, env = "HOST_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]

@@ -132,11 +132,6 @@ impl Config {
             Some(mib) => in_range("memory-budget-mib", mib, 1..=MAX_BUDGET_MIB)?,
             None => default_memory_budget_mib(),
         };
-        ensure!(
-            memory_mib <= memory_budget_mib,
-            "--memory-mib {memory_mib} is over the host's guest memory budget of {memory_budget_mib} MiB: \
-             lower --memory-mib or raise --memory-budget-mib"
-        );
         let instance_reuse = in_range(
             "instance-reuse",
             args.instance_reuse,
@@ -169,6 +164,11 @@ impl Config {
         )?;
         let idle_timeout = millis("idle-timeout-ms", args.idle_timeout_ms, HOUR_MS)?;
         let body_read_timeout = millis("body-read-timeout-ms", args.body_read_timeout_ms, HOUR_MS)?;
+        let body_min_rate_grace = millis(
+            "body-min-rate-grace-ms",
+            args.body_min_rate_grace_ms,
+            HOUR_MS,
+        )?;
         let drain_timeout = Duration::from_millis(in_range(
             "drain-timeout-ms",
             args.drain_timeout_ms,
@@ -207,6 +207,22 @@ impl Config {
             args.max_outbound_per_instance,
             1..=max_outbound_app,
         )?;
+        // One instance at the host's own limits must fit the budget, its
+        // host-side reserve included; apps may not ask for more than fits.
+        let reserve_mib = crate::state::host_reserve(&Limits {
+            max_resources,
+            max_outbound,
+            ..Limits::default()
+        })
+        .div_ceil(1 << 20);
+        let app_budget_mib = memory_budget_mib / 4 * 3;
+        ensure!(
+            memory_mib + reserve_mib <= app_budget_mib,
+            "--memory-mib {memory_mib} plus the {reserve_mib} MiB each instance reserves for host-side state \
+             (--max-guest-resources, --max-outbound-per-instance) is over an app's share of the guest memory \
+             budget ({app_budget_mib} MiB, three quarters of --memory-budget-mib {memory_budget_mib}): lower \
+             --memory-mib or raise --memory-budget-mib"
+        );
         let tls = match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => {
                 ensure!(
@@ -252,6 +268,7 @@ impl Config {
                 max_body_bytes,
                 body_read_timeout,
                 body_min_rate: args.body_min_rate,
+                body_min_rate_grace,
                 rate_limit_rps: args.rate_limit_rps,
                 client_rate_limit_rps: args.client_rate_limit_rps,
                 instance_reuse,
@@ -261,8 +278,8 @@ impl Config {
             },
             ceilings: Ceilings {
                 // An app may not ask for more than one slot holds, nor more
-                // than the whole budget: neither could ever be applied.
-                memory_mib: max_app_memory_mib.min(memory_budget_mib),
+                // than its share of the budget: neither could ever be applied.
+                memory_mib: max_app_memory_mib.min(app_budget_mib - reserve_mib),
                 max_concurrent,
             },
             memory_budget_bytes: memory_budget_mib << 20,

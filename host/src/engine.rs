@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::invoke::MAX_IDLE_INSTANCES;
+use crate::limits::MAX_TABLE_ELEMENTS;
 
 /// How often the epoch advances: the granularity of CPU deadlines, and how
 /// often a busy guest yields its thread to other requests.
@@ -60,6 +61,7 @@ pub fn build(max_concurrent: u32, max_memory_bytes: u64) -> Result<Engine> {
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX))
+        .table_elements(MAX_TABLE_ELEMENTS)
         .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(TABLE_KEEP_RESIDENT)
         .pagemap_scan(Enabled::Auto)

@@ -58,6 +58,30 @@ pub struct RequestContext {
     pub guest_micros: Arc<AtomicU64>,
 }
 
+/// What all served versions of one app share, so that a canary or a
+/// redeploy does not double what one app may take from the host: its
+/// concurrency cap (`max_concurrent`), its outbound calls in flight
+/// (`--max-outbound-per-app`) and its part of the guest memory budget
+/// (three quarters of the host's, so one app's clients cannot spend it all).
+pub struct AppShare {
+    pub permits: Arc<Semaphore>,
+    pub outbound_calls: Arc<Semaphore>,
+    pub budget: Arc<MemoryBudget>,
+    /// The limits it was made for: a version with other caps gets a new share.
+    pub caps: (u32, u32),
+}
+
+impl AppShare {
+    pub fn new(limits: &Limits, host_budget: &Arc<MemoryBudget>) -> Arc<AppShare> {
+        Arc::new(AppShare {
+            permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
+            outbound_calls: Arc::new(Semaphore::new(limits.max_outbound_app as usize)),
+            budget: MemoryBudget::child(host_budget, host_budget.limit() / 4 * 3),
+            caps: (limits.max_concurrent, limits.max_outbound_app),
+        })
+    }
+}
+
 /// Which version of which app a [`Deployment`] serves, and what it was
 /// built from.
 pub struct Identity {
@@ -82,12 +106,9 @@ pub struct Deployment {
     pub env: Arc<[(String, String)]>,
     pub config: Arc<WasiConfigVariables>,
     pub outbound: Arc<OutboundPolicy>,
-    /// Outbound calls its instances may have in flight together.
-    pub outbound_calls: Arc<Semaphore>,
-    /// The host-wide guest memory budget its instances charge.
-    pub budget: Arc<MemoryBudget>,
-    /// This version's own concurrency cap.
-    permits: Arc<Semaphore>,
+    /// What all versions of the app share (concurrency, outbound calls,
+    /// memory budget).
+    pub share: Arc<AppShare>,
     rate: Option<DefaultDirectRateLimiter>,
     client_rate: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
     /// Idle instances, when the app opted into instance reuse.
@@ -234,7 +255,7 @@ impl Deployment {
         env: Vec<(String, String)>,
         config: Vec<(String, String)>,
         outbound: OutboundPolicy,
-        budget: Arc<MemoryBudget>,
+        share: Arc<AppShare>,
     ) -> Deployment {
         let Identity {
             app,
@@ -259,9 +280,7 @@ impl Deployment {
             pre,
             metrics,
             header_values,
-            permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
-            outbound_calls: Arc::new(Semaphore::new(limits.max_outbound_app as usize)),
-            budget,
+            share,
             rate: quota(limits.rate_limit_rps).map(RateLimiter::direct),
             client_rate,
             warm: (limits.instance_reuse > 1).then(|| {
@@ -291,7 +310,7 @@ impl Deployment {
                 wait,
             ));
         }
-        if let (Some(rate), Some(ip)) = (&self.client_rate, client)
+        if let (Some(rate), Some(ip)) = (&self.client_rate, client.map(client_key))
             && let Err(not_until) = rate.check_key(&ip)
         {
             metrics().reject("rate_limited_client");
@@ -317,7 +336,7 @@ impl Deployment {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let Ok(permit) = self.share.permits.clone().try_acquire_owned() else {
             metrics().reject("app_busy");
             return busy("the app is at its concurrency limit; retry shortly");
         };
@@ -670,6 +689,21 @@ fn too_large(limit: u64) -> Response<HyperOutgoingBody> {
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("request body is larger than the limit of {limit} bytes"),
     )
+}
+
+/// What the per-client rate limit is keyed by: the IPv4 address, or the /64
+/// of an IPv6 one (a client typically holds a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 /// 503 with `Retry-After`: a concurrency cap is full.

@@ -20,7 +20,7 @@ use crate::metrics::metrics;
 
 /// The limits every request of an app runs under: the host's defaults,
 /// overridden per app by its settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Limits {
     /// Linear memory cap per instance, in bytes.
     pub memory_bytes: u64,
@@ -30,12 +30,14 @@ pub struct Limits {
     pub max_concurrent: u32,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: u64,
-    /// Longest wait for the next piece of a request body, and the grace
-    /// before [`Limits::body_min_rate`] applies.
+    /// Longest wait for the next piece of a request body.
     pub body_read_timeout: Duration,
-    /// Average bytes per second a request body must keep up after the
-    /// grace (0: no minimum), so a trickle cannot hold a slot for long.
+    /// Average bytes per second a request body must keep up after
+    /// [`Limits::body_min_rate_grace`] (0: no minimum), so a trickle cannot
+    /// hold a slot for long.
     pub body_min_rate: u32,
+    /// Time a body may take before the minimum rate applies.
+    pub body_min_rate_grace: Duration,
     /// Requests per second per app (0: unlimited); the burst is one second's worth.
     pub rate_limit_rps: u32,
     /// Requests per second per client IP, per app (0: unlimited).
@@ -56,8 +58,9 @@ pub struct Limits {
 /// The most requests one instance may serve with instance reuse.
 pub const MAX_INSTANCE_REUSE: u32 = 100_000;
 
-/// Table growth cap per instance (elements); generous for real guests.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Elements a table may have: the pooling allocator's table slot size
+/// (see [`crate::engine`]) and the limiter's cap agree.
+pub const MAX_TABLE_ELEMENTS: usize = 20_000;
 /// What one table element is charged against the memory budget.
 const TABLE_ELEMENT_BYTES: u64 = 16;
 
@@ -67,10 +70,14 @@ const TABLE_ELEMENT_BYTES: u64 = 16;
 /// grow; all is released when the instance is dropped. So the sum of what
 /// all instances hold can never exceed what the operator configured,
 /// whatever `--max-concurrent` × `--memory-mib` would allow.
+///
+/// An app's own budget is a child of the host's: what its instances charge
+/// counts against both, so one app cannot take the whole host's.
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: u64,
     used: AtomicU64,
+    parent: Option<Arc<MemoryBudget>>,
 }
 
 impl MemoryBudget {
@@ -78,6 +85,17 @@ impl MemoryBudget {
         Arc::new(MemoryBudget {
             limit: limit_bytes,
             used: AtomicU64::new(0),
+            parent: None,
+        })
+    }
+
+    /// A budget of at most `limit_bytes` whose charges also count against
+    /// `parent`.
+    pub fn child(parent: &Arc<MemoryBudget>, limit_bytes: u64) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            limit: limit_bytes.min(parent.limit),
+            used: AtomicU64::new(0),
+            parent: Some(parent.clone()),
         })
     }
 
@@ -92,15 +110,29 @@ impl MemoryBudget {
     }
 
     fn try_charge(&self, bytes: u64) -> bool {
-        self.used
+        let charged = self
+            .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 used.checked_add(bytes).filter(|total| *total <= self.limit)
             })
-            .is_ok()
+            .is_ok();
+        if !charged {
+            return false;
+        }
+        if let Some(parent) = &self.parent
+            && !parent.try_charge(bytes)
+        {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     fn release(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(parent) = &self.parent {
+            parent.release(bytes);
+        }
     }
 }
 
@@ -162,8 +194,13 @@ impl ResourceLimiter for GuestLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // wasmtime asks before it checks the memory's own maximum: a growth
+        // that will fail anyway is refused here, before anything is charged.
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         if desired > self.memory_bytes {
             self.refused = Some(MemoryRefusal::InstanceCap);
             wasmtime::bail!(
@@ -186,9 +223,9 @@ impl ResourceLimiter for GuestLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > MAX_TABLE_ELEMENTS {
+        if desired > MAX_TABLE_ELEMENTS || maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
         let growth = desired.saturating_sub(current) as u64 * TABLE_ELEMENT_BYTES;
@@ -234,23 +271,28 @@ impl BodyVerdict {
 /// A request body that fails once more than `limit` bytes have arrived
 /// (`HttpRequestBodySize`), when the client sends nothing for
 /// `read_timeout`, or when it falls below `min_rate` bytes per second on
-/// average after a grace of `read_timeout` (`ConnectionReadTimeout`), and
-/// records which in its [`BodyVerdict`] so the host can answer 413 or 408.
-/// The rate rule is what stops a client that sends a byte every few
-/// seconds from holding a concurrency slot for the whole request timeout.
+/// average once `grace` is over (`ConnectionReadTimeout`), and records which
+/// in its [`BodyVerdict`] so the host can answer 413 or 408. The rate rule
+/// is what stops a client that sends a byte every few seconds from holding
+/// a concurrency slot for the whole request timeout. Only time spent
+/// waiting for the client counts: a guest that reads slowly does not make
+/// its client too slow.
 pub struct LimitedBody<B = Incoming> {
     inner: B,
     remaining: u64,
     limit: u64,
     read_timeout: Duration,
     min_rate: u32,
-    started: Instant,
+    grace: Duration,
     received: u64,
-    /// When the current pause becomes a stall (set on the first `Pending`
-    /// after data).
-    stall_at: Option<Instant>,
+    /// Time spent waiting for the client, before the current wait.
+    waited: Duration,
+    /// When the current wait for the client began.
+    waiting_since: Option<Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     verdict: BodyVerdict,
+    /// A limit was broken: every later poll fails the same way.
+    broken: Option<fn() -> wasmtime_wasi_http::Error>,
 }
 
 impl<B> LimitedBody<B> {
@@ -261,25 +303,55 @@ impl<B> LimitedBody<B> {
             limit: limits.max_body_bytes,
             read_timeout: limits.body_read_timeout,
             min_rate: limits.body_min_rate,
-            started: Instant::now(),
+            grace: limits.body_min_rate_grace,
             received: 0,
-            stall_at: None,
+            waited: Duration::ZERO,
+            waiting_since: None,
             timer: None,
             verdict,
+            broken: None,
         }
     }
 
-    /// When the body falls below the minimum rate: after the grace, one
-    /// more second for every `min_rate` bytes received.
-    fn too_slow_at(&self) -> Option<Instant> {
+    /// When the wait that began at `since` breaks a limit, and which: the
+    /// pause (`read_timeout`), or the rate (after the grace, one more
+    /// second of waiting for every `min_rate` bytes received).
+    fn deadline(&self, since: Instant) -> (Instant, u8) {
+        let stall = since.checked_add(self.read_timeout).unwrap_or(since);
         let rate = u64::from(self.min_rate);
         if rate == 0 {
-            return None;
+            return (stall, BodyVerdict::STALLED);
         }
         let earned = Duration::from_millis(self.received.saturating_mul(1000) / rate);
-        self.started
-            .checked_add(self.read_timeout)?
-            .checked_add(earned)
+        let allowed = self
+            .grace
+            .saturating_add(earned)
+            .saturating_sub(self.waited);
+        match since.checked_add(allowed) {
+            Some(slow) if slow < stall => (slow, BodyVerdict::TOO_SLOW),
+            _ => (stall, BodyVerdict::STALLED),
+        }
+    }
+
+    /// Record that `verdict` stopped the body (once) and say so.
+    fn fail(&mut self, verdict: u8) -> wasmtime_wasi_http::Error {
+        self.verdict.set(verdict);
+        metrics().reject(match verdict {
+            BodyVerdict::TOO_LARGE => "body_too_large",
+            BodyVerdict::TOO_SLOW => "body_too_slow",
+            _ => "body_timeout",
+        });
+        let limit = self.limit;
+        self.broken = Some(if verdict == BodyVerdict::TOO_LARGE {
+            || wasmtime_wasi_http::Error::HttpRequestBodySize(None)
+        } else {
+            || wasmtime_wasi_http::Error::ConnectionReadTimeout
+        });
+        if verdict == BodyVerdict::TOO_LARGE {
+            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
+        } else {
+            wasmtime_wasi_http::Error::ConnectionReadTimeout
+        }
     }
 }
 
@@ -296,18 +368,19 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(error) = this.broken {
+            return Poll::Ready(Some(Err(error())));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.stall_at = None;
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += since.elapsed();
+                }
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.verdict.set(BodyVerdict::TOO_LARGE);
-                        metrics().reject("body_too_large");
                         this.remaining = 0;
-                        return Poll::Ready(Some(Err(
-                            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.limit)),
-                        )));
+                        return Poll::Ready(Some(Err(this.fail(BodyVerdict::TOO_LARGE))));
                     }
                     this.remaining -= len;
                     this.received += len;
@@ -317,15 +390,8 @@ where
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let now = Instant::now();
-                let stall_at = *this
-                    .stall_at
-                    .get_or_insert_with(|| now.checked_add(this.read_timeout).unwrap_or(now));
-                let slow_at = this.too_slow_at();
-                let (at, verdict) = match slow_at {
-                    Some(slow) if slow < stall_at => (slow, BodyVerdict::TOO_SLOW),
-                    _ => (stall_at, BodyVerdict::STALLED),
-                };
+                let since = *this.waiting_since.get_or_insert_with(Instant::now);
+                let (at, verdict) = this.deadline(since);
                 let timer = this
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
@@ -333,15 +399,7 @@ where
                     timer.as_mut().reset(at.into());
                 }
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.verdict.set(verdict);
-                        metrics().reject(if verdict == BodyVerdict::TOO_SLOW {
-                            "body_too_slow"
-                        } else {
-                            "body_timeout"
-                        });
-                        Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
-                    }
+                    Poll::Ready(()) => Poll::Ready(Some(Err(this.fail(verdict)))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -354,5 +412,50 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_that_cannot_happen_charges_nothing() {
+        let host = MemoryBudget::new(64 << 20);
+        let mut limiter = GuestLimiter::new(32 << 20, host.clone(), 1 << 20).unwrap();
+        assert_eq!(host.used(), 1 << 20);
+        // A table grown past its own maximum, or past the pool's slot.
+        assert!(!limiter.table_growing(10, 1_000_000, Some(100)).unwrap());
+        assert!(
+            !limiter
+                .table_growing(10, MAX_TABLE_ELEMENTS + 1, None)
+                .unwrap()
+        );
+        // A memory grown past its declared maximum.
+        assert!(
+            !limiter
+                .memory_growing(1 << 16, 2 << 20, Some(1 << 20))
+                .unwrap()
+        );
+        assert_eq!(host.used(), 1 << 20, "nothing was charged");
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert_eq!(host.used(), 5 << 20);
+        drop(limiter);
+        assert_eq!(host.used(), 0, "everything is released with the instance");
+    }
+
+    #[test]
+    fn an_app_budget_counts_against_the_host_and_stops_at_its_own_limit() {
+        let host = MemoryBudget::new(100);
+        let a = MemoryBudget::child(&host, 75);
+        let b = MemoryBudget::child(&host, 75);
+        assert!(a.try_charge(70));
+        assert!(!a.try_charge(10), "over a's own limit");
+        assert!(b.try_charge(30));
+        assert!(!b.try_charge(1), "the host is full");
+        assert_eq!((host.used(), a.used(), b.used()), (100, 70, 30));
+        a.release(70);
+        assert!(b.try_charge(45));
+        assert_eq!((host.used(), a.used(), b.used()), (75, 0, 75));
     }
 }

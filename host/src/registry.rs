@@ -32,7 +32,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::component;
-use crate::invoke::{Deployment, Identity};
+use crate::invoke::{AppShare, Deployment, Identity};
 use crate::limits::{Limits, MemoryBudget};
 use crate::metrics::metrics;
 use crate::outbound::OutboundPolicy;
@@ -49,6 +49,10 @@ const SECRET_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the garbage collector waits after a change before it runs, so a
 /// burst of deploys costs one pass.
 const GC_DELAY: Duration = Duration::from_millis(200);
+/// Compiles at once (each uses every core). A compile past its time bound
+/// is answered 422 but cannot be stopped: it keeps its slot until it ends,
+/// so abandoned compiles cannot pile up.
+const MAX_CONCURRENT_COMPILES: usize = 2;
 
 /// A deployed app as stored in `STATE_DIR/apps/NAME.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -420,6 +424,7 @@ struct Served {
     /// Code to keep in memory, by digest.
     code: Vec<(String, ProxyPre<HostState>)>,
     sources: Vec<CodeSource>,
+    share: Arc<AppShare>,
 }
 
 #[derive(Default)]
@@ -436,6 +441,11 @@ struct Inner {
     live: BTreeMap<String, Arc<LiveApp>>,
     /// Pre-instantiated code by digest, for the versions being served.
     compiled: HashMap<String, ProxyPre<HostState>>,
+    /// What each app's served versions share.
+    shares: HashMap<String, Arc<AppShare>>,
+    /// Every record on disk has been restored (or marked failed): until
+    /// then the collector does not run, as it cannot know what they name.
+    restored: bool,
 }
 
 pub struct Registry {
@@ -448,6 +458,10 @@ pub struct Registry {
     storing: std::sync::Mutex<HashMap<String, usize>>,
     /// Wakes the garbage collector.
     collect: Arc<Notify>,
+    /// Slots for compiles, held until a compile really ends.
+    compiles: Arc<tokio::sync::Semaphore>,
+    /// Failed apps and why, for `/readyz` without taking the lock.
+    failed_now: std::sync::Mutex<Arc<Vec<(String, String)>>>,
 }
 
 /// Summary of a restart's restore.
@@ -543,6 +557,8 @@ impl Registry {
             inner: Mutex::new(Inner::default()),
             storing: std::sync::Mutex::new(HashMap::new()),
             collect: Arc::new(Notify::new()),
+            compiles: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_COMPILES)),
+            failed_now: std::sync::Mutex::new(Arc::new(Vec::new())),
         });
         collector(Arc::downgrade(&registry), registry.collect.clone());
         registry
@@ -568,7 +584,18 @@ impl Registry {
         } else {
             Duration::MAX
         };
-        let work = blocking(move || compiler.obtain(&owned, wasm.as_deref()));
+        let compiles = self.compiles.clone();
+        let work = async move {
+            let slot = compiles
+                .acquire_owned()
+                .await
+                .map_err(|_| anyhow::anyhow!("the compiler is shut down"))?;
+            blocking(move || {
+                let _slot = slot;
+                compiler.obtain(&owned, wasm.as_deref())
+            })
+            .await
+        };
         match tokio::time::timeout(limit, work).await {
             Err(_) => Err(AppError::Unservable(format!(
                 "compiling the component took longer than the limit of {} ms",
@@ -604,9 +631,17 @@ impl Registry {
         version: &VersionRecord,
         wasm: Option<Bytes>,
         bounded: bool,
+        share: &Arc<AppShare>,
     ) -> Result<(Arc<Deployment>, ProxyPre<HostState>, CodeSource), AppError> {
-        let (pre, source) = self.obtain(&version.digest, wasm, bounded).await?;
         let settings = &version.settings;
+        // Again at every use, not only at deploy: the host's ceilings and
+        // secret rules may have changed since (a restart with other flags,
+        // a smaller pod), and a setting that cannot be applied is refused,
+        // never silently capped.
+        settings
+            .validate(&self.config.ceilings, &self.config.secrets)
+            .map_err(|e| AppError::Invalid(format!("version {}: {e}", version.version)))?;
+        let (pre, source) = self.obtain(&version.digest, wasm, bounded).await?;
         let config = self
             .resolve_config(settings)
             .await
@@ -629,9 +664,21 @@ impl Registry {
                 .collect(),
             config,
             outbound,
-            self.config.budget.clone(),
+            share.clone(),
         ));
         Ok((deployment, pre, source))
+    }
+
+    /// The share of app `name` for versions with `limits`: the one its
+    /// served versions use, unless the caps changed.
+    async fn share_for(&self, name: &str, limits: &Limits) -> Arc<AppShare> {
+        let inner = self.inner.lock().await;
+        match inner.shares.get(name) {
+            Some(share) if share.caps == (limits.max_concurrent, limits.max_outbound_app) => {
+                share.clone()
+            }
+            _ => AppShare::new(limits, &self.config.budget),
+        }
     }
 
     /// Everything `record` serves. Versions already served by `live` are
@@ -645,6 +692,12 @@ impl Registry {
     ) -> Result<Served, AppError> {
         let mut code = Vec::new();
         let mut sources = Vec::new();
+        // Every version the record serves shares the current one's caps.
+        let current_limits = record
+            .version(&record.current)?
+            .settings
+            .limits(&self.config.defaults);
+        let share = self.share_for(&record.name, &current_limits).await;
         let mut make = async |id: &str| -> Result<Arc<Deployment>, AppError> {
             let served_now = live.and_then(|app| {
                 std::iter::once(&app.current)
@@ -654,6 +707,7 @@ impl Registry {
             let version = record.version(id)?;
             if let Some(deployment) = served_now
                 && deployment.settings_key == version_settings_key(version)
+                && Arc::ptr_eq(&deployment.share, &share)
             {
                 return Ok(deployment.clone());
             }
@@ -662,7 +716,7 @@ impl Registry {
                 .filter(|(digest, _)| *digest == version.digest)
                 .map(|(_, wasm)| wasm.clone());
             let (deployment, pre, source) = self
-                .serve_version(&record.name, version, wasm, true)
+                .serve_version(&record.name, version, wasm, true, &share)
                 .await?;
             code.push((version.digest.clone(), pre));
             sources.push(source);
@@ -682,6 +736,7 @@ impl Registry {
             canary,
             code,
             sources,
+            share,
         })
     }
 
@@ -700,7 +755,17 @@ impl Registry {
             .collect();
         let keep: HashSet<String> = used.into_iter().map(str::to_string).collect();
         inner.compiled.retain(|digest, _| keep.contains(digest));
+        let live = &inner.live;
+        inner.shares.retain(|name, _| live.contains_key(name));
         metrics().apps_failed.set(inner.failed.len() as i64);
+        let failed = inner
+            .failed
+            .values()
+            .map(|f| (f.record.name.clone(), f.reason.clone()))
+            .collect();
+        if let Ok(mut now) = self.failed_now.lock() {
+            *now = Arc::new(failed);
+        }
     }
 
     fn route_taken(inner: &Inner, route: &Route, except: &str) -> Option<String> {
@@ -795,8 +860,12 @@ impl Registry {
             deployed_at: now_secs(),
             settings,
         };
+        let share = AppShare::new(
+            &version.settings.limits(&self.config.defaults),
+            &self.config.budget,
+        );
         let (deployment, pre, _) = self
-            .serve_version(name, &version, Some(bytes), false)
+            .serve_version(name, &version, Some(bytes), false, &share)
             .await
             .map_err(|e| anyhow::anyhow!("cannot serve {} as app {name}: {e}", path.display()))?;
         let mut inner = self.inner.lock().await;
@@ -807,6 +876,7 @@ impl Registry {
             anyhow::bail!("app {name}: route {route} is already served by app {other}");
         }
         inner.compiled.insert(digest, pre);
+        inner.shares.insert(name.to_string(), share);
         inner.live.insert(
             name.to_string(),
             Arc::new(LiveApp {
@@ -870,6 +940,7 @@ impl Registry {
             }
         }
         let mut inner = self.inner.lock().await;
+        inner.restored = true;
         self.publish(&mut inner);
         drop(inner);
         self.collect.notify_one();
@@ -880,9 +951,15 @@ impl Registry {
         validate_name(&record.name)?;
         let served = self.serve_record(record, None, None).await?;
         let mut inner = self.inner.lock().await;
+        if inner.statics.contains_key(&record.name) {
+            return Err(AppError::Conflict(format!(
+                "an app named {} is also declared on the command line or in the manifest",
+                record.name
+            )));
+        }
         if inner.live.contains_key(&record.name) {
             return Err(AppError::Conflict(format!(
-                "app {} is also declared statically",
+                "app {} was deployed again while the host was starting",
                 record.name
             )));
         }
@@ -902,6 +979,7 @@ impl Registry {
     fn install(&self, inner: &mut Inner, record: AppRecord, served: Served) {
         let name = record.name.clone();
         inner.compiled.extend(served.code);
+        inner.shares.insert(name.clone(), served.share);
         inner.live.insert(
             name.clone(),
             Arc::new(LiveApp {
@@ -933,13 +1011,11 @@ impl Registry {
 
     /// Deployed apps that failed to restore, with the reason: for
     /// `/readyz` and the `host_apps_failed` gauge.
-    pub async fn failed(&self) -> Vec<(String, String)> {
-        let inner = self.inner.lock().await;
-        inner
-            .failed
-            .values()
-            .map(|f| (f.record.name.clone(), f.reason.clone()))
-            .collect()
+    pub fn failed(&self) -> Arc<Vec<(String, String)>> {
+        self.failed_now
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default()
     }
 
     /// The record of deployed app `name`, as a change starts from it.
@@ -1164,7 +1240,11 @@ impl Registry {
             .map_err(AppError::internal)?;
         inner.records.remove(name);
         inner.failed.remove(name);
-        inner.live.remove(name);
+        // A failed record may share its name with a static app: that one
+        // stays served.
+        if !inner.statics.contains_key(name) {
+            inner.live.remove(name);
+        }
         self.publish(&mut inner);
         drop(inner);
         self.collect.notify_one();
@@ -1177,7 +1257,7 @@ impl Registry {
     /// the lock; deletion re-checks under it.
     async fn collect_garbage(&self) {
         let live = |inner: &Inner, storing: &HashMap<String, usize>| -> Option<HashSet<String>> {
-            if inner.unreadable > 0 {
+            if inner.unreadable > 0 || !inner.restored {
                 return None;
             }
             Some(

@@ -297,11 +297,17 @@ impl Router {
             headers.insert(VERSION_HEADER, version.clone());
         }
         let status = response.status().as_u16();
-        let expected = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .or_else(|| http_body::Body::size_hint(response.body()).exact());
+        // HEAD, 1xx, 204 and 304 responses carry no body: hyper never polls it.
+        let bodiless = method == http::Method::HEAD || matches!(status, 100..=199 | 204 | 304);
+        let expected = if bodiless {
+            Some(0)
+        } else {
+            response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .or_else(|| http_body::Body::size_hint(response.body()).exact())
+        };
         let log = AccessLog {
             id,
             deployment,

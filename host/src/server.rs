@@ -89,10 +89,17 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After an idle connection is asked to close, how long it may take before
 /// it is dropped (if still idle).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// The shortest header line hyper accepts (`a:\r\n`): hyper's header-count
-/// limit is set so that its read buffer fills first, and every head that
-/// fits the buffer reaches the front, which answers 431 itself.
-const MIN_HEADER_LINE: usize = 4;
+/// The shortest header line hyper accepts (`a:\n`, httparse takes bare LF):
+/// hyper's header-count limit is set so that its read buffer fills first,
+/// and every head that fits the buffer reaches the front, which answers 431
+/// itself.
+const MIN_HEADER_LINE: usize = 3;
+/// ...up to this many headers: hyper allocates room for its limit on every
+/// parse, so a huge `--max-header-bytes` must not make that unbounded.
+const MAX_HYPER_HEADERS: usize = 16_384;
+/// Connections the admin listener takes at once: operators and probes, so
+/// the public listener's cap is not shared with it.
+const MAX_ADMIN_CONNECTIONS: usize = 256;
 
 /// How each listener treats connections.
 #[derive(Debug, Clone)]
@@ -111,9 +118,14 @@ pub struct ConnOptions {
 
 impl ConnOptions {
     fn from_config(config: &Config, public: bool) -> ConnOptions {
+        let max_connections = if public {
+            config.max_connections
+        } else {
+            config.max_connections.min(MAX_ADMIN_CONNECTIONS)
+        };
         ConnOptions {
             drain: config.drain_timeout,
-            max_connections: config.max_connections,
+            max_connections,
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
             max_header_bytes: config.front.max_header_bytes,
@@ -468,7 +480,7 @@ fn connection_builder(options: &ConnOptions) -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(buffer)
-        .max_headers(buffer / MIN_HEADER_LINE);
+        .max_headers((buffer / MIN_HEADER_LINE).min(MAX_HYPER_HEADERS));
     builder
         .http2()
         .timer(TokioTimer::new())

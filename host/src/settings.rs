@@ -176,6 +176,7 @@ mod tests {
             max_body_bytes: 1 << 20,
             body_read_timeout: Duration::from_secs(10),
             body_min_rate: 1024,
+            body_min_rate_grace: Duration::from_secs(5),
             rate_limit_rps: 0,
             client_rate_limit_rps: 0,
             instance_reuse: 1,

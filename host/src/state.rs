@@ -22,7 +22,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::invoke::Deployment;
-use crate::limits::GuestLimiter;
+use crate::limits::{GuestLimiter, Limits};
 use crate::outbound::{OUTGOING_BODY_CHUNK_BYTES, OutboundHooks};
 use crate::output::GuestOutput;
 
@@ -30,11 +30,13 @@ use crate::output::GuestOutput;
 /// or trailers): room for a copy of the request headers the front accepts
 /// by default (16 KiB on the wire, 100 headers), with the map's overhead.
 pub const MAX_FIELDS_BYTES: usize = 24 * 1024;
-/// The most host memory one resource-table entry can hold: a full `fields`,
-/// or an outgoing body's buffer (2 × [`OUTGOING_BODY_CHUNK_BYTES`]). Each
-/// instance reserves `--max-guest-resources` × this from the guest memory
-/// budget before it starts, so host-side state adds up within the budget.
-pub const RESOURCE_CHARGE_BYTES: u64 = MAX_FIELDS_BYTES as u64;
+/// The most host memory one resource-table entry can hold: a full `fields`
+/// (its size limit counts names and values, the heap holds about twice
+/// that: 1024 fields of 20 KiB measured 36 MiB of RSS), or an outgoing
+/// body's buffer (2 × [`OUTGOING_BODY_CHUNK_BYTES`]). Each instance reserves
+/// `--max-guest-resources` × this from the guest memory budget before it
+/// starts, so host-side state adds up within the budget.
+pub const RESOURCE_CHARGE_BYTES: u64 = 2 * MAX_FIELDS_BYTES as u64;
 const _: () = assert!(
     2 * OUTGOING_BODY_CHUNK_BYTES as u64 <= RESOURCE_CHARGE_BYTES,
     "an outgoing body's buffer must fit one resource's charge"
@@ -44,6 +46,13 @@ const _: () = assert!(
 pub const OUTBOUND_CALL_CHARGE_BYTES: u64 = 64 * 1024;
 /// Largest `get-random-bytes` answer.
 const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// What an instance under `limits` reserves from the guest memory budget
+/// for the host-side state it may hold.
+pub fn host_reserve(limits: &Limits) -> u64 {
+    u64::from(limits.max_resources) * RESOURCE_CHARGE_BYTES
+        + u64::from(limits.max_outbound) * OUTBOUND_CALL_CHARGE_BYTES
+}
 
 pub struct HostState {
     pub wasi: WasiCtx,
@@ -62,9 +71,12 @@ impl HostState {
     /// host-side reserve.
     pub fn new(deployment: &Deployment, request_id: &Arc<str>, deadline: Instant) -> Option<Self> {
         let limits = &deployment.limits;
-        let reserve = u64::from(limits.max_resources) * RESOURCE_CHARGE_BYTES
-            + u64::from(limits.max_outbound) * OUTBOUND_CALL_CHARGE_BYTES;
-        let limiter = GuestLimiter::new(limits.memory_bytes, deployment.budget.clone(), reserve)?;
+        let reserve = host_reserve(limits);
+        let limiter = GuestLimiter::new(
+            limits.memory_bytes,
+            deployment.share.budget.clone(),
+            reserve,
+        )?;
         let output = GuestOutput::new(deployment.app.clone(), request_id.clone());
         let wasi = WasiCtx::builder()
             .envs(&deployment.env)
@@ -84,7 +96,7 @@ impl HostState {
             hooks: OutboundHooks::new(
                 deployment.app.clone(),
                 deployment.outbound.clone(),
-                deployment.outbound_calls.clone(),
+                deployment.share.outbound_calls.clone(),
                 limits.max_outbound,
             ),
             limiter,

@@ -50,6 +50,19 @@ async fn the_access_log_says_whether_the_response_was_fully_sent() {
     })
     .await;
     assert_eq!(line["completed"], true, "{line}");
+    // HEAD: hyper sends no body, and that is complete too.
+    let resp = client()
+        .head(host.url("/"))
+        .header("x-request-id", "e2e-complete-head")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let line = json_line(&host, |l| {
+        l["target"] == "access" && l["request_id"] == "e2e-complete-head"
+    })
+    .await;
+    assert_eq!(line["completed"], true, "{line}");
 
     // A streamed response the client abandons is not complete.
     let mut stream = TcpStream::connect(host.addr).await.unwrap();
@@ -105,6 +118,21 @@ async fn every_header_violation_hyper_can_parse_gets_our_431() {
             "{count}: {response}"
         );
     }
+    // Bare-LF header lines are the shortest hyper takes (3 bytes): 8,200 of
+    // them fit its buffer, and still get our answer.
+    let mut request = String::from("GET / HTTP/1.1\nHost: x\nx-request-id: e2e-lf\n");
+    request.push_str(&"a:\n".repeat(8_200));
+    request.push_str("Connection: close\n\n");
+    let mut stream = TcpStream::connect(host.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut response))
+        .await
+        .expect("the host answers")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    assert!(response.contains("x-request-id: e2e-lf"), "{response}");
     // Sizes past our 16 KiB, within hyper's buffer.
     let response = many_headers(&host, 20, 1200).await;
     assert!(response.starts_with("HTTP/1.1 431"), "{response}");
@@ -116,7 +144,7 @@ async fn every_header_violation_hyper_can_parse_gets_our_431() {
             "host_rejections_total",
             &[("reason", "too_many_headers")]
         ),
-        4.0
+        5.0
     );
     assert_eq!(
         metric(
@@ -402,7 +430,36 @@ fn flags_are_validated_to_sane_ranges_before_binding() {
         start_failure_with(&["--memory-mib", "512", "--memory-budget-mib", "256"]);
     assert!(!status.success());
     assert!(
-        stderr.contains("over the host's guest memory budget"),
+        stderr.contains("over an app's share of the guest memory"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_cut_at_the_default_minimum_rate() {
+    // Defaults: 1024 bytes/s after a 5 s grace (--timeout-ms is 30 s).
+    let host = Host::start(&guest("guest"), &[]);
+    let mut stream = TcpStream::connect(host.addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // A byte a second: never a pause of 30 s, far below 1024 bytes/s.
+    let trickle = async {
+        for _ in 0..40 {
+            if stream.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(15), trickle).await;
+    let took = started.elapsed();
+    let m = host.metrics().await;
+    assert_eq!(
+        metric(&m, "host_rejections_total", &[("reason", "body_too_slow")]),
+        1.0,
+        "the trickle was not cut within {took:?}"
     );
 }

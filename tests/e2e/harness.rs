@@ -433,6 +433,29 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 impl Host {
+    /// Wait (at most 20 s) until metric `name` with `labels` satisfies
+    /// `want`; its last value. Instances end on their own tasks a moment
+    /// after their response, so gauges are read with a bound, not once.
+    pub async fn metric_until(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = metric(&self.metrics().await, name, labels);
+            if want(value) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} stayed at {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The host's `/metrics` text.
     pub async fn metrics(&self) -> String {
         client()

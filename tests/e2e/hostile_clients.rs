@@ -118,8 +118,9 @@ async fn lockout(kind: Idle) -> (Result<u16, String>, usize) {
     );
     let started = Instant::now();
     // The last sockets wait in the listen backlog until the first ones are
-    // closed, then get their own header timeout: two timeouts plus margin.
-    let deadline = started + 2 * HEADER_TIMEOUT + MARGIN;
+    // closed, then get their own header timeout; each close may take the
+    // host's one-second grace: two of each, plus margin.
+    let deadline = started + 2 * (HEADER_TIMEOUT + Duration::from_secs(1)) + MARGIN;
     let mut watchers = Vec::new();
     for _ in 0..IDLE_SOCKETS {
         // The kernel completes the handshake even past the cap (backlog).
@@ -608,7 +609,9 @@ async fn slow_streams(
 async fn slow_h2_bodies_on_one_app_do_not_starve_another() {
     const CONNECTIONS: u32 = 10;
     const STREAMS: u32 = 100;
-    let host = Host::bare(&["--max-concurrent", "1000"]);
+    // The budget a 1 GiB pod gets: one app's slow clients must not spend
+    // the others' memory either.
+    let host = Host::bare(&["--max-concurrent", "1000", "--memory-budget-mib", "768"]);
     // Routes are not stripped from the path the guest sees, so `a` owns
     // `/echo` (the default guest's echo) and `b` everything else.
     for (name, route) in [("a", "/echo"), ("b", "/")] {
@@ -698,7 +701,14 @@ async fn h2_request_bodies_below_the_minimum_rate_are_cut_off() {
     const TRICKLE_FOR: Duration = Duration::from_secs(10);
     let host = Host::start(
         &guest("guest"),
-        &["--body-read-timeout-ms", "2000", "--body-min-rate", "1024"],
+        &[
+            "--body-read-timeout-ms",
+            "2000",
+            "--body-min-rate",
+            "1024",
+            "--body-min-rate-grace-ms",
+            "2000",
+        ],
     );
     let mut conn = timeout(Duration::from_secs(10), H2Conn::connect(host.addr))
         .await

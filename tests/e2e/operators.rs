@@ -268,7 +268,8 @@ async fn the_guest_memory_budget_holds_across_instances() {
         metric(&m, "host_rejections_total", &[("reason", "memory_budget")]),
         1.0
     );
-    assert_eq!(metric(&m, "host_guest_memory_bytes", &[]), 0.0);
+    host.metric_until("host_guest_memory_bytes", &[], |v| v == 0.0)
+        .await;
     // A single app can never ask for more than the budget.
     let (status, body) = host
         .deploy(
@@ -335,6 +336,22 @@ async fn a_signal_during_startup_stops_it_and_exits_0() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    // No change is taken while the apps on disk load: it could not know
+    // what it replaces, and the collector could not know what they name.
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(wasm("guest")))
+        .part(
+            "settings",
+            reqwest::multipart::Part::text(r#"{"route":"/early"}"#),
+        );
+    let early = http
+        .post(format!("http://{admin}/v1/apps/early/versions"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let early_status = early.status().as_u16();
+    let early_body = early.text().await.unwrap();
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let output = tokio::task::spawn_blocking(move || {
@@ -358,13 +375,17 @@ async fn a_signal_during_startup_stops_it_and_exits_0() {
         Some(0),
         "exit status; stderr:\n{stderr}"
     );
-    if loading {
-        assert!(
-            stderr.contains("shutdown requested during startup"),
-            "{stderr}"
-        );
-        assert!(!String::from_utf8_lossy(&output.stdout).contains("Serving HTTP"));
-    }
+    assert!(
+        loading,
+        "the ten apps were loaded before the signal could be sent"
+    );
+    assert_eq!(early_status, 503, "{early_body}");
+    assert!(early_body.contains("still loading"), "{early_body}");
+    assert!(
+        stderr.contains("shutdown requested during startup"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("Serving HTTP"));
 }
 
 #[tokio::test]
@@ -402,4 +423,167 @@ async fn the_cli_ends_quietly_on_a_closed_pipe() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_restart_with_lower_ceilings_refuses_what_it_cannot_apply() {
+    let state = TempDir::new("ceilings");
+    let host = Host::start_in(&state.0, &["--no-default-app"], &[]);
+    let (status, body) = host
+        .deploy(
+            "big",
+            wasm("memhog-guest"),
+            json!({"route": "/big", "memory_mib": 256}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    stop(host).await;
+    // The same state on a host whose slots hold 128 MiB: `big` is not
+    // silently capped at 128, it is not served, and says why.
+    let host = Host::start_in(
+        &state.0,
+        &["--no-default-app", "--max-app-memory-mib", "128"],
+        &[],
+    );
+    let ready = client()
+        .get(host.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let text = ready.text().await.unwrap();
+    assert!(
+        text.contains("app big is not served") && text.contains("memory_mib"),
+        "{text}"
+    );
+    let resp = client().get(host.url("/big/ok")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn removing_a_failed_app_keeps_the_static_app_of_the_same_name() {
+    let state = TempDir::new("shadow");
+    let host = Host::start_in(&state.0, &["--no-default-app"], &[]);
+    let (status, _) = host
+        .deploy("api", wasm("counter-guest"), json!({"route": "/api"}), None)
+        .await;
+    assert_eq!(status, 201);
+    stop(host).await;
+    let manifest = state.write(
+        "apps.toml",
+        format!(
+            "[[app]]\nname = \"api\"\ncomponent = \"{}\"\nroute = \"/m\"\n",
+            guest("counter-guest").display()
+        )
+        .as_bytes(),
+    );
+    let host = Host::start_in(
+        &state.0,
+        &["--no-default-app", "--manifest", manifest.to_str().unwrap()],
+        &[],
+    );
+    let ready = client()
+        .get(host.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let text = ready.text().await.unwrap();
+    assert!(
+        text.contains("app api is not served")
+            && text.contains("also declared on the command line or in the manifest"),
+        "{text}"
+    );
+    // The record on disk can be removed; the static app keeps serving.
+    let (status, body) = host.admin(Method::DELETE, "/v1/apps/api", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!state.0.join("apps/api.json").exists());
+    let resp = client().get(host.url("/m")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-app-name"], "api");
+}
+
+/// A version's sticky key that lands on `version` (the bucket is a fixed
+/// hash of the key).
+async fn key_for(host: &Host, version: &str) -> String {
+    for i in 0..500 {
+        let key = format!("k{i}");
+        let resp = client()
+            .get(host.url("/hold?mib=1&ms=1"))
+            .header("x-canary-key", &key)
+            .send()
+            .await
+            .unwrap();
+        if resp.headers()["x-app-version"] == version {
+            return key;
+        }
+    }
+    panic!("no key lands on {version}");
+}
+
+#[tokio::test]
+async fn a_canary_shares_its_apps_concurrency_cap() {
+    let host = Host::bare(&[]);
+    // Two versions that both wait on `/hold?ms=`: slow-guest reads only
+    // `ms`, memhog holds 1 MiB for `ms`.
+    let (status, slow) = host
+        .deploy(
+            "shared",
+            wasm("slow-guest"),
+            json!({"route": "/", "max_concurrent": 1}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{slow}");
+    let slow = slow["current_version"].as_str().unwrap().to_string();
+    let (status, hog) = host
+        .deploy(
+            "shared",
+            wasm("memhog-guest"),
+            json!({"max_concurrent": 1}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{hog}");
+    let hog = hog["current_version"].as_str().unwrap().to_string();
+    let (status, body) = host
+        .admin(
+            Method::PUT,
+            "/v1/apps/shared/canary",
+            Some(json!({"version": slow, "weight": 50, "sticky": true})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (to_slow, to_hog) = (key_for(&host, &slow).await, key_for(&host, &hog).await);
+    // One request holds the app's only slot on the canary...
+    let holder = tokio::spawn({
+        let url = host.url("/hold?mib=1&ms=2000");
+        async move {
+            client()
+                .get(url)
+                .header("x-canary-key", to_slow)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...so the current version has none either: the cap is the app's.
+    let other = client()
+        .get(host.url("/hold?mib=1&ms=1"))
+        .header("x-canary-key", &to_hog)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 503);
+    assert!(
+        other
+            .text()
+            .await
+            .unwrap()
+            .contains("app is at its concurrency limit")
+    );
+    assert_eq!(holder.await.unwrap(), 200);
 }
