@@ -77,6 +77,19 @@ pub fn routing(data: &[u8]) {
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
+    let broken_escape = path.bytes().enumerate().any(|(at, b)| {
+        b == b'%'
+            && !path
+                .as_bytes()
+                .get(at + 1..at + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if broken_escape {
+        assert!(
+            normalize_path(path).is_err(),
+            "{path:?} has a broken escape and was not refused"
+        );
+    }
     if let Ok(normal) = normalize_path(path)
         && path.starts_with('/')
     {
@@ -84,6 +97,18 @@ pub fn routing(data: &[u8]) {
         assert!(!normal.contains("//"), "{path:?} -> {normal:?}");
         for segment in normal.split('/') {
             assert!(segment != "." && segment != "..", "{path:?} -> {normal:?}");
+        }
+        let escapes = normal
+            .as_bytes()
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'%');
+        for (at, _) in escapes {
+            let digits = normal.as_bytes().get(at + 1..at + 3).unwrap_or_default();
+            assert!(
+                digits.len() == 2 && digits.iter().all(u8::is_ascii_hexdigit),
+                "{path:?} -> {normal:?}: a `%` without two hex digits"
+            );
         }
         let upper = normal.to_ascii_uppercase();
         assert!(

@@ -563,8 +563,10 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
             i += 1;
             continue;
         }
+        // Two hex digits, nothing else (`from_str_radix` alone would take `+1`).
         let hex = bytes
             .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok())
             .ok_or_else(|| format!("the path {path:?} has a broken %-escape"))?;
@@ -678,6 +680,7 @@ mod tests {
         assert!(n("/a%5cb").is_err());
         assert!(n("/a%zz").is_err());
         assert!(n("/a%2").is_err());
+        assert!(n("/a%+1").is_err());
     }
 
     #[test]
