@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -94,9 +94,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// and every head that fits the buffer reaches the front, which answers 431
 /// itself.
 const MIN_HEADER_LINE: usize = 3;
-/// ...up to this many headers: hyper allocates room for its limit on every
-/// parse, so a huge `--max-header-bytes` must not make that unbounded.
-const MAX_HYPER_HEADERS: usize = 16_384;
+/// ...up to this many headers: hyper allocates room for its limit (2 × 32
+/// bytes per header) on every parse. At 2,048 that is two 64 KiB blocks;
+/// at the 10,922 a 32 KiB buffer could hold it was two 350 KiB blocks, which
+/// cost about 1 µs (5%) per request on the instance-reuse path. A head with
+/// more headers than this gets hyper's bare 431 (`head_too_large`).
+const MAX_HYPER_HEADERS: usize = 2_048;
 /// Connections the admin listener takes at once: operators and probes, so
 /// the public listener's cap is not shared with it.
 const MAX_ADMIN_CONNECTIONS: usize = 256;
@@ -391,8 +394,8 @@ pub async fn run<H: Handler>(
         };
         let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
-        let (active, activity) = watch::channel(0usize);
-        let active = Arc::new(active);
+        let activity = Activity::new();
+        let active = activity.clone();
         let handler = handler.clone();
         let info = ConnInfo {
             peer,
@@ -500,7 +503,7 @@ async fn drive<C, E>(
     conn: C,
     close_gracefully: impl Fn(Pin<&mut C>),
     watchdog: impl Future<Output = ()>,
-    mut activity: watch::Receiver<usize>,
+    activity: Arc<Activity>,
     mut draining: watch::Receiver<bool>,
 ) -> Result<(), E>
 where
@@ -523,7 +526,7 @@ where
                 close_gracefully(conn.as_mut());
             }
             () = async { closing.as_mut().expect("guarded").as_mut().await }, if closing.is_some() => {
-                if *activity.borrow_and_update() == 0 {
+                if activity.in_flight() == 0 {
                     return Ok(());
                 }
                 // A request slipped in: let it finish on its own bounds.
@@ -534,48 +537,91 @@ where
     }
 }
 
+/// What a connection is doing, for its idle rules: requests in flight, and
+/// when the last one ended. Updated with atomics on every request; read only
+/// by the connection's watchdog when its timer fires, so requests never
+/// wake another task.
+struct Activity {
+    /// When the connection was accepted: `idle_since` counts from here.
+    base: std::time::Instant,
+    in_flight: AtomicUsize,
+    /// A request head has arrived at least once.
+    seen: AtomicBool,
+    /// Milliseconds after `base` when the last request in flight ended.
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            base: std::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            seen: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+        })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn idle_since(&self) -> Instant {
+        let ms = self.idle_since.load(Ordering::Acquire);
+        Instant::from_std(self.base) + Duration::from_millis(ms)
+    }
+}
+
 /// Resolves when a connection has gone too long without a request in
-/// flight: until `first_head_by` for the first request head (so a socket
-/// that sends nothing, or half a preface, is closed), then `idle` after
-/// each time the last request in flight ends.
+/// flight: at `first_head_by` if no request head has arrived (a socket that
+/// sends nothing, or half a preface), then once nothing has been in flight
+/// for `idle`. It only looks when its timer fires.
 fn idle_watchdog(
-    mut activity: watch::Receiver<usize>,
+    activity: Arc<Activity>,
     first_head_by: Instant,
     idle: Duration,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
-        let mut deadline = first_head_by;
         loop {
-            tokio::select! {
-                started = async { activity.wait_for(|n| *n > 0).await.is_ok() } => {
-                    if !started {
-                        return std::future::pending().await;
-                    }
+            let now = Instant::now();
+            let wake = if !activity.seen.load(Ordering::Acquire) {
+                if now >= first_head_by {
+                    return;
                 }
-                () = tokio::time::sleep_until(deadline) => return,
+                // A request may come and go before the first-head deadline:
+                // look again within an idle period.
+                first_head_by.min(now + idle)
+            } else if activity.in_flight() > 0 {
+                now + idle
+            } else {
+                activity.idle_since() + idle
+            };
+            if wake <= now {
+                return;
             }
-            if activity.wait_for(|n| *n == 0).await.is_err() {
-                return std::future::pending().await;
-            }
-            deadline = Instant::now() + idle;
+            tokio::time::sleep_until(wake).await;
         }
     })
 }
 
 /// Counts one request in flight on its connection, from its complete head
 /// until its response body is done or dropped.
-struct InFlight(Arc<watch::Sender<usize>>);
+struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn enter(active: Arc<watch::Sender<usize>>) -> InFlight {
-        active.send_modify(|n| *n += 1);
-        InFlight(active)
+    fn enter(activity: Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.seen.store(true, Ordering::Release);
+        InFlight(activity)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        let activity = &self.0;
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ms = activity.base.elapsed().as_millis() as u64;
+            activity.idle_since.store(ms, Ordering::Release);
+        }
     }
 }
 
