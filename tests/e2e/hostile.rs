@@ -296,6 +296,8 @@ async fn host_side_reserves_keep_instances_within_the_memory_budget() {
     assert_eq!(status, 201, "{body}");
     assert_serving(&mut host, "/h").await;
     trap_once_at(&host, "/h").await;
+    host.metric_until("host_guest_memory_bytes", &[], |v| v == 0.0)
+        .await;
 
     // One instance holds its reserve for a few seconds...
     let holder = tokio::spawn(get(host.url(&format!(
@@ -317,6 +319,10 @@ async fn host_side_reserves_keep_instances_within_the_memory_budget() {
     assert!(body.contains("out of memory"), "{body}");
     let (status, _) = holder.await.unwrap();
     assert_eq!(status, 200);
+    // The client can read the holder's answer before the host has dropped
+    // its store: wait for the reserve to come back rather than racing it.
+    host.metric_until("host_guest_memory_bytes", &[], |v| v == 0.0)
+        .await;
     // Once the holder is gone the flood runs, and stops at its own caps.
     let (status, body) = get(host.url("/h/bodies")).await;
     assert_eq!(status, 500, "{body}");

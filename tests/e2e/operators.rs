@@ -256,7 +256,10 @@ async fn the_guest_memory_budget_holds_across_instances() {
     assert_eq!(second.headers()["retry-after"], "1");
     assert!(second.text().await.unwrap().contains("out of memory"));
     assert_eq!(holder.await.unwrap(), 200);
-    // Once it is done, the memory is back.
+    // Once it is done (its store dropped, which can come just after the
+    // client has read the answer), the memory is back.
+    host.metric_until("host_guest_memory_bytes", &[], |v| v == 0.0)
+        .await;
     let again = client()
         .get(host.url("/hold?mib=36&ms=1"))
         .send()
