@@ -5,13 +5,30 @@ RUSTUP ?= rustup
 WASM_TARGET := wasm32-wasip2
 # Every guest component in the repo: the default app plus the test guests.
 GUESTS := guest trap-guest spin-guest memhog-guest recurse-guest slow-guest counter-guest noresponse-guest \
-          config-guest fetch-guest chatty-guest hostile-guest
+          config-guest fetch-guest chatty-guest hostile-guest p3-guest
 GUEST_FLAGS := --release --target $(WASM_TARGET) $(addprefix -p ,$(GUESTS))
 # Guests only `make bench` builds (several MB of generated code).
 BENCH_GUESTS := big-guest
 
 # Test-only tools from PyPI, in a virtualenv under target/ (nothing global).
 TOOLS := target/tools
+
+# Components other toolchains build (tests and `make bench` serve them as a
+# user would bring them): Python with componentize-py (PyPI) and JavaScript
+# with componentize-js (npm), both pinned and installed into $(TOOLS); the
+# WASI 0.3 Rust app is the workspace guest p3-guest. Built from source in
+# guests/, next to the Rust guests' output.
+GUEST_OUT := target/$(WASM_TARGET)/release
+FOREIGN_GUESTS := $(GUEST_OUT)/python_guest.wasm $(GUEST_OUT)/javascript_guest.wasm
+COMPONENTIZE_PY := $(TOOLS)/bin/componentize-py
+COMPONENTIZE_JS := $(TOOLS)/js/node_modules/.bin/componentize-js
+# The WASI 0.2.12 WIT (copied from wasmtime-wasi-http 48.0.8) and the apps'
+# world, `proxy`, which includes wasi:http/proxy.
+GUEST_WIT := $(wildcard guests/wit/*.wit guests/wit/deps/*.wit)
+# StarlingMonkey (componentize-js 0.23) is built against wasi:http 0.2.10 and
+# exports incoming-handler@0.2.10; its WIT is ours with the http package
+# renamed (same content), so the component mixes 0.2.10 and 0.2.12 imports.
+JS_WIT := target/js-wit
 KUBE_VALIDATE := $(TOOLS)/bin/kubernetes-validate
 
 .PHONY: help wasm-target build-guest build-guests build run test tools lint fuzz fuzz-nightly bench fmt clean
@@ -38,8 +55,30 @@ wasm-target:
 build-guest: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest
 
-build-guests: wasm-target
+build-guests: wasm-target $(FOREIGN_GUESTS)
 	$(CARGO) build $(GUEST_FLAGS)
+
+$(COMPONENTIZE_PY): guests/python/requirements.txt | $(TOOLS)/bin/pip
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check -r guests/python/requirements.txt
+	touch $@
+
+$(COMPONENTIZE_JS): guests/javascript/package.json guests/javascript/package-lock.json
+	mkdir -p $(TOOLS)/js
+	cp guests/javascript/package.json guests/javascript/package-lock.json $(TOOLS)/js/
+	cd $(TOOLS)/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(GUEST_OUT)/python_guest.wasm: $(COMPONENTIZE_PY) guests/python/app.py $(GUEST_WIT)
+	mkdir -p $(@D)
+	PYTHONDONTWRITEBYTECODE=1 $(COMPONENTIZE_PY) -d guests/wit -w proxy componentize \
+		-p guests/python app -o $@
+
+$(GUEST_OUT)/javascript_guest.wasm: $(COMPONENTIZE_JS) guests/javascript/src/app.js $(GUEST_WIT)
+	mkdir -p $(@D)
+	rm -rf $(JS_WIT) && cp -r guests/wit $(JS_WIT)
+	sed -i '1s/^package wasi:http@0\.2\.12;/package wasi:http@0.2.10;/' $(JS_WIT)/deps/http.wit
+	sed -i 's|wasi:http/proxy@0\.2\.12|wasi:http/proxy@0.2.10|' $(JS_WIT)/world.wit
+	$(COMPONENTIZE_JS) --wit $(JS_WIT) --world-name proxy -o $@ guests/javascript/src/app.js
 
 build: build-guest
 	$(CARGO) build --release -p host

@@ -30,10 +30,16 @@ const GUEST: &str = concat!(
 fn deployment(limits: Limits) -> Deployment {
     let wasm = std::fs::read(GUEST)
         .unwrap_or_else(|e| panic!("{GUEST}: {e}; build it with `make build-guest` first"));
-    let engine = host::engine::build(limits.max_concurrent, limits.memory_bytes).expect("engine");
-    let linker = host::component::linker(&engine).expect("linker");
+    let spec = host::engine::EngineSpec {
+        max_concurrent: limits.max_concurrent,
+        max_memory_bytes: limits.memory_bytes,
+        shape: host::engine::PoolShape::DEFAULT,
+    };
+    let world = host::component::World::Http02;
+    let engine = host::engine::build(&spec, world).expect("engine");
+    let linker = host::component::linker(&engine, world).expect("linker");
     let component = host::component::compile(&engine, &wasm).expect("compile");
-    let pre = host::component::prepare(&engine, &linker, &component).expect("prepare");
+    let pre = host::component::prepare(&engine, &linker, &component, world).expect("prepare");
     Deployment::new(
         Identity {
             app: "bench".into(),

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::Config;
+use crate::engine::PoolShape;
 
 /// Serve HTTP by running WebAssembly components: every request runs in a
 /// fresh, sandboxed instance of the component. The same binary is the
@@ -104,6 +105,28 @@ pub struct ServeArgs {
     /// pooled memory slot. Deploys asking for more are refused (400).
     #[arg(long, env = "HOST_MAX_APP_MEMORY_MIB", default_value_t = 4096)]
     pub max_app_memory_mib: u64,
+
+    /// Core module instances one component may contain (componentize-py
+    /// makes 14). A component with more is refused at deploy (422).
+    #[arg(long, env = "HOST_MAX_CORE_INSTANCES_PER_COMPONENT", default_value_t = PoolShape::DEFAULT.core_instances)]
+    pub max_core_instances_per_component: u32,
+
+    /// Linear memories one component may contain.
+    #[arg(long, env = "HOST_MAX_MEMORIES_PER_COMPONENT", default_value_t = PoolShape::DEFAULT.memories)]
+    pub max_memories_per_component: u32,
+
+    /// Tables one component may contain.
+    #[arg(long, env = "HOST_MAX_TABLES_PER_COMPONENT", default_value_t = PoolShape::DEFAULT.tables)]
+    pub max_tables_per_component: u32,
+
+    /// Elements one table may hold or grow to (componentize-js needs 7,800).
+    #[arg(long, env = "HOST_MAX_TABLE_ELEMENTS", default_value_t = PoolShape::DEFAULT.table_elements as u32)]
+    pub max_table_elements: u32,
+
+    /// Host-side state of one component instance (wasmtime's instance
+    /// contexts), in KiB.
+    #[arg(long, env = "HOST_MAX_COMPONENT_INSTANCE_KIB", default_value_t = (PoolShape::DEFAULT.component_instance_bytes >> 10) as u32)]
+    pub max_component_instance_kib: u32,
 
     /// Guest memory (linear memories and tables) all instances together may
     /// hold, in MiB. Growth past it fails that request with 503. Default:

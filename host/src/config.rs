@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::cli::ServeArgs;
+use crate::engine::PoolShape;
 use crate::limits::{Limits, MAX_INSTANCE_REUSE};
 use crate::router::FrontConfig;
 use crate::secrets::SecretPolicy;
@@ -58,6 +59,8 @@ pub struct Config {
     pub ceilings: Ceilings,
     /// Guest memory all instances together may hold, in bytes.
     pub memory_budget_bytes: u64,
+    /// What one component may contain (the pooling allocator's shape).
+    pub pool: PoolShape,
     pub secrets: SecretPolicy,
     pub front: FrontConfig,
     pub drain_timeout: Duration,
@@ -128,6 +131,34 @@ impl Config {
             1..=MAX_MEMORY_MIB,
         )?;
         let memory_mib = in_range("memory-mib", args.memory_mib, 1..=max_app_memory_mib)?;
+        let pool = PoolShape {
+            core_instances: in_range(
+                "max-core-instances-per-component",
+                args.max_core_instances_per_component,
+                1..=1000,
+            )?,
+            memories: in_range(
+                "max-memories-per-component",
+                args.max_memories_per_component,
+                1..=64,
+            )?,
+            tables: in_range(
+                "max-tables-per-component",
+                args.max_tables_per_component,
+                1..=1000,
+            )?,
+            table_elements: in_range(
+                "max-table-elements",
+                args.max_table_elements,
+                1..=10_000_000,
+            )? as usize,
+            component_instance_bytes: (in_range(
+                "max-component-instance-kib",
+                args.max_component_instance_kib,
+                64..=1 << 20,
+            )? as usize)
+                << 10,
+        };
         let memory_budget_mib = match args.memory_budget_mib {
             Some(mib) => in_range("memory-budget-mib", mib, 1..=MAX_BUDGET_MIB)?,
             None => default_memory_budget_mib(),
@@ -283,6 +314,7 @@ impl Config {
                 max_concurrent,
             },
             memory_budget_bytes: memory_budget_mib << 20,
+            pool,
             secrets,
             front: FrontConfig {
                 max_concurrent,

@@ -1,27 +1,39 @@
-//! The one wasmtime [`Engine`] the host runs every component on, and the one
-//! thread that drives its epoch, so that a guest burning CPU can be
-//! interrupted at its deadline without fuel counting on the hot path.
+//! The wasmtime [`Engine`]s the host runs components on, and the one thread
+//! that drives their epoch, so that a guest burning CPU can be interrupted
+//! at its deadline without fuel counting on the hot path.
+//!
+//! There is one engine per kind of component ([`World`]): WASI 0.2
+//! components run on an engine with the component-model async machinery
+//! turned off (`concurrency_support(false)`), so none of their host calls pay
+//! for its bookkeeping; WASI 0.3 components need it and get an engine of
+//! their own, built the first time one is deployed. Both share the pooling
+//! allocator's shape ([`PoolShape`]), the flags that say what one component
+//! may contain.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::component::{self, World};
 use crate::invoke::MAX_IDLE_INSTANCES;
-use crate::limits::MAX_TABLE_ELEMENTS;
+use crate::state::HostState;
 
 /// How often the epoch advances: the granularity of CPU deadlines, and how
 /// often a busy guest yields its thread to other requests.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Core instances, tables and memories a typical component needs per instance
-/// (a Rust `wasm32-wasip2` component has a handful of core modules).
-const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
-const TABLES_PER_COMPONENT: u32 = 4;
-const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Core instances, tables and memories a typical component holds: the pool's
+/// totals are sized for `slots` of these (a Rust `wasm32-wasip2` component
+/// has a handful of core instances, one memory and one table). A component
+/// may hold up to [`PoolShape`]'s maxima; bigger ones use more of the totals.
+const TYPICAL_CORE_INSTANCES: u32 = 8;
+const TYPICAL_TABLES: u32 = 4;
+const TYPICAL_MEMORIES: u32 = 2;
 
 /// Bytes of each linear memory slot kept resident when an instance is
 /// dropped. With `PAGEMAP_SCAN` (Linux 6.7+) only the pages the instance
@@ -37,46 +49,173 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// many slots share one TLB flush.
 const DECOMMIT_BATCH: usize = 16;
 
-/// Build the engine: pooling allocator sized for `max_concurrent` running
-/// instances plus the idle ones kept for reuse, each memory slot able to
-/// grow to `max_memory_bytes` (the largest `memory_mib` an app may ask
-/// for; each instance's own, lower cap is its limiter's), epoch
-/// interruption on.
-pub fn build(max_concurrent: u32, max_memory_bytes: u64) -> Result<Engine> {
-    let slots = max_concurrent + MAX_IDLE_INSTANCES;
+/// What one component may contain, for the pooling allocator: components
+/// from other toolchains are bigger than ours (componentize-py: 14 core
+/// instances, a 12 MiB memory, 5,900 table elements; componentize-js: 7,800
+/// table elements). A component past any of these is refused at deploy
+/// with the value it needs and the flag to raise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolShape {
+    /// `--max-core-instances-per-component`
+    pub core_instances: u32,
+    /// `--max-memories-per-component`
+    pub memories: u32,
+    /// `--max-tables-per-component`
+    pub tables: u32,
+    /// `--max-table-elements`: the most elements one table may have or grow to.
+    pub table_elements: usize,
+    /// `--max-component-instance-kib`, in bytes: the host-side state of one
+    /// component instance (its `VMComponentContext` and its core instances').
+    pub component_instance_bytes: usize,
+}
+
+impl PoolShape {
+    /// The defaults of the flags: room for what componentize-py,
+    /// componentize-js and Rust (WASI 0.2 and 0.3) emit today, with headroom.
+    pub const DEFAULT: PoolShape = PoolShape {
+        core_instances: 32,
+        memories: 2,
+        tables: 8,
+        table_elements: 20_000,
+        component_instance_bytes: 2 << 20,
+    };
+}
+
+/// Everything an engine is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSpec {
+    /// Instances that may run at once (`--max-concurrent`).
+    pub max_concurrent: u32,
+    /// The largest `memory_mib` an app may ask for, in bytes: each memory
+    /// slot can grow this far (each instance's own, lower cap is its
+    /// limiter's).
+    pub max_memory_bytes: u64,
+    pub shape: PoolShape,
+}
+
+/// Build an engine: pooling allocator sized for `max_concurrent` running
+/// instances plus the idle ones kept for reuse, epoch interruption on, and
+/// the component-model async machinery only for `world`s that need it.
+pub fn build(spec: &EngineSpec, world: World) -> Result<Engine> {
+    let slots = spec.max_concurrent + MAX_IDLE_INSTANCES;
+    let shape = &spec.shape;
     let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
     let keep_resident = if pagemap { MEMORY_KEEP_RESIDENT } else { 0 };
     tracing::debug!(
         pagemap_scan = pagemap,
         keep_resident,
+        ?world,
         "pooling allocator: memory reset mode"
     );
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
-        .total_core_instances(slots * CORE_INSTANCES_PER_COMPONENT)
-        .total_memories(slots * MEMORIES_PER_COMPONENT)
-        .total_tables(slots * TABLES_PER_COMPONENT)
+        .total_core_instances(slots * TYPICAL_CORE_INSTANCES.max(shape.core_instances))
+        .total_memories(slots * TYPICAL_MEMORIES)
+        .total_tables(slots * TYPICAL_TABLES)
         .total_stacks(slots)
-        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
-        .max_memories_per_component(MEMORIES_PER_COMPONENT)
-        .max_tables_per_component(TABLES_PER_COMPONENT)
-        .max_memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX))
-        .table_elements(MAX_TABLE_ELEMENTS)
+        .max_core_instances_per_component(shape.core_instances)
+        .max_memories_per_component(shape.memories)
+        .max_tables_per_component(shape.tables)
+        .max_component_instance_size(shape.component_instance_bytes)
+        .max_memory_size(usize::try_from(spec.max_memory_bytes).unwrap_or(usize::MAX))
+        .table_elements(shape.table_elements)
         .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(TABLE_KEEP_RESIDENT)
         .pagemap_scan(Enabled::Auto)
         .decommit_batch_size(DECOMMIT_BATCH);
 
+    let asynchronous = world == World::Http03;
     let mut config = Config::new();
     config
         .epoch_interruption(true)
+        .concurrency_support(asynchronous)
+        .wasm_component_model_async(asynchronous)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
         .map_err(anyhow::Error::from)
         .context("failed to create the wasmtime engine")
 }
 
-/// A background thread that advances the engine's epoch every
+/// One engine with what components compiled for it are linked and cached by.
+pub struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+    /// Part of every precompiled cache file's name (see
+    /// [`component::engine_key`]).
+    pub key: String,
+}
+
+impl Runtime {
+    fn new(spec: &EngineSpec, world: World) -> Result<Runtime> {
+        let engine = build(spec, world)?;
+        let linker = component::linker(&engine, world)?;
+        let key = component::engine_key(&engine);
+        Ok(Runtime {
+            engine,
+            linker,
+            key,
+        })
+    }
+}
+
+/// The host's engines: WASI 0.2 from the start, WASI 0.3 from the first
+/// component that needs it (so a host that serves none reserves nothing for
+/// it).
+pub struct Engines {
+    spec: EngineSpec,
+    p2: Runtime,
+    p3: OnceLock<Runtime>,
+    /// Serialises building the WASI 0.3 engine.
+    building: std::sync::Mutex<()>,
+}
+
+impl Engines {
+    pub fn new(spec: EngineSpec) -> Result<Arc<Engines>> {
+        Ok(Arc::new(Engines {
+            p2: Runtime::new(&spec, World::Http02)?,
+            spec,
+            p3: OnceLock::new(),
+            building: std::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The runtime for components of `world`.
+    pub fn runtime(&self, world: World) -> Result<&Runtime> {
+        match world {
+            World::Http02 => Ok(&self.p2),
+            World::Http03 => {
+                if let Some(runtime) = self.p3.get() {
+                    return Ok(runtime);
+                }
+                let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(runtime) = self.p3.get() {
+                    return Ok(runtime);
+                }
+                let runtime = Runtime::new(&self.spec, World::Http03)
+                    .context("failed to create the engine for WASI 0.3 components")?;
+                tracing::info!("engine for WASI 0.3 components ready");
+                Ok(self.p3.get_or_init(|| runtime))
+            }
+        }
+    }
+
+    /// The runtime for `world` if it exists already.
+    pub fn existing(&self, world: World) -> Option<&Runtime> {
+        match world {
+            World::Http02 => Some(&self.p2),
+            World::Http03 => self.p3.get(),
+        }
+    }
+
+    fn increment_epochs(&self) {
+        self.p2.engine.increment_epoch();
+        if let Some(p3) = self.p3.get() {
+            p3.engine.increment_epoch();
+        }
+    }
+}
+
+/// A background thread that advances the engines' epoch every
 /// [`EPOCH_TICK`]. Stops when dropped.
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
@@ -84,9 +223,9 @@ pub struct EpochTicker {
 }
 
 impl EpochTicker {
-    pub fn start(engine: &Engine) -> Result<EpochTicker> {
+    pub fn start(engines: &Arc<Engines>) -> Result<EpochTicker> {
         let stop = Arc::new(AtomicBool::new(false));
-        let engine = engine.weak();
+        let engines: Weak<Engines> = Arc::downgrade(engines);
         let thread = std::thread::Builder::new()
             .name("epoch-ticker".into())
             .spawn({
@@ -94,8 +233,8 @@ impl EpochTicker {
                 move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(EPOCH_TICK);
-                        match engine.upgrade() {
-                            Some(engine) => engine.increment_epoch(),
+                        match engines.upgrade() {
+                            Some(engines) => engines.increment_epochs(),
                             None => break,
                         }
                     }

@@ -36,11 +36,13 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+
+use crate::component::Pre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::limits::{BodyVerdict, LimitedBody, Limits, MemoryBudget, MemoryRefusal};
@@ -101,7 +103,7 @@ pub struct Deployment {
     pub version: Arc<str>,
     pub digest: Arc<str>,
     pub settings_key: u64,
-    pre: ProxyPre<HostState>,
+    pre: Pre,
     pub limits: Limits,
     pub env: Arc<[(String, String)]>,
     pub config: Arc<WasiConfigVariables>,
@@ -226,7 +228,7 @@ async fn sweep(pool: Weak<WarmPool>) {
 
 /// Why a request produced no response of the guest's own.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// The guest ran past its deadline, on CPU or waiting.
     Timeout,
     /// The guest tried to grow its memory past the cap.
@@ -238,9 +240,12 @@ enum Failure {
     /// The guest returned without calling `response-outparam::set`.
     NoResponse,
     /// The guest answered with an error code instead of a response.
-    ErrorCode(ErrorCode),
+    ErrorCode(String),
     /// The host could not set up the request (a bug or a malformed request).
     Setup(wasmtime::Error),
+    /// Every pooled slot of some kind (core instances, memories, tables) is
+    /// taken by running instances.
+    PoolFull(wasmtime::Error),
 }
 
 fn quota(rps: u32) -> Option<Quota> {
@@ -250,7 +255,7 @@ fn quota(rps: u32) -> Option<Quota> {
 impl Deployment {
     pub fn new(
         identity: Identity,
-        pre: ProxyPre<HostState>,
+        pre: Pre,
         limits: Limits,
         env: Vec<(String, String)>,
         config: Vec<(String, String)>,
@@ -382,7 +387,11 @@ impl Deployment {
     /// request's deadline from the store (so a reused instance keeps it).
     /// `None` when the host-wide guest memory budget cannot take one more
     /// instance.
-    fn new_store(&self, ctx: &RequestContext, deadline: Instant) -> Option<Store<HostState>> {
+    pub(crate) fn new_store(
+        &self,
+        ctx: &RequestContext,
+        deadline: Instant,
+    ) -> Option<Store<HostState>> {
         let state = HostState::new(self, &ctx.id, deadline)?;
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -398,8 +407,27 @@ impl Deployment {
         Some(store)
     }
 
+    /// The app's world decides how its guest is called: WASI 0.2 here,
+    /// WASI 0.3 in [`crate::service`].
     async fn run<B>(
         &self,
+        request: Request<LimitedBody<B>>,
+        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+        ctx: &RequestContext,
+    ) -> Result<Response<HyperOutgoingBody>, Failure>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        match &self.pre {
+            Pre::P2(pre) => self.run_p2(pre.clone(), request, permits, ctx).await,
+            Pre::P3(pre) => self.run_p3(pre.clone(), request, permits, ctx).await,
+        }
+    }
+
+    async fn run_p2<B>(
+        &self,
+        pre: ProxyPre<HostState>,
         request: Request<LimitedBody<B>>,
         permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
         ctx: &RequestContext,
@@ -418,22 +446,10 @@ impl Deployment {
                 store.data_mut().begin(&ctx.id, deadline);
                 (store, Some(warm.proxy), warm.served)
             }
-            None => match self.new_store(ctx, deadline) {
-                Some(store) => (store, None, 0),
-                None => {
-                    let failure = Failure::MemoryBudget(wasmtime::format_err!(
-                        "the guest memory budget cannot take another instance"
-                    ));
-                    failure.log(&self.app, &self.version);
-                    return Err(failure);
-                }
-            },
+            None => (self.store_for_request(ctx, deadline)?, None, 0),
         };
-        // Past each epoch tick a busy guest yields to other tasks; past the
-        // deadline it traps with `Trap::Interrupt`.
-        store.set_epoch_deadline(1);
 
-        let (sender, mut receiver) = oneshot::channel();
+        let (sender, receiver) = oneshot::channel();
         let http = store.data_mut();
         let incoming = http
             .http()
@@ -444,7 +460,6 @@ impl Deployment {
             .new_response_outparam(sender)
             .map_err(Failure::Setup)?;
 
-        let pre = self.pre.clone();
         let warm_pool = self.warm.clone();
         let (app, version) = (self.app.clone(), self.version.clone());
         let version_metrics = self.metrics.clone();
@@ -488,29 +503,51 @@ impl Deployment {
                     Ok(())
                 }
                 Err(_elapsed) => Err(Failure::Timeout),
-                Ok(Err(err)) => match store.data().limiter.refused {
-                    Some(MemoryRefusal::InstanceCap) => Err(Failure::MemoryLimit(err)),
-                    Some(MemoryRefusal::HostBudget) => Err(Failure::MemoryBudget(err)),
-                    None if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
-                        Err(Failure::Timeout)
-                    }
-                    None => Err(Failure::Trap(err)),
-                },
+                Ok(Err(err)) => Err(Failure::of(&store, err)),
             };
             if let Err(failure) = &result {
                 failure.log(&app, &version);
             }
             result
         });
-        // The guest runs on this task until it answers: most finish within
-        // the first poll and then no task is spawned. One that answered and
-        // is still streaming its body is detached to finish on its own. If
-        // the client goes away first (this future is dropped: a reset
-        // stream, a closed connection) the guest is cancelled, so requests
-        // nobody waits for cannot pile up work and hold slots.
-        // A guest that drops its outparam without answering closes the
-        // receiver: that branch is then disabled and we wait for the guest
-        // to say why.
+        self.finish(guest, receiver).await
+    }
+
+    /// A store for a new instance with its deadline armed; the host-wide
+    /// memory budget refusing one more instance is the failure.
+    pub(crate) fn store_for_request(
+        &self,
+        ctx: &RequestContext,
+        deadline: Instant,
+    ) -> Result<Store<HostState>, Failure> {
+        let Some(mut store) = self.new_store(ctx, deadline) else {
+            let failure = Failure::MemoryBudget(wasmtime::format_err!(
+                "the guest memory budget cannot take another instance"
+            ));
+            failure.log(&self.app, &self.version);
+            return Err(failure);
+        };
+        // Past each epoch tick a busy guest yields to other tasks; past the
+        // deadline it traps with `Trap::Interrupt`.
+        store.set_epoch_deadline(1);
+        Ok(store)
+    }
+
+    /// Run `guest` until it answers on `receiver`, then detach it.
+    ///
+    /// The guest runs on this task until it answers: most finish within
+    /// the first poll and then no task is spawned. One that answered and is
+    /// still streaming its body is detached to finish on its own. If the
+    /// client goes away first (this future is dropped: a reset stream, a
+    /// closed connection) the guest is cancelled, so requests nobody waits
+    /// for cannot pile up work and hold slots. A guest that drops its
+    /// answer without sending it closes the receiver: that branch is then
+    /// disabled and we wait for the guest to say why.
+    pub(crate) async fn finish<E: std::fmt::Debug>(
+        &self,
+        guest: GuestFuture,
+        mut receiver: oneshot::Receiver<Result<Response<HyperOutgoingBody>, E>>,
+    ) -> Result<Response<HyperOutgoingBody>, Failure> {
         let mut guest = GuestRun {
             future: Some(guest),
             app: self.app.clone(),
@@ -534,12 +571,12 @@ impl Deployment {
         }
     }
 
-    fn answered(
+    fn answered<E: std::fmt::Debug>(
         &self,
-        answer: Result<Response<HyperOutgoingBody>, ErrorCode>,
+        answer: Result<Response<HyperOutgoingBody>, E>,
     ) -> Result<Response<HyperOutgoingBody>, Failure> {
         answer.map_err(|code| {
-            let failure = Failure::ErrorCode(code);
+            let failure = Failure::ErrorCode(format!("{code:?}"));
             failure.log(&self.app, &self.version);
             failure
         })
@@ -569,7 +606,7 @@ fn prune_clients(limiter: Weak<DefaultKeyedRateLimiter<IpAddr>>, every: Duration
 }
 
 /// A guest's run: the instance, its call and its clean-up.
-type GuestFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+pub(crate) type GuestFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
 /// A guest run polled in place, on the request's task. Once the guest has
 /// answered it is detached to stream the rest of its response on its own
@@ -609,7 +646,21 @@ impl Drop for GuestRun {
 }
 
 impl Failure {
-    fn log(&self, app: &str, version: &str) {
+    /// Why a guest's call failed: its memory cap, the host's budget, its
+    /// deadline (an epoch interrupt) or a trap.
+    pub(crate) fn of(store: &Store<HostState>, err: wasmtime::Error) -> Failure {
+        match store.data().limiter.refused {
+            Some(MemoryRefusal::InstanceCap) => Failure::MemoryLimit(err),
+            Some(MemoryRefusal::HostBudget) => Failure::MemoryBudget(err),
+            None if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => Failure::Timeout,
+            None if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
+                Failure::PoolFull(err)
+            }
+            None => Failure::Trap(err),
+        }
+    }
+
+    pub(crate) fn log(&self, app: &str, version: &str) {
         let kind = match self {
             Failure::Timeout => {
                 tracing::warn!(app, version, "guest exceeded its deadline");
@@ -640,6 +691,11 @@ impl Failure {
                 tracing::error!(app, version, cause = ?err, "failed to start the guest");
                 "setup"
             }
+            Failure::PoolFull(err) => {
+                tracing::warn!(app, version, cause = %err, "no pooled instance slot is free");
+                metrics().reject("pool_full");
+                "pool_full"
+            }
         };
         metrics().guest_failure(app, kind);
     }
@@ -656,6 +712,9 @@ impl Failure {
             ),
             Failure::MemoryBudget(_) => {
                 return busy("the server is out of memory for apps; retry shortly");
+            }
+            Failure::PoolFull(_) => {
+                return busy("the server is running as many instances as it can; retry shortly");
             }
             Failure::Trap(_) | Failure::ErrorCode(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

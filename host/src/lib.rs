@@ -1,8 +1,8 @@
 //! A host that serves HTTP by running WebAssembly components.
 //!
 //! Every request runs in a fresh instance of a component that exports
-//! `wasi:http/incoming-handler`: nothing one request leaves in guest memory is
-//! visible to the next. The component is compiled once, pre-instantiated once
+//! `wasi:http/incoming-handler` (WASI 0.2) or `wasi:http/handler` (WASI 0.3):
+//! nothing one request leaves in guest memory is visible to the next. The component is compiled once, pre-instantiated once
 //! ([`ProxyPre`](wasmtime_wasi_http::p2::bindings::ProxyPre)), and each request
 //! only pays for a `Store` and an instantiation out of a pooling allocator.
 //!
@@ -11,10 +11,11 @@
 //! - [`cli`]: the command line as clap parses it, before any validation.
 //! - [`config`]: the validated configuration `host serve` runs with.
 //! - [`client`]: `host deploy`, `apps`, `rollback`, `canary`, `remove`.
-//! - [`engine`]: the one wasmtime `Engine` (pooling allocator, epoch
-//!   interruption) and the single epoch ticker thread.
+//! - [`engine`]: the wasmtime `Engine`s (one per world: WASI 0.2 without the
+//!   component-model async machinery, WASI 0.3 with it, built on first use),
+//!   the pooling allocator's shape, and the single epoch ticker thread.
 //! - [`component`]: checking a `.wasm` is a component this host can serve,
-//!   compiling it and pre-instantiating it.
+//!   which world it serves, compiling it and pre-instantiating it.
 //! - [`registry`]: the apps, their versions, and every change to them
 //!   through one commit path; the background garbage collector.
 //! - [`persist`]: the state directory (components, records, compiled code).
@@ -34,6 +35,8 @@
 //! - [`invoke`]: one request through one instance (fresh, or warm with
 //!   instance reuse), with timeouts, and the mapping of guest failures to
 //!   HTTP statuses.
+//! - [`service`]: the same for a WASI 0.3 component: the call inside the
+//!   store's concurrent event loop.
 //! - [`server`]: the listeners, connection handling (first-head deadline,
 //!   idle timeout) and graceful drain.
 //! - [`response`]: the error responses the host itself produces.
@@ -41,7 +44,8 @@
 //!
 //! A request flows `server` → `router::Router::handle` (path normalised,
 //! app, then version) → `invoke::Deployment::handle` → an instance of the
-//! version's `ProxyPre` → the guest's `handle` → a streamed response.
+//! version's `ProxyPre` (or, for WASI 0.3, `service` and its `ServicePre`)
+//! → the guest's `handle` → a streamed response.
 
 pub mod admin;
 pub mod cli;
@@ -63,6 +67,7 @@ pub mod response;
 pub mod router;
 pub mod secrets;
 pub mod server;
+pub mod service;
 pub mod settings;
 pub mod state;
 pub mod tls;

@@ -58,9 +58,6 @@ pub struct Limits {
 /// The most requests one instance may serve with instance reuse.
 pub const MAX_INSTANCE_REUSE: u32 = 100_000;
 
-/// Elements a table may have: the pooling allocator's table slot size
-/// (see [`crate::engine`]) and the limiter's cap agree.
-pub const MAX_TABLE_ELEMENTS: usize = 20_000;
 /// What one table element is charged against the memory budget.
 const TABLE_ELEMENT_BYTES: u64 = 16;
 
@@ -225,7 +222,9 @@ impl ResourceLimiter for GuestLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > MAX_TABLE_ELEMENTS || maximum.is_some_and(|max| desired > max) {
+        // A pooled table's maximum is its slot (`--max-table-elements`), so
+        // growth past the slot is refused here too, before any charge.
+        if maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
         let growth = desired.saturating_sub(current) as u64 * TABLE_ELEMENT_BYTES;
@@ -424,13 +423,8 @@ mod tests {
         let host = MemoryBudget::new(64 << 20);
         let mut limiter = GuestLimiter::new(32 << 20, host.clone(), 1 << 20).unwrap();
         assert_eq!(host.used(), 1 << 20);
-        // A table grown past its own maximum, or past the pool's slot.
+        // A table grown past its maximum (its own, or the pool's slot).
         assert!(!limiter.table_growing(10, 1_000_000, Some(100)).unwrap());
-        assert!(
-            !limiter
-                .table_growing(10, MAX_TABLE_ELEMENTS + 1, None)
-                .unwrap()
-        );
         // A memory grown past its declared maximum.
         assert!(
             !limiter

@@ -301,6 +301,10 @@ impl WasiHttpHooks for OutboundHooks {
         OUTGOING_BODY_CHUNK_BYTES
     }
 
+    fn p3_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: Request<WasiBody>,

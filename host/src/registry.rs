@@ -27,11 +27,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify};
-use wasmtime::Engine;
-use wasmtime::component::{Component, Linker};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime::component::Component;
 
-use crate::component;
+use crate::component::{self, Pre, World};
+use crate::engine::Engines;
 use crate::invoke::{AppShare, Deployment, Identity};
 use crate::limits::{Limits, MemoryBudget};
 use crate::metrics::metrics;
@@ -40,7 +39,6 @@ use crate::persist::{StateDir, sha256_hex};
 use crate::router::{Canary, LiveApp, Route, Router, RoutingTable};
 use crate::secrets::SecretPolicy;
 use crate::settings::{AppSettings, Ceilings};
-use crate::state::HostState;
 
 /// The name of the implicit default guest; no deployed app may take it.
 pub const DEFAULT_APP: &str = "default";
@@ -89,6 +87,10 @@ pub struct VersionRecord {
     /// Unix seconds.
     pub deployed_at: u64,
     pub settings: AppSettings,
+    /// The `wasi:http` world the component serves (records from before
+    /// WASI 0.3 support hold WASI 0.2 components).
+    #[serde(default)]
+    pub world: World,
 }
 
 impl AppRecord {
@@ -347,9 +349,7 @@ pub enum CodeSource {
 /// it can move onto a blocking thread.
 #[derive(Clone)]
 struct Compiler {
-    engine: Engine,
-    linker: Linker<HostState>,
-    engine_key: String,
+    engines: Arc<Engines>,
     state: Arc<StateDir>,
 }
 
@@ -360,14 +360,21 @@ impl Compiler {
         &self,
         digest: &str,
         wasm: Option<&[u8]>,
-    ) -> anyhow::Result<(ProxyPre<HostState>, CodeSource)> {
-        match self.state.load_precompiled(digest, &self.engine_key) {
+        world: World,
+    ) -> anyhow::Result<(Pre, CodeSource)> {
+        let runtime = self.engines.runtime(world)?;
+        match self.state.load_precompiled(digest, &runtime.key) {
             Ok(Some(code)) => {
                 // SAFETY: this host wrote the file itself (precompiled input
                 // is never accepted from outside) and its checksum matched.
-                match unsafe { Component::deserialize(&self.engine, &code) } {
+                match unsafe { Component::deserialize(&runtime.engine, &code) } {
                     Ok(component) => {
-                        let pre = component::prepare(&self.engine, &self.linker, &component)?;
+                        let pre = component::prepare(
+                            &runtime.engine,
+                            &runtime.linker,
+                            &component,
+                            world,
+                        )?;
                         metrics().code_load("cache");
                         return Ok((pre, CodeSource::Cache));
                     }
@@ -388,15 +395,15 @@ impl Compiler {
             }
         };
         let started = std::time::Instant::now();
-        let component = component::compile(&self.engine, wasm)?;
+        let component = component::compile(&runtime.engine, wasm)?;
         metrics()
             .compile_duration
             .observe(started.elapsed().as_secs_f64());
         metrics().code_load("compiled");
-        let pre = component::prepare(&self.engine, &self.linker, &component)?;
+        let pre = component::prepare(&runtime.engine, &runtime.linker, &component, world)?;
         match component.serialize() {
             Ok(code) => {
-                if let Err(err) = self.state.save_precompiled(digest, &self.engine_key, &code) {
+                if let Err(err) = self.state.save_precompiled(digest, &runtime.key, &code) {
                     tracing::warn!(digest, error = %err, "failed to cache compiled code");
                 }
             }
@@ -422,7 +429,7 @@ struct Served {
     current: Arc<Deployment>,
     canary: Option<Canary>,
     /// Code to keep in memory, by digest.
-    code: Vec<(String, ProxyPre<HostState>)>,
+    code: Vec<(String, Pre)>,
     sources: Vec<CodeSource>,
     share: Arc<AppShare>,
 }
@@ -440,7 +447,7 @@ struct Inner {
     /// Every app as served now.
     live: BTreeMap<String, Arc<LiveApp>>,
     /// Pre-instantiated code by digest, for the versions being served.
-    compiled: HashMap<String, ProxyPre<HostState>>,
+    compiled: HashMap<String, Pre>,
     /// What each app's served versions share.
     shares: HashMap<String, Arc<AppShare>>,
     /// Every record on disk has been restored (or marked failed): until
@@ -538,18 +545,14 @@ async fn blocking<T: Send + 'static>(
 
 impl Registry {
     pub fn new(
-        engine: Engine,
-        linker: Linker<HostState>,
+        engines: Arc<Engines>,
         state: StateDir,
         router: Arc<Router>,
         config: RegistryConfig,
     ) -> Arc<Registry> {
-        let engine_key = component::engine_key(&engine);
         let registry = Arc::new(Registry {
             compiler: Compiler {
-                engine,
-                linker,
-                engine_key,
+                engines,
                 state: Arc::new(state),
             },
             config,
@@ -571,8 +574,9 @@ impl Registry {
         &self,
         digest: &str,
         wasm: Option<Bytes>,
+        world: World,
         bounded: bool,
-    ) -> Result<(ProxyPre<HostState>, CodeSource), AppError> {
+    ) -> Result<(Pre, CodeSource), AppError> {
         if let Some(pre) = self.inner.lock().await.compiled.get(digest).cloned() {
             metrics().code_load("memory");
             return Ok((pre, CodeSource::Memory));
@@ -592,7 +596,7 @@ impl Registry {
                 .map_err(|_| anyhow::anyhow!("the compiler is shut down"))?;
             blocking(move || {
                 let _slot = slot;
-                compiler.obtain(&owned, wasm.as_deref())
+                compiler.obtain(&owned, wasm.as_deref(), world)
             })
             .await
         };
@@ -632,7 +636,7 @@ impl Registry {
         wasm: Option<Bytes>,
         bounded: bool,
         share: &Arc<AppShare>,
-    ) -> Result<(Arc<Deployment>, ProxyPre<HostState>, CodeSource), AppError> {
+    ) -> Result<(Arc<Deployment>, Pre, CodeSource), AppError> {
         let settings = &version.settings;
         // Again at every use, not only at deploy: the host's ceilings and
         // secret rules may have changed since (a restart with other flags,
@@ -641,7 +645,9 @@ impl Registry {
         settings
             .validate(&self.config.ceilings, &self.config.secrets)
             .map_err(|e| AppError::Invalid(format!("version {}: {e}", version.version)))?;
-        let (pre, source) = self.obtain(&version.digest, wasm, bounded).await?;
+        let (pre, source) = self
+            .obtain(&version.digest, wasm, version.world, bounded)
+            .await?;
         let config = self
             .resolve_config(settings)
             .await
@@ -859,6 +865,7 @@ impl Registry {
             size: bytes.len() as u64,
             deployed_at: now_secs(),
             settings,
+            world: World::of(&bytes),
         };
         let share = AppShare::new(
             &version.settings.limits(&self.config.defaults),
@@ -1158,6 +1165,7 @@ impl Registry {
             size: wasm.len() as u64,
             deployed_at: now_secs(),
             settings,
+            world: World::of(&wasm),
         };
         let after = plan::deploy(
             existing.as_ref(),
@@ -1344,6 +1352,7 @@ mod tests {
             size: 1,
             deployed_at: 0,
             settings: AppSettings::default(),
+            world: World::Http02,
         }
     }
 

@@ -43,14 +43,14 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::admin::Admin;
 use crate::config::{Config, DefaultApp};
-use crate::engine::{self, EpochTicker};
+use crate::engine::{EngineSpec, Engines, EpochTicker};
 use crate::limits::MemoryBudget;
+use crate::manifest;
 use crate::metrics::metrics;
 use crate::persist::StateDir;
 use crate::registry::{DEFAULT_APP, Registry, RegistryConfig};
 use crate::router::{ConnInfo, Route, Router};
 use crate::tls::CertStore;
-use crate::{component, manifest};
 
 /// Something that turns a request into a response, never failing.
 pub trait Handler: Send + Sync + 'static {
@@ -170,12 +170,12 @@ impl Signals {
 /// signal during startup stops it: the host exits 0 without serving.
 pub async fn serve(config: Config) -> Result<()> {
     let mut signals = Signals::install()?;
-    let engine = engine::build(
-        config.ceilings.max_concurrent,
-        config.ceilings.memory_mib << 20,
-    )?;
-    let _ticker = EpochTicker::start(&engine)?;
-    let linker = component::linker(&engine)?;
+    let engines = Engines::new(EngineSpec {
+        max_concurrent: config.ceilings.max_concurrent,
+        max_memory_bytes: config.ceilings.memory_mib << 20,
+        shape: config.pool,
+    })?;
+    let _ticker = EpochTicker::start(&engines)?;
 
     let tls = match &config.tls {
         Some((cert, key)) => {
@@ -213,8 +213,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let budget = MemoryBudget::new(config.memory_budget_bytes);
     let registry = Registry::new(
-        engine,
-        linker,
+        engines,
         state,
         router.clone(),
         RegistryConfig {

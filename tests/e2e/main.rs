@@ -11,6 +11,7 @@ mod contract;
 mod deploy;
 mod edges;
 mod faults;
+mod foreign;
 mod fresh_machine;
 mod front;
 mod hostile;

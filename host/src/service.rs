@@ -1,0 +1,139 @@
+//! One request through an instance of a WASI 0.3 component (the
+//! `wasi:http/service` world, exporting `wasi:http/handler@0.3`).
+//!
+//! Admission, limits, the store and the failure mapping are those of WASI
+//! 0.2 ([`crate::invoke`]); what differs is the call. A 0.3 guest runs
+//! inside its store's concurrent event loop (`Store::run_concurrent`): the
+//! host hands it the request as a `wasi:http/types.request`, gets a response
+//! back, and then keeps the loop turning while the guest streams the body
+//! (from tasks it spawned), until the guest has no task left. The deadline
+//! holds as for 0.2: on CPU through the epoch, on waiting through a tokio
+//! timeout; a client that goes away before the answer cancels the guest.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body::Body;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use wasmtime::component::Accessor;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
+
+use crate::invoke::{Deployment, Failure, GuestFuture, RequestContext};
+use crate::limits::LimitedBody;
+use crate::metrics::metrics;
+use crate::state::HostState;
+
+type Answer = Result<Response<HyperOutgoingBody>, ErrorCode>;
+
+impl Deployment {
+    pub(crate) async fn run_p3<B>(
+        &self,
+        pre: ServicePre<HostState>,
+        request: Request<LimitedBody<B>>,
+        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+        ctx: &RequestContext,
+    ) -> Result<Response<HyperOutgoingBody>, Failure>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let started = Instant::now();
+        // The timeout is validated (at most an hour), so this cannot overflow.
+        let deadline = started.checked_add(self.limits.timeout).unwrap_or(started);
+        let mut store = self.store_for_request(ctx, deadline)?;
+        let request = absolute(request, &ctx.scheme).map_err(Failure::Setup)?;
+        let (sender, receiver) = oneshot::channel::<Answer>();
+
+        let (app, version) = (self.app.clone(), self.version.clone());
+        let version_metrics = self.metrics.clone();
+        let guest_micros = ctx.guest_micros.clone();
+        let guest: GuestFuture = Box::pin(async move {
+            let _permits = permits;
+            let called = tokio::time::timeout_at(deadline.into(), async {
+                let service = pre.instantiate_async(&mut store).await?;
+                metrics()
+                    .instantiation
+                    .observe(started.elapsed().as_secs_f64());
+                store
+                    .run_concurrent(async |access| serve(access, &service, request, sender).await)
+                    .await?
+            })
+            .await;
+            let ran = started.elapsed();
+            guest_micros.store(ran.as_micros() as u64, Ordering::Relaxed);
+            version_metrics.guest_time(ran);
+            let result = match called {
+                Ok(Ok(())) => Ok(()),
+                Err(_elapsed) => Err(Failure::Timeout),
+                Ok(Err(err)) => Err(Failure::of(&store, err)),
+            };
+            if let Err(failure) = &result {
+                failure.log(&app, &version);
+            }
+            result
+        });
+        self.finish(guest, receiver).await
+    }
+}
+
+/// Inside the event loop: call the handler, send its answer, then keep the
+/// loop turning until the guest has nothing left to do (its body streamed).
+async fn serve<B>(
+    access: &Accessor<HostState>,
+    service: &Service,
+    request: Request<B>,
+    answer: oneshot::Sender<Answer>,
+) -> wasmtime::Result<()>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    // The hooks only filter forbidden headers here, which the host's own
+    // hooks (outbound calls) leave as they are.
+    let (request, request_io) =
+        wasmtime_wasi_http::p3::Request::from_http(wasmtime_wasi_http::default_hooks(), request);
+    match service.handle(access, request).await? {
+        Ok(response) => {
+            let response = access.with(|mut store| response.into_http(&mut store, request_io))?;
+            let _ = answer.send(Ok(response));
+        }
+        Err(code) => {
+            let _ = answer.send(Err(code));
+        }
+    }
+    std::future::poll_fn(|cx| access.poll_no_interesting_tasks(cx)).await;
+    Ok(())
+}
+
+/// WASI 0.3 takes the request's scheme and authority from its URI: an
+/// HTTP/1 request has only a path there, so they are added from the
+/// connection and the `Host` header.
+fn absolute<B>(mut request: Request<B>, scheme: &Scheme) -> wasmtime::Result<Request<B>> {
+    let uri = request.uri();
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return Ok(request);
+    }
+    let authority = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    let scheme = match scheme {
+        Scheme::Https => "https",
+        _ => "http",
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    *request.uri_mut() = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|err| wasmtime::format_err!("the request's URI cannot be made absolute: {err}"))?;
+    Ok(request)
+}

@@ -1,0 +1,233 @@
+//! Components no one on the project wrote the host for, built from source
+//! by other toolchains: Python (componentize-py), JavaScript
+//! (componentize-js, StarlingMonkey) and Rust on WASI 0.3 (the `wasip3`
+//! crate). Each is deployed through the admin API and must answer a GET,
+//! echo a streamed POST, turn an exception or panic into a 500 with the
+//! next request served, and come back after a restart from the precompiled
+//! cache, without compiling again. WASI 0.3 guests also keep the deadline,
+//! the memory cap and client-disconnect behaviour of WASI 0.2 ones. A
+//! component the pool cannot hold is refused with what it needs.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::{Host, TempDir, client, metric, wasm};
+
+/// Bytes the echo test streams through each guest, in chunks.
+const ECHO_BYTES: usize = 1 << 20;
+const ECHO_CHUNK: usize = 16 * 1024;
+
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 9)) as u8
+}
+
+async fn get(host: &Host, path: &str) -> (u16, String) {
+    let response = client().get(host.url(path)).send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// POST `ECHO_BYTES` in chunks as a stream (no content-length) and check
+/// every byte comes back.
+async fn streamed_echo(host: &Host) {
+    let chunks = futures::stream::iter((0..ECHO_BYTES / ECHO_CHUNK).map(|c| {
+        let bytes: Vec<u8> = (c * ECHO_CHUNK..(c + 1) * ECHO_CHUNK)
+            .map(pattern)
+            .collect();
+        Ok::<Bytes, std::io::Error>(Bytes::from(bytes))
+    }));
+    let response = client()
+        .post(host.url("/echo"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("echo request");
+    assert_eq!(response.status(), 200);
+    let mut offset = 0;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("echo body");
+        for (i, b) in chunk.iter().enumerate() {
+            assert_eq!(*b, pattern(offset + i), "byte {} differs", offset + i);
+        }
+        offset += chunk.len();
+    }
+    assert_eq!(offset, ECHO_BYTES, "the whole body came back");
+}
+
+/// The `key=N` field of the host's "restored deployed apps" log line.
+fn restored(log: &str, key: &str) -> usize {
+    let line = log
+        .lines()
+        .find(|l| l.contains("restored deployed apps"))
+        .unwrap_or_else(|| panic!("no restore line in:\n{log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+        .parse()
+        .unwrap()
+}
+
+/// Deploy `guest` at `/`, check it serves, echoes, fails cleanly and
+/// recovers, then restart the host and check it is served again from the
+/// cache. `greeting` is what its GET answers start with; `world` what the
+/// API must say it serves.
+async fn serves_like_any_app(guest: &str, greeting: &str, world: &str) {
+    let state = TempDir::new(guest);
+    let mut host = Host::start_in(&state.0, &["--no-default-app"], &[]);
+    let (status, body) = host
+        .deploy("app", wasm(guest), json!({"route": "/"}), None)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["versions"][0]["world"], world, "{body}");
+
+    let (status, text) = get(&host, "/hello").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with(greeting), "{text}");
+    streamed_echo(&host).await;
+    let (status, text) = get(&host, "/raise").await;
+    assert_eq!(status, 500, "an uncaught exception is a 500: {text}");
+    let (status, text) = get(&host, "/after").await;
+    assert_eq!(status, 200, "the next request is served: {text}");
+    assert!(text.contains("/after"), "{text}");
+    let metrics = host.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "host_requests_total",
+            &[("app", "app"), ("status", "2xx")]
+        ) >= 2.0,
+        "requests are counted per app like any other's"
+    );
+
+    host.signal(libc::SIGTERM);
+    let exit = host.wait_exit(Duration::from_secs(20));
+    assert_eq!(exit.and_then(|s| s.code()), Some(0));
+    drop(host);
+    let host = Host::start_in(&state.0, &["--no-default-app"], &[]);
+    let log = host.log_with(&["restored deployed apps"]);
+    assert_eq!(restored(&log, "from_cache"), 1, "{log}");
+    assert_eq!(restored(&log, "compiled"), 0, "{log}");
+    let (status, text) = get(&host, "/again").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with(greeting), "{text}");
+}
+
+#[tokio::test]
+async fn a_componentize_py_app_serves_like_any_app() {
+    serves_like_any_app("python-guest", "hello from Python", "wasi:http@0.2").await;
+}
+
+/// StarlingMonkey exports `wasi:http/incoming-handler@0.2.10` and imports
+/// `wasi:http/types@0.2.10` next to `wasi:io/*@0.2.12`: both link against
+/// the host's 0.2.12 by semver.
+#[tokio::test]
+async fn a_componentize_js_app_with_mixed_wasi_versions_serves_like_any_app() {
+    let component = wasm("javascript-guest");
+    let contains = |needle: &str| {
+        component
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    assert!(
+        contains("wasi:http/types@0.2.10"),
+        "the JS component imports http 0.2.10"
+    );
+    assert!(contains("wasi:io/streams@0.2.12"), "and io 0.2.12");
+    serves_like_any_app("javascript-guest", "hello from JavaScript", "wasi:http@0.2").await;
+}
+
+#[tokio::test]
+async fn a_wasi_0_3_rust_app_serves_like_any_app() {
+    serves_like_any_app("p3-guest", "hello from Rust (WASI 0.3)", "wasi:http@0.3").await;
+}
+
+/// The deadline stops a WASI 0.3 guest burning CPU (epoch) and one waiting
+/// (timer); the memory cap stops one growing; each is counted under its own
+/// kind, and the next request is served.
+#[tokio::test]
+async fn wasi_0_3_guests_keep_the_deadline_and_the_memory_cap() {
+    let host = Host::bare(&["--timeout-ms", "1000", "--memory-mib", "32"]);
+    let (status, body) = host
+        .deploy("p3", wasm("p3-guest"), json!({"route": "/"}), None)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for path in ["/spin", "/sleep?ms=5000"] {
+        let started = Instant::now();
+        let (status, text) = get(&host, path).await;
+        assert_eq!(status, 504, "{path}: {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{path} was stopped, not left to run"
+        );
+    }
+    let (status, text) = get(&host, "/memhog").await;
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("memory limit"), "{text}");
+    let (status, text) = get(&host, "/sleep?ms=1").await;
+    assert_eq!(status, 200, "{text}");
+    let metrics = host.metrics().await;
+    let failures = |kind| {
+        metric(
+            &metrics,
+            "host_guest_failures_total",
+            &[("app", "p3"), ("kind", kind)],
+        )
+    };
+    assert_eq!(failures("timeout"), 2.0);
+    assert_eq!(failures("memory_limit"), 1.0);
+    host.metric_until("host_guest_memory_bytes", &[], |v| v == 0.0)
+        .await;
+}
+
+/// A client that goes away before a WASI 0.3 guest answers cancels it: the
+/// instance is dropped at once (its slot and memory come back), long
+/// before its deadline.
+#[tokio::test]
+async fn a_wasi_0_3_guest_is_cancelled_when_its_client_goes_away() {
+    let host = Host::bare(&["--timeout-ms", "60000"]);
+    let (status, body) = host
+        .deploy("p3", wasm("p3-guest"), json!({"route": "/"}), None)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let request = client()
+        .get(host.url("/sleep?ms=50000"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(request.is_err(), "the client gave up first");
+    host.metric_until(
+        "host_guest_failures_total",
+        &[("app", "p3"), ("kind", "cancelled")],
+        |v| v == 1.0,
+    )
+    .await;
+    host.metric_until("host_guest_memory_bytes", &[], |v| v == 0.0)
+        .await;
+    host.metric_until("host_requests_in_flight", &[], |v| v == 0.0)
+        .await;
+}
+
+/// A component with more core instances than the pool allows is refused
+/// with what it needs and the flag to raise; nothing is deployed.
+#[tokio::test]
+async fn a_component_the_pool_cannot_hold_is_refused_with_the_flag_to_raise() {
+    let host = Host::bare(&["--max-core-instances-per-component", "8"]);
+    let (status, body) = host
+        .deploy("py", wasm("python-guest"), json!({"route": "/py"}), None)
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("needs 14 core module instances")
+            && message.contains("allows 8")
+            && message.contains("--max-core-instances-per-component"),
+        "{message}"
+    );
+    let (status, _) = host.admin(Method::GET, "/v1/apps/py", None, None).await;
+    assert_eq!(status, 404, "a refused deploy leaves nothing behind");
+}
