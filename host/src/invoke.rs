@@ -114,7 +114,7 @@ pub struct Deployment {
     rate: Option<DefaultDirectRateLimiter>,
     client_rate: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
     /// Idle instances, when the app opted into instance reuse.
-    warm: Option<Arc<WarmPool>>,
+    pub(crate) warm: Option<Arc<WarmPool>>,
     pub metrics: Arc<VersionMetrics>,
     /// The app name and version as response header values.
     pub header_values: Option<(HeaderValue, HeaderValue)>,
@@ -136,20 +136,26 @@ const MAX_COMPONENT_HANDLES: usize = 10_000;
 /// Idle instances across all apps (bounded by [`MAX_IDLE_INSTANCES`]).
 static IDLE: AtomicUsize = AtomicUsize::new(0);
 
+/// An instantiated guest, by world.
+pub(crate) enum Instance {
+    P2(Proxy),
+    P3(wasmtime_wasi_http::p3::bindings::Service),
+}
+
 /// An instance that answered cleanly and may answer again.
-struct Warm {
-    store: Store<HostState>,
-    proxy: Proxy,
+pub(crate) struct Warm {
+    pub store: Store<HostState>,
+    pub instance: Instance,
     /// Requests it has served.
-    served: u32,
-    idle_since: Instant,
+    pub served: u32,
+    pub idle_since: Instant,
 }
 
 /// One version's idle instances, most recently used last.
-struct WarmPool {
+pub(crate) struct WarmPool {
     idle: Mutex<Vec<Warm>>,
     /// Requests one instance may serve.
-    max_served: u32,
+    pub max_served: u32,
     /// Idle instances kept for this version.
     max_idle: usize,
 }
@@ -170,7 +176,7 @@ impl WarmPool {
         pool
     }
 
-    fn take(&self) -> Option<Warm> {
+    pub fn take(&self) -> Option<Warm> {
         let warm = self.idle.lock().ok()?.pop()?;
         IDLE.fetch_sub(1, Ordering::Relaxed);
         Some(warm)
@@ -178,7 +184,7 @@ impl WarmPool {
 
     /// Keep `warm` for the next request, unless this version or the host
     /// already keeps enough idle instances (then it is dropped).
-    fn put(&self, warm: Warm) {
+    pub fn put(&self, warm: Warm) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -441,12 +447,17 @@ impl Deployment {
         let deadline = started.checked_add(self.limits.timeout).unwrap_or(started);
         let warm = self.warm.as_ref().and_then(|pool| pool.take());
         let (mut store, proxy, served) = match warm {
-            Some(warm) => {
-                let mut store = warm.store;
+            Some(Warm {
+                mut store,
+                instance: Instance::P2(proxy),
+                served,
+                ..
+            }) => {
                 store.data_mut().begin(&ctx.id, deadline);
-                (store, Some(warm.proxy), warm.served)
+                (store, Some(proxy), served)
             }
-            None => (self.store_for_request(ctx, deadline)?, None, 0),
+            // (A version's pool only holds instances of its own world.)
+            _ => (self.store_for_request(ctx, deadline)?, None, 0),
         };
 
         let (sender, receiver) = oneshot::channel();
@@ -495,7 +506,7 @@ impl Deployment {
                     {
                         pool.put(Warm {
                             store,
-                            proxy,
+                            instance: Instance::P2(proxy),
                             served: served + 1,
                             idle_since: Instant::now(),
                         });

@@ -9,6 +9,8 @@
 //! (from tasks it spawned), until the guest has no task left. The deadline
 //! holds as for 0.2: on CPU through the epoch, on waiting through a tokio
 //! timeout; a client that goes away before the answer cancels the guest.
+//! Apps that opt into instance reuse get it here too, one request after
+//! another per instance (like 0.2; not several at once).
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -23,7 +25,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
-use crate::invoke::{Deployment, Failure, GuestFuture, RequestContext};
+use crate::invoke::{Deployment, Failure, GuestFuture, Instance, RequestContext, Warm};
 use crate::limits::LimitedBody;
 use crate::metrics::metrics;
 use crate::state::HostState;
@@ -45,30 +47,65 @@ impl Deployment {
         let started = Instant::now();
         // The timeout is validated (at most an hour), so this cannot overflow.
         let deadline = started.checked_add(self.limits.timeout).unwrap_or(started);
-        let mut store = self.store_for_request(ctx, deadline)?;
+        let (mut store, service, served) = match self.warm.as_ref().and_then(|pool| pool.take()) {
+            Some(Warm {
+                mut store,
+                instance: Instance::P3(service),
+                served,
+                ..
+            }) => {
+                store.data_mut().begin(&ctx.id, deadline);
+                (store, Some(service), served)
+            }
+            // (A version's pool only holds instances of its own world.)
+            _ => (self.store_for_request(ctx, deadline)?, None, 0),
+        };
         let request = absolute(request, &ctx.scheme).map_err(Failure::Setup)?;
         let (sender, receiver) = oneshot::channel::<Answer>();
 
+        let warm_pool = self.warm.clone();
         let (app, version) = (self.app.clone(), self.version.clone());
         let version_metrics = self.metrics.clone();
         let guest_micros = ctx.guest_micros.clone();
         let guest: GuestFuture = Box::pin(async move {
             let _permits = permits;
             let called = tokio::time::timeout_at(deadline.into(), async {
-                let service = pre.instantiate_async(&mut store).await?;
-                metrics()
-                    .instantiation
-                    .observe(started.elapsed().as_secs_f64());
+                let service = match service {
+                    Some(service) => service,
+                    None => {
+                        let service = pre.instantiate_async(&mut store).await?;
+                        metrics()
+                            .instantiation
+                            .observe(started.elapsed().as_secs_f64());
+                        service
+                    }
+                };
                 store
                     .run_concurrent(async |access| serve(access, &service, request, sender).await)
                     .await?
+                    .map(|()| service)
             })
             .await;
             let ran = started.elapsed();
             guest_micros.store(ran.as_micros() as u64, Ordering::Relaxed);
             version_metrics.guest_time(ran);
             let result = match called {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(service)) => {
+                    // Sequential reuse, as for WASI 0.2: only an instance
+                    // that finished cleanly and holds nothing of the request.
+                    if let Some(pool) = warm_pool
+                        && served + 1 < pool.max_served
+                        && store.data().table.is_empty()
+                    {
+                        pool.put(Warm {
+                            store,
+                            instance: Instance::P3(service),
+                            served: served + 1,
+                            idle_since: Instant::now(),
+                        });
+                    }
+                    Ok(())
+                }
                 Err(_elapsed) => Err(Failure::Timeout),
                 Ok(Err(err)) => Err(Failure::of(&store, err)),
             };

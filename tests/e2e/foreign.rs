@@ -231,3 +231,35 @@ async fn a_component_the_pool_cannot_hold_is_refused_with_the_flag_to_raise() {
     let (status, _) = host.admin(Method::GET, "/v1/apps/py", None, None).await;
     assert_eq!(status, 404, "a refused deploy leaves nothing behind");
 }
+
+/// A WASI 0.3 app that opts into instance reuse is served by one instance,
+/// one request after another; one that traps is replaced.
+#[tokio::test]
+async fn a_wasi_0_3_app_can_opt_into_instance_reuse() {
+    let host = Host::bare(&[]);
+    let (status, body) = host
+        .deploy(
+            "p3",
+            wasm("p3-guest"),
+            json!({"route": "/", "instance_reuse": 100}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for i in 0..20 {
+        let (status, text) = get(&host, &format!("/n{i}")).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.ends_with(&format!("/n{i}\n")), "{text}");
+    }
+    let instantiations = |m: &str| metric(m, "host_instantiation_duration_seconds_count", &[]);
+    assert_eq!(instantiations(&host.metrics().await), 1.0);
+    let (status, _) = get(&host, "/raise").await;
+    assert_eq!(status, 500);
+    let (status, _) = get(&host, "/after").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        instantiations(&host.metrics().await),
+        2.0,
+        "the instance that trapped was dropped, not reused"
+    );
+}
