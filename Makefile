@@ -165,7 +165,9 @@ fuzz-nightly: $(CARGO_FUZZ)
 
 # Installs wrk (Debian) and wasmtime-cli 48.0.8 (crates.io, into
 # target/bench-tools) when missing. Loopback only; stops what it starts.
-bench: wasm-target
+# The Python, JavaScript and WASI 0.3 apps it also measures come from
+# build-guests.
+bench: build-guests
 	python3 scripts/bench.py
 
 fmt:

@@ -23,9 +23,21 @@ Every server runs without RUST_BACKTRACE: with it set, wasmtime captures a
 backtrace for an error it builds and drops on every instance teardown,
 which costs the fresh-instance servers a third of their throughput.
 
+Components from other toolchains (built by `make build-guests`; a missing
+one is skipped with a note): Python (componentize-py), JavaScript
+(componentize-js) and Rust on WASI 0.3, each on our host and on `wasmtime
+serve` in the same run: a fresh instance per request at c=16 (and, for the
+WASI 0.3 one, at c=64 fresh and with instance reuse against wasmtime
+serve's default reuse), deploy -> first 200 and restart -> first 200 on our
+host, and RSS with FOREIGN_APPS deployed Python apps.
+
 Everything it starts is stopped before it exits; it only talks to
 127.0.0.1. Environment: ROUNDS (3), DURATION seconds per run (5),
-APPS (1000) for the many-apps RSS measurement.
+APPS (1000) for the many-apps RSS measurement, FOREIGN_APPS (50) for the
+many-Python-apps one. BENCH_ONLY=foreign,cold,... runs only those sections
+(throughput, micro, cold, memory, echo, foreign) and prints the report
+instead of writing BENCHMARKS.md; NO_BUILD=1 uses the binaries already in
+target/ instead of building them.
 """
 
 import json
@@ -55,6 +67,22 @@ APPS = int(os.environ.get("APPS", "1000"))
 RESTART_APPS = 100
 BIG_GUEST = os.path.join(TARGET, "wasm32-wasip2", "release", "big_guest.wasm")
 CONCURRENCY = [1, 64, 256]
+SECTIONS = ["throughput", "micro", "cold", "memory", "echo", "foreign"]
+ONLY = [x.strip() for x in os.environ.get("BENCH_ONLY", "").split(",") if x.strip()]
+NO_BUILD = os.environ.get("NO_BUILD", "") not in ("", "0")
+FOREIGN_APPS = int(os.environ.get("FOREIGN_APPS", "50"))
+# (key, label, .wasm under target/wasm32-wasip2/release, how it is built)
+FOREIGN = [
+    ("python", "Python", "python_guest.wasm", "componentize-py 0.25.1, wasi:http 0.2"),
+    ("javascript", "JavaScript", "javascript_guest.wasm", "componentize-js 0.23.0 (StarlingMonkey), wasi:http 0.2"),
+    ("p3", "Rust, WASI 0.3", "p3_guest.wasm", "Rust exporting `wasi:http/handler@0.3.0`"),
+]
+FOREIGN_C = 16
+# The memory reset an operator picks for a host of interpreters (README:
+# Guest memory): copy the first 16 MiB back on every reset instead of
+# scanning for dirty pages.
+COPY_RESET = ["--memory-reset", "copy", "--memory-keep-resident-mib", "16"]
+P3_C = 64
 
 procs = []
 
@@ -110,6 +138,20 @@ def start(cmd, env=None):
         if "Admin API on http://" in line:
             p.admin = line.split("http://")[1].strip().rstrip("/")
     raise RuntimeError(f"{cmd[0]} did not start")
+
+
+def start_wasmtime(wasm, extra):
+    """Start `wasmtime serve -Scli` on a free port; return (proc, addr).
+    It is not waited for: call wait_http."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    p = subprocess.Popen([WASMTIME, "serve", "-Scli", *extra, "--addr", f"127.0.0.1:{port}", wasm],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                         env=server_env())
+    procs.append(p)
+    return p, f"127.0.0.1:{port}"
 
 
 def stop(p):
@@ -193,15 +235,8 @@ def throughput(state_dir):
         # `wasmtime-reuse` = up to 128 requests per instance (the baseline
         # for opt-in instance reuse).
         for name, extra in [("wasmtime", []), ("wasmtime-reuse", ["--max-instance-reuse-count", "128"])]:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            sock.close()
-            p = subprocess.Popen([WASMTIME, "serve", "-Scli", *extra, "--addr", f"127.0.0.1:{port}", GUEST],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                 env=server_env())
-            procs.append(p)
-            servers[name] = (f"127.0.0.1:{port}", p.pid)
+            p, addr = start_wasmtime(GUEST, extra)
+            servers[name] = (addr, p.pid)
     for addr, _ in servers.values():
         wait_http(f"http://{addr}/")
     results = {(s, c): [] for s in servers for c in CONCURRENCY}
@@ -341,16 +376,229 @@ def echo_throughput(state_dir):
     return res
 
 
+def foreign_components():
+    """The FOREIGN components that are built: [(key, label, path, how)]."""
+    found = []
+    for key, label, name, how in FOREIGN:
+        path = os.path.join(TARGET, "wasm32-wasip2", "release", name)
+        if os.path.exists(path):
+            found.append((key, label, path, how))
+        else:
+            log(f"NOTE: {path} is missing (make build-guests builds it); its rows are skipped")
+    return found
+
+
+# Servers of the foreign section: name -> (mode, what the table calls it).
+FOREIGN_SERVERS = {
+    "host": ("fresh", "host"),
+    "wasmtime": ("fresh", "wasmtime serve `--max-instance-reuse-count 1`"),
+    "host-copy": ("fresh", "host `--memory-reset copy --memory-keep-resident-mib 16`"),
+    "host-reuse": ("reuse", "host `--instance-reuse 128`"),
+    "wasmtime-reuse": ("reuse", "wasmtime serve, defaults (≤128 requests, 16 at once per instance)"),
+}
+
+
+def foreign_throughput(state_dir, comps):
+    """wrk against each component on our host and on wasmtime serve, a
+    fresh instance per request, at FOREIGN_C; the WASI 0.3 one also at P3_C,
+    fresh and reusing instances. Returns the runs [(key, server, c)] in
+    table order and {run: medians}."""
+    runs = []
+    for key, *_ in comps:
+        runs += [(key, "host", FOREIGN_C), (key, "wasmtime", FOREIGN_C)]
+        if key == "python":
+            runs.append((key, "host-copy", FOREIGN_C))
+    if any(key == "p3" for key, *_ in comps):
+        runs += [("p3", s, P3_C) for s in ("host", "wasmtime", "host-reuse", "wasmtime-reuse")]
+    if not os.path.exists(WASMTIME):
+        runs = [run for run in runs if not run[1].startswith("wasmtime")]
+    paths = {key: path for key, _, path, _ in comps}
+    servers = {}  # (key, server) -> (addr, pid)
+    for key, server, _ in runs:
+        if (key, server) in servers:
+            continue
+        if server.startswith("host"):
+            extra = {"host-reuse": ["--instance-reuse", "128"], "host-copy": COPY_RESET}.get(server, [])
+            p, addr = start([HOST, "serve", paths[key], "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                             "--state-dir", os.path.join(state_dir, f"{key}-{server}"), *extra],
+                            env={"RUST_LOG": "warn"})
+        else:
+            # wasmtime serve 48 never reuses a WASI 0.2 instance but reuses a
+            # WASI 0.3 one by default (128 requests, 16 at once); a count of
+            # 1 makes every request fresh whatever the world.
+            p, addr = start_wasmtime(paths[key], [] if server == "wasmtime-reuse"
+                                     else ["--max-instance-reuse-count", "1"])
+        servers[(key, server)] = (addr, p.pid)
+    # Python and JavaScript compile for seconds each, all at once here.
+    for addr, _ in servers.values():
+        wait_http(f"http://{addr}/", timeout=600)
+    results = {run: [] for run in runs}
+    for r in range(ROUNDS):
+        for key, server, c in runs:
+            addr, pid = servers[(key, server)]
+            res = wrk(addr, c, pid)
+            log(f"round {r + 1} {key} c={c} {server}: {res['rps']:.0f} req/s p50 {res['p50']:.3f} ms "
+                f"p99 {res['p99']:.3f} ms cpu {res['cpu_us']:.1f} us/req")
+            results[(key, server, c)].append(res)
+    for p in list(procs):
+        stop(p)
+        procs.remove(p)
+    table = {}
+    for run, rs in results.items():
+        table[run] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+        table[run]["errors"] = sum(r["errors"] for r in rs)
+    return runs, table
+
+
+def foreign_cold(state_dir, comps):
+    """Our host, one per component: deploy -> first 200 (compile), then
+    SIGTERM, start again on the same state dir -> first 200 (from the
+    precompiled cache). {key: (deploy ms, restart ms)}"""
+    out = {}
+    for key, _, path, _ in comps:
+        serve = [HOST, "serve", "--no-default-app", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                 "--state-dir", os.path.join(state_dir, key)]
+        with open(path, "rb") as f:
+            wasm = f.read()
+        p, addr = start(serve, env={"RUST_LOG": "warn"})
+        t0 = time.perf_counter()
+        deploy_api(p.admin, key, wasm, {"route": "/", "host": f"{key}.bench"})
+        wait_http(f"http://{addr}/", timeout=300, host=f"{key}.bench")
+        deploy_ms = (time.perf_counter() - t0) * 1000
+        stop(p)
+        procs.remove(p)
+        t0 = time.perf_counter()
+        p, addr = start(serve, env={"RUST_LOG": "warn"})
+        wait_http(f"http://{addr}/", timeout=300, host=f"{key}.bench")
+        out[key] = deploy_ms, (time.perf_counter() - t0) * 1000
+        stop(p)
+        procs.remove(p)
+    return out
+
+
+def foreign_memory(state_dir, path):
+    """RSS of one host with FOREIGN_APPS Python apps, each answering 200
+    once. They are the same component under FOREIGN_APPS names (one digest,
+    compiled once and shared): a Python compile takes seconds, and what is
+    measured is what each further app costs. The one-app baseline is taken
+    after a restart (code from the cache): just after a compile, RSS still
+    holds the compiler's memory."""
+    serve = [HOST, "serve", "--no-default-app", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+             "--state-dir", state_dir]
+    p, addr = start(serve, env={"RUST_LOG": "warn"})
+    wait_http(f"http://{p.admin}/readyz")
+    out = {"idle": rss_kib(p.pid)}
+    with open(path, "rb") as f:
+        wasm = f.read()
+    t0 = time.perf_counter()
+    deploy_api(p.admin, "py0", wasm, {"route": "/", "host": "py0.bench"})
+    wait_http(f"http://{addr}/", timeout=300, host="py0.bench")
+    out["first_s"] = time.perf_counter() - t0
+    out["compiled"] = rss_kib(p.pid)
+    stop(p)
+    procs.remove(p)
+    p, addr = start(serve, env={"RUST_LOG": "warn"})
+    wait_http(f"http://{addr}/", timeout=300, host="py0.bench")
+    out["one"] = rss_kib(p.pid)
+    t0 = time.perf_counter()
+    for i in range(1, FOREIGN_APPS):
+        deploy_api(p.admin, f"py{i}", wasm, {"route": "/", "host": f"py{i}.bench"})
+    out["rest_s"] = time.perf_counter() - t0
+    answered = 0
+    for i in range(FOREIGN_APPS):
+        try:
+            req = urllib.request.Request(f"http://{addr}/", headers={"Host": f"py{i}.bench"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                answered += r.status == 200
+        except Exception:
+            pass
+    out["answered"] = answered
+    out["many"] = rss_kib(p.pid)
+    stop(p)
+    procs.remove(p)
+    return out
+
+
+def foreign(state_dir):
+    comps = foreign_components()
+    runs, table = foreign_throughput(os.path.join(state_dir, "tp"), comps)
+    cold = foreign_cold(os.path.join(state_dir, "cold"), comps)
+    python = [path for key, _, path, _ in comps if key == "python"]
+    mem = foreign_memory(os.path.join(state_dir, "mem"), python[0]) if python else None
+    return {"comps": comps, "runs": runs, "table": table, "cold": cold, "mem": mem}
+
+
+def foreign_report(w, f):
+    """The `Components from other toolchains` section, through `w`."""
+    w("## Components from other toolchains\n")
+    if not f["comps"]:
+        w("None built (`make build-guests`).\n")
+        return
+    labels = {key: label for key, label, _, _ in f["comps"]}
+    built = "; ".join(f"{label}: {how}, {os.path.getsize(path) / 2**20:.1f} MiB"
+                      for _, label, path, how in f["comps"])
+    w(f"Built by `make build-guests` ({built}). Each answers `GET /` with one line of text. Each is served by "
+      f"our host and by `wasmtime serve -Scli` 48.0.8 in the same run: wrk -t1, {DURATION} s per run, servers "
+      f"interleaved, median of {ROUNDS} rounds. Fresh = a new instance per request (our default; wasmtime serve "
+      "with `--max-instance-reuse-count 1`); reuse = our `--instance-reuse 128` against wasmtime serve's "
+      "defaults, which reuse a WASI 0.3 instance. CPU = the server process's user+system time per request.\n")
+    w("| component | mode | server | c | req/s | p50 ms | p99 ms | CPU µs/req | vs wasmtime |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    table = f["table"]
+    for key, server, c in f["runs"]:
+        r = table[(key, server, c)]
+        mode, name = FOREIGN_SERVERS[server]
+        base = (key, {"host": "wasmtime", "host-copy": "wasmtime", "host-reuse": "wasmtime-reuse"}.get(server, server), c)
+        vs_wt = f"{r['rps'] / table[base]['rps']:.2f}x" if base in table else "n/a"
+        w(f"| {labels[key]} | {mode} | {name} | {c} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
+          f"{r['cpu_us']:.1f} | {vs_wt} |")
+    errors = [f"{labels[key]} {server} c={c}: {table[(key, server, c)]['errors']}"
+              for key, server, c in f["runs"] if table[(key, server, c)]["errors"]]
+    w(f"\nNon-2xx responses: {'; '.join(errors) if errors else 'none'}.\n")
+    w("Our host only, a fresh state directory per component:\n")
+    w("| component | size | deploy → first 200 (compile) | restart (SIGTERM, same state dir) → first 200 (cache) |")
+    w("|---|---|---|---|")
+    for key, label, path, _ in f["comps"]:
+        deploy_ms, restart_ms = f["cold"][key]
+        w(f"| {label} | {os.path.getsize(path) / 2**20:.1f} MiB | {deploy_ms:.0f} ms | {restart_ms:.0f} ms |")
+    m = f["mem"]
+    if m:
+        per_app = (m["many"] - m["one"]) / max(FOREIGN_APPS - 1, 1)
+        w(f"\nRSS with {FOREIGN_APPS} Python apps on one host: {m['many'] / 1024:.1f} MiB ({m['answered']} of "
+          f"{FOREIGN_APPS} answered 200 once). With one app (restarted, its code from the cache, answered once): "
+          f"{m['one'] / 1024:.1f} MiB, so {per_app:.0f} KiB per further app; idle with no app: "
+          f"{m['idle'] / 1024:.1f} MiB; just after compiling the first: {m['compiled'] / 1024:.1f} MiB. Deploying "
+          f"the first took {m['first_s']:.1f} s (compile), the other {FOREIGN_APPS - 1} {m['rest_s']:.1f} s. The "
+          f"{FOREIGN_APPS} are the same component under as many names (one digest, compiled once and shared; a "
+          "Python compile takes seconds here): this is the memory each further app costs, not that of as many "
+          "distinct Python programs.")
+    w("")
+
+
+def selected(section):
+    return not ONLY or section in ONLY
+
+
 def main():
-    command = "make bench" + "".join(f" {k}={os.environ[k]}" for k in ("ROUNDS", "DURATION", "APPS") if k in os.environ)
+    unknown = [x for x in ONLY if x not in SECTIONS]
+    if unknown:
+        sys.exit(f"BENCH_ONLY: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    command = "make bench" + "".join(f" {k}={os.environ[k]}" for k in
+                                     ("ROUNDS", "DURATION", "APPS", "FOREIGN_APPS", "BENCH_ONLY") if k in os.environ)
     ensure_tools()
-    build()
-    micro = microbench()
+    if NO_BUILD:
+        for path in (HOST, NATIVE, GUEST, BIG_GUEST):
+            if not os.path.exists(path):
+                log(f"NOTE: NO_BUILD=1 and {path} is missing: the sections that use it will fail")
+    else:
+        build()
+    micro = microbench() if selected("micro") else None
     with tempfile.TemporaryDirectory(prefix="host-bench-") as tmp:
-        servers, table = throughput(os.path.join(tmp, "tp"))
-        cold = cold_start(os.path.join(tmp, "cold"))
-        idle, many, answered, deploy_s = memory(os.path.join(tmp, "mem"))
-        echo = echo_throughput(tmp)
+        servers, table = throughput(os.path.join(tmp, "tp")) if selected("throughput") else (None, None)
+        cold = cold_start(os.path.join(tmp, "cold")) if selected("cold") else None
+        mem = memory(os.path.join(tmp, "mem")) if selected("memory") else None
+        echo = echo_throughput(tmp) if selected("echo") else None
+        other = foreign(os.path.join(tmp, "foreign")) if selected("foreign") else None
 
     # Each server is compared with wasmtime serve in the same mode.
     baseline = {"host": "wasmtime", "host-reuse": "wasmtime-reuse", "wasmtime-reuse": "wasmtime-reuse"}
@@ -358,47 +606,61 @@ def main():
     w = lines.append
     w("# Benchmarks\n")
     w(f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}; machine: {machine()}.")
-    w(f"wrk -t1, {DURATION} s per run, concurrency {', '.join(map(str, CONCURRENCY))}, servers interleaved, "
-      f"median of {ROUNDS} rounds. Hello = `GET /` answering 14 bytes. Host runs with `RUST_LOG=warn` "
-      "(no per-request access log); `host` is a fresh instance per request, `host-reuse` runs with "
-      "`--instance-reuse 128`. No server has `RUST_BACKTRACE` set. CPU = the server process's user+system "
-      "time per request (wrk runs on the same 2 cores).\n")
-    w("## Throughput and latency\n")
-    w("| concurrency | server | req/s | p50 ms | p99 ms | non-2xx | CPU µs/req | vs native | vs wasmtime (same mode) |")
-    w("|---|---|---|---|---|---|---|---|---|")
-    for c in CONCURRENCY:
-        for s in servers:
-            r = table[(s, c)]
-            vs_native = r["rps"] / table[("native", c)]["rps"]
-            base = baseline.get(s, "wasmtime")
-            vs_wt = f"{r['rps'] / table[(base, c)]['rps']:.2f}x" if (base, c) in table else "n/a"
-            w(f"| {c} | {s} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['errors']} | "
-              f"{r['cpu_us']:.1f} | {vs_native:.1%} | {vs_wt} |")
-    w("")
-    w("## Per request, in process (criterion)\n")
-    w("`cargo bench -p host --bench per_request`: one request through `Deployment::handle`, body read "
-      "to the end, no sockets.\n")
-    for name, (value, unit) in micro.items():
-        w(f"- {name.replace('_', ' ')}: {value} {unit}")
-    w("")
-    w("## Cold start\n")
-    w("| what | component size | time |")
-    w("|---|---|---|")
-    w(f"| deploy the hello guest → first 200 (compile) | {cold['hello'][1] / 1024:.0f} KiB | {cold['hello'][0]:.0f} ms |")
-    w(f"| deploy the large guest → first 200 (compile) | {cold['large'][1] / 2**20:.1f} MiB | {cold['large'][0]:.0f} ms |")
-    w(f"| restart with {RESTART_APPS} deployed apps (distinct code) → ready | | {cold['ready']:.0f} ms |")
-    w(f"| restart with {RESTART_APPS} deployed apps → every one answered 200 | | {cold['all']:.0f} ms |")
-    w(f"\n(Deploying the other {RESTART_APPS - 2} apps took {cold['deploy_many']:.1f} s, each compiled.)\n")
-    w("## Memory\n")
-    w(f"- idle RSS, default guest: {idle / 1024:.1f} MiB")
-    w(f"- RSS with {APPS} deployed hello apps: {many / 1024:.1f} MiB; {answered} of {APPS} answered; deploying them took {deploy_s:.1f} s")
-    w("")
-    w("## 64 MiB streamed echo\n")
-    w(f"- native: {echo['native']:.0f} MiB/s; host: {echo['host']:.0f} MiB/s ({echo['host'] / echo['native']:.0%} of native)")
-    w("")
+    if table:
+        w(f"wrk -t1, {DURATION} s per run, concurrency {', '.join(map(str, CONCURRENCY))}, servers interleaved, "
+          f"median of {ROUNDS} rounds. Hello = `GET /` answering 14 bytes. Host runs with `RUST_LOG=warn` "
+          "(no per-request access log); `host` is a fresh instance per request, `host-reuse` runs with "
+          "`--instance-reuse 128`. No server has `RUST_BACKTRACE` set. CPU = the server process's user+system "
+          "time per request (wrk runs on the same 2 cores).\n")
+    else:
+        w("Host runs with `RUST_LOG=warn`; no server has `RUST_BACKTRACE` set; wrk runs on the same cores.\n")
+    if table:
+        w("## Throughput and latency\n")
+        w("| concurrency | server | req/s | p50 ms | p99 ms | non-2xx | CPU µs/req | vs native | vs wasmtime (same mode) |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        for c in CONCURRENCY:
+            for s in servers:
+                r = table[(s, c)]
+                vs_native = r["rps"] / table[("native", c)]["rps"]
+                base = baseline.get(s, "wasmtime")
+                vs_wt = f"{r['rps'] / table[(base, c)]['rps']:.2f}x" if (base, c) in table else "n/a"
+                w(f"| {c} | {s} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['errors']} | "
+                  f"{r['cpu_us']:.1f} | {vs_native:.1%} | {vs_wt} |")
+        w("")
+    if micro is not None:
+        w("## Per request, in process (criterion)\n")
+        w("`cargo bench -p host --bench per_request`: one request through `Deployment::handle`, body read "
+          "to the end, no sockets.\n")
+        for name, (value, unit) in micro.items():
+            w(f"- {name.replace('_', ' ')}: {value} {unit}")
+        w("")
+    if cold:
+        w("## Cold start\n")
+        w("| what | component size | time |")
+        w("|---|---|---|")
+        w(f"| deploy the hello guest → first 200 (compile) | {cold['hello'][1] / 1024:.0f} KiB | {cold['hello'][0]:.0f} ms |")
+        w(f"| deploy the large guest → first 200 (compile) | {cold['large'][1] / 2**20:.1f} MiB | {cold['large'][0]:.0f} ms |")
+        w(f"| restart with {RESTART_APPS} deployed apps (distinct code) → ready | | {cold['ready']:.0f} ms |")
+        w(f"| restart with {RESTART_APPS} deployed apps → every one answered 200 | | {cold['all']:.0f} ms |")
+        w(f"\n(Deploying the other {RESTART_APPS - 2} apps took {cold['deploy_many']:.1f} s, each compiled.)\n")
+    if mem:
+        idle, many, answered, deploy_s = mem
+        w("## Memory\n")
+        w(f"- idle RSS, default guest: {idle / 1024:.1f} MiB")
+        w(f"- RSS with {APPS} deployed hello apps: {many / 1024:.1f} MiB; {answered} of {APPS} answered; deploying them took {deploy_s:.1f} s")
+        w("")
+    if echo:
+        w("## 64 MiB streamed echo\n")
+        w(f"- native: {echo['native']:.0f} MiB/s; host: {echo['host']:.0f} MiB/s ({echo['host'] / echo['native']:.0%} of native)")
+        w("")
+    if other:
+        foreign_report(w, other)
     report = "\n".join(lines)
     print(report)
-    write_report(os.path.join(ROOT, "BENCHMARKS.md"), report)
+    if ONLY:
+        log(f"BENCH_ONLY={','.join(ONLY)}: a partial run, so BENCHMARKS.md is left as it is (the report is above)")
+    else:
+        write_report(os.path.join(ROOT, "BENCHMARKS.md"), report)
 
 
 BEGIN, END = "<!-- bench:begin (written by make bench) -->", "<!-- bench:end -->"

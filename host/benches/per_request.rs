@@ -34,6 +34,8 @@ fn deployment(limits: Limits) -> Deployment {
         max_concurrent: limits.max_concurrent,
         max_memory_bytes: limits.memory_bytes,
         shape: host::engine::PoolShape::DEFAULT,
+        keep_resident_bytes: 4 << 20,
+        reset: host::engine::MemoryReset::Scan,
     };
     let world = host::component::World::Http02;
     let engine = host::engine::build(&spec, world).expect("engine");

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::engine::PoolShape;
+use crate::engine::{MemoryReset, PoolShape};
 
 /// Serve HTTP by running WebAssembly components: every request runs in a
 /// fresh, sandboxed instance of the component. The same binary is the
@@ -105,6 +105,19 @@ pub struct ServeArgs {
     /// pooled memory slot. Deploys asking for more are refused (400).
     #[arg(long, env = "HOST_MAX_APP_MEMORY_MIB", default_value_t = 4096)]
     pub max_app_memory_mib: u64,
+
+    /// MiB of each pooled linear memory that stays resident when its
+    /// instance ends (reset in place, see --memory-reset), so the next
+    /// instance in the slot does not fault it in again.
+    #[arg(long, env = "HOST_MEMORY_KEEP_RESIDENT_MIB", default_value_t = 4)]
+    pub memory_keep_resident_mib: u32,
+
+    /// How a memory slot is reset for its next instance: `scan` copies back
+    /// only the pages an instance dirtied (best for compiled guests), `copy`
+    /// copies all of --memory-keep-resident-mib back (best for interpreters
+    /// such as componentize-py, whose dirty pages are scattered).
+    #[arg(long, env = "HOST_MEMORY_RESET", value_enum, default_value_t = MemoryReset::Scan)]
+    pub memory_reset: MemoryReset,
 
     /// Core module instances one component may contain (componentize-py
     /// makes 14). A component with more is refused at deploy (422).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::cli::ServeArgs;
-use crate::engine::PoolShape;
+use crate::engine::{MemoryReset, PoolShape};
 use crate::limits::{Limits, MAX_INSTANCE_REUSE};
 use crate::router::FrontConfig;
 use crate::secrets::SecretPolicy;
@@ -61,6 +61,10 @@ pub struct Config {
     pub memory_budget_bytes: u64,
     /// What one component may contain (the pooling allocator's shape).
     pub pool: PoolShape,
+    /// Bytes of each memory slot kept resident between instances.
+    pub keep_resident_bytes: usize,
+    /// How memory slots are reset between instances.
+    pub memory_reset: MemoryReset,
     pub secrets: SecretPolicy,
     pub front: FrontConfig,
     pub drain_timeout: Duration,
@@ -131,6 +135,11 @@ impl Config {
             1..=MAX_MEMORY_MIB,
         )?;
         let memory_mib = in_range("memory-mib", args.memory_mib, 1..=max_app_memory_mib)?;
+        let keep_resident_mib = in_range(
+            "memory-keep-resident-mib",
+            args.memory_keep_resident_mib,
+            0..=1024,
+        )?;
         let pool = PoolShape {
             core_instances: in_range(
                 "max-core-instances-per-component",
@@ -315,6 +324,8 @@ impl Config {
             },
             memory_budget_bytes: memory_budget_mib << 20,
             pool,
+            keep_resident_bytes: (keep_resident_mib as usize) << 20,
+            memory_reset: args.memory_reset,
             secrets,
             front: FrontConfig {
                 max_concurrent,

@@ -35,17 +35,9 @@ const TYPICAL_CORE_INSTANCES: u32 = 8;
 const TYPICAL_TABLES: u32 = 4;
 const TYPICAL_MEMORIES: u32 = 2;
 
-/// Bytes of each linear memory slot kept resident when an instance is
-/// dropped. With `PAGEMAP_SCAN` (Linux 6.7+) only the pages the instance
-/// actually dirtied are copied back from the image; nothing is `madvise`d, so
-/// the next instance in the slot takes no page faults and the host no TLB
-/// shootdowns. Pages past this are decommitted as usual. Without the ioctl
-/// wasmtime would `memset` the lowest bytes whether touched or not (a Rust
-/// guest's stack sits there, mostly untouched), so then nothing is kept.
-const MEMORY_KEEP_RESIDENT: usize = 4 << 20;
 /// The same for tables (function references: small).
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
-/// Decommits (of memory past [`MEMORY_KEEP_RESIDENT`]) are batched so that
+/// Decommits (of memory past [`EngineSpec::keep_resident_bytes`]) are batched so that
 /// many slots share one TLB flush.
 const DECOMMIT_BATCH: usize = 16;
 
@@ -91,6 +83,36 @@ pub struct EngineSpec {
     /// limiter's).
     pub max_memory_bytes: u64,
     pub shape: PoolShape,
+    /// How a memory slot is reset between instances.
+    pub reset: MemoryReset,
+    /// `--memory-keep-resident-mib`, in bytes: how much of each linear
+    /// memory slot stays resident when its instance is dropped (reset in
+    /// place, see [`MemoryReset`]); past it pages are decommitted
+    /// (`madvise`), and the next instance in the slot faults them in again:
+    /// a copy-on-write fault from the memory image, which flushes the TLB
+    /// of every core running the host.
+    pub keep_resident_bytes: usize,
+}
+
+/// How the pooling allocator resets a linear memory slot for its next
+/// instance (`--memory-reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryReset {
+    /// With `PAGEMAP_SCAN` (Linux 6.7+), copy back from the image only the
+    /// pages the instance dirtied, up to the kept size; nothing is
+    /// `madvise`d. The right choice for compiled guests (Rust, Go, C),
+    /// which dirty a few contiguous pages. wasmtime tracks at most 32 dirty
+    /// regions per reset, and past the last one it decommits: an
+    /// interpreter (CPython, SpiderMonkey) dirties pages all over its heap,
+    /// so most of its memory is faulted in again on every request. Without
+    /// the ioctl nothing is kept (see `copy`).
+    Scan,
+    /// Copy the whole kept size back from the image on every reset,
+    /// touched or not: constant work per request (about 0.1 ms per MiB),
+    /// no faults. For hosts that serve interpreters (componentize-py,
+    /// componentize-js) with a fresh instance per request: size
+    /// `--memory-keep-resident-mib` to their initial memory.
+    Copy,
 }
 
 /// Build an engine: pooling allocator sized for `max_concurrent` running
@@ -100,9 +122,16 @@ pub fn build(spec: &EngineSpec, world: World) -> Result<Engine> {
     let slots = spec.max_concurrent + MAX_IDLE_INSTANCES;
     let shape = &spec.shape;
     let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
-    let keep_resident = if pagemap { MEMORY_KEEP_RESIDENT } else { 0 };
+    // Without the ioctl, `scan` would copy the kept size whether touched or
+    // not (a Rust guest's stack sits there, mostly untouched): keep nothing.
+    let (scan, keep_resident) = match spec.reset {
+        MemoryReset::Scan if pagemap => (Enabled::Yes, spec.keep_resident_bytes),
+        MemoryReset::Scan => (Enabled::No, 0),
+        MemoryReset::Copy => (Enabled::No, spec.keep_resident_bytes),
+    };
     tracing::debug!(
         pagemap_scan = pagemap,
+        reset = ?spec.reset,
         keep_resident,
         ?world,
         "pooling allocator: memory reset mode"
@@ -121,7 +150,7 @@ pub fn build(spec: &EngineSpec, world: World) -> Result<Engine> {
         .table_elements(shape.table_elements)
         .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(TABLE_KEEP_RESIDENT)
-        .pagemap_scan(Enabled::Auto)
+        .pagemap_scan(scan)
         .decommit_batch_size(DECOMMIT_BATCH);
 
     let asynchronous = world == World::Http03;

@@ -174,6 +174,8 @@ pub async fn serve(config: Config) -> Result<()> {
         max_concurrent: config.ceilings.max_concurrent,
         max_memory_bytes: config.ceilings.memory_mib << 20,
         shape: config.pool,
+        keep_resident_bytes: config.keep_resident_bytes,
+        reset: config.memory_reset,
     })?;
     let _ticker = EpochTicker::start(&engines)?;
 

@@ -10,7 +10,18 @@ use crate::harness::{Host, assert_schema, client, guest, wasm};
 
 #[tokio::test]
 async fn counter_answers_one_every_time() {
-    let host = Host::start(&guest("counter-guest"), &[]);
+    counter_answers_one(&[]).await;
+}
+
+/// The other way to reset a memory slot (copy the kept part back from the
+/// image whole, for interpreters) isolates requests just the same.
+#[tokio::test]
+async fn counter_answers_one_every_time_with_copy_reset() {
+    counter_answers_one(&["--memory-reset", "copy", "--memory-keep-resident-mib", "16"]).await;
+}
+
+async fn counter_answers_one(args: &[&str]) {
+    let host = Host::start(&guest("counter-guest"), args);
     let http = client();
     for _ in 0..20 {
         let body = http
