@@ -63,6 +63,7 @@ $(COMPONENTIZE_PY): guests/python/requirements.txt | $(TOOLS)/bin/pip
 	touch $@
 
 $(COMPONENTIZE_JS): guests/javascript/package.json guests/javascript/package-lock.json
+	@command -v npm >/dev/null || { echo "the JavaScript test app needs Node.js 20 or later with npm"; exit 1; }
 	mkdir -p $(TOOLS)/js
 	cp guests/javascript/package.json guests/javascript/package-lock.json $(TOOLS)/js/
 	cd $(TOOLS)/js && npm ci --no-audit --no-fund --loglevel=error

@@ -133,7 +133,7 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {
     Component::new(engine, bytes).map_err(|err| {
         let err = anyhow::Error::from(err);
         match pool_misfit(&err) {
-            Some(message) => anyhow!(message),
+            Some(message) => err.context(message),
             None => err.context("failed to compile component"),
         }
     })
@@ -242,7 +242,7 @@ pub fn pool_misfit(err: &anyhow::Error) -> Option<String> {
         ),
         (
             "instance allocation for this component requires ",
-            "bytes of host-side instance state",
+            "KiB of host-side instance state",
             "--max-component-instance-kib",
             1024,
         ),
@@ -294,7 +294,8 @@ pub fn pool_misfit(err: &anyhow::Error) -> Option<String> {
         let mib = needed.div_ceil(1 << 20);
         return Some(format!(
             "the component's memory starts at {mib} MiB, more than an instance may grow to on \
-             this host: raise --max-app-memory-mib to at least {mib}"
+             this host: raise --max-app-memory-mib to at least {mib} (and --memory-budget-mib, \
+             if an app's share of it is lower)"
         ));
     }
     None

@@ -263,6 +263,18 @@ impl Config {
              budget ({app_budget_mib} MiB, three quarters of --memory-budget-mib {memory_budget_mib}): lower \
              --memory-mib or raise --memory-budget-mib"
         );
+        // Both engines' memory pools must fit the address space, or the
+        // first WASI 0.3 deploy would fail long after startup.
+        let slot_mib = max_app_memory_mib.min(app_budget_mib - reserve_mib);
+        let reserved = crate::engine::pool_reservation(max_concurrent, slot_mib << 20);
+        ensure!(
+            2 * reserved <= crate::engine::ADDRESS_SPACE_BUDGET,
+            "--max-concurrent {max_concurrent} instances with memories of up to {slot_mib} MiB \
+             reserve {} TiB of address space per engine, and the WASI 0.2 and 0.3 engines \
+             together may reserve at most {} TiB: lower --max-concurrent or --max-app-memory-mib",
+            reserved >> 40,
+            crate::engine::ADDRESS_SPACE_BUDGET >> 40
+        );
         let tls = match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => {
                 ensure!(
@@ -319,7 +331,7 @@ impl Config {
             ceilings: Ceilings {
                 // An app may not ask for more than one slot holds, nor more
                 // than its share of the budget: neither could ever be applied.
-                memory_mib: max_app_memory_mib.min(app_budget_mib - reserve_mib),
+                memory_mib: slot_mib,
                 max_concurrent,
             },
             memory_budget_bytes: memory_budget_mib << 20,

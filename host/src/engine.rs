@@ -115,6 +115,23 @@ pub enum MemoryReset {
     Copy,
 }
 
+/// Guard pages wasmtime reserves after each linear memory slot (its default
+/// `memory_guard_size` on 64-bit hosts).
+const MEMORY_GUARD_BYTES: u64 = 32 << 20;
+/// Address space the host lets its engines' memory pools reserve: both
+/// engines (WASI 0.2 and 0.3) within three quarters of the 128 TiB a
+/// process has on x86-64 and aarch64 Linux, the rest for everything else.
+pub const ADDRESS_SPACE_BUDGET: u64 = 96 << 40;
+
+/// Virtual address space one engine's memory pool reserves up front for
+/// `max_concurrent` instances (plus the idle ones) whose memories may grow
+/// to `max_memory_bytes`.
+pub fn pool_reservation(max_concurrent: u32, max_memory_bytes: u64) -> u64 {
+    u64::from(max_concurrent + MAX_IDLE_INSTANCES)
+        * u64::from(TYPICAL_MEMORIES)
+        * (max_memory_bytes + MEMORY_GUARD_BYTES)
+}
+
 /// Build an engine: pooling allocator sized for `max_concurrent` running
 /// instances plus the idle ones kept for reuse, epoch interruption on, and
 /// the component-model async machinery only for `world`s that need it.

@@ -453,7 +453,7 @@ impl Deployment {
                 served,
                 ..
             }) => {
-                store.data_mut().begin(&ctx.id, deadline);
+                begin(&mut store, ctx, deadline);
                 (store, Some(proxy), served)
             }
             // (A version's pool only holds instances of its own world.)
@@ -538,9 +538,7 @@ impl Deployment {
             failure.log(&self.app, &self.version);
             return Err(failure);
         };
-        // Past each epoch tick a busy guest yields to other tasks; past the
-        // deadline it traps with `Trap::Interrupt`.
-        store.set_epoch_deadline(1);
+        arm_epoch(&mut store);
         Ok(store)
     }
 
@@ -592,6 +590,19 @@ impl Deployment {
             failure
         })
     }
+}
+
+/// Past each epoch tick a busy guest yields to other tasks; past the
+/// deadline it traps with `Trap::Interrupt`.
+fn arm_epoch(store: &mut Store<HostState>) {
+    store.set_epoch_deadline(1);
+}
+
+/// Start another request on a reused instance: its request id and deadline,
+/// the epoch armed again.
+pub(crate) fn begin(store: &mut Store<HostState>, ctx: &RequestContext, deadline: Instant) {
+    store.data_mut().begin(&ctx.id, deadline);
+    arm_epoch(store);
 }
 
 /// Forget, `every` so often, the clients of a per-client rate limiter whose

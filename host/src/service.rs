@@ -12,12 +12,16 @@
 //! Apps that opt into instance reuse get it here too, one request after
 //! another per instance (like 0.2; not several at once).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use wasmtime::component::Accessor;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -25,7 +29,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
-use crate::invoke::{Deployment, Failure, GuestFuture, Instance, RequestContext, Warm};
+use crate::invoke::{Deployment, Failure, GuestFuture, Instance, RequestContext, Warm, begin};
 use crate::limits::LimitedBody;
 use crate::metrics::metrics;
 use crate::state::HostState;
@@ -54,7 +58,7 @@ impl Deployment {
                 served,
                 ..
             }) => {
-                store.data_mut().begin(&ctx.id, deadline);
+                begin(&mut store, ctx, deadline);
                 (store, Some(service), served)
             }
             // (A version's pool only holds instances of its own world.)
@@ -81,7 +85,9 @@ impl Deployment {
                     }
                 };
                 store
-                    .run_concurrent(async |access| serve(access, &service, request, sender).await)
+                    .run_concurrent(async |access| {
+                        serve(access, &service, request, sender, deadline).await
+                    })
                     .await?
                     .map(|()| service)
             })
@@ -92,10 +98,16 @@ impl Deployment {
             let result = match called {
                 Ok(Ok(service)) => {
                     // Sequential reuse, as for WASI 0.2: only an instance
-                    // that finished cleanly and holds nothing of the request.
+                    // that finished cleanly and holds nothing of the request:
+                    // no host resource, and no stream or future (a guest
+                    // could keep its response body's writer in a global and
+                    // write into an earlier client's response later).
                     if let Some(pool) = warm_pool
                         && served + 1 < pool.max_served
                         && store.data().table.is_empty()
+                        && store
+                            .concurrent_resource_table()
+                            .is_none_or(|table| table.is_empty())
                     {
                         pool.put(Warm {
                             store,
@@ -125,6 +137,7 @@ async fn serve<B>(
     service: &Service,
     request: Request<B>,
     answer: oneshot::Sender<Answer>,
+    deadline: Instant,
 ) -> wasmtime::Result<()>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -137,7 +150,9 @@ where
     match service.handle(access, request).await? {
         Ok(response) => {
             let response = access.with(|mut store| response.into_http(&mut store, request_io))?;
-            let _ = answer.send(Ok(response));
+            let _ = answer.send(Ok(
+                response.map(|body| DeadlineBody::new(body, deadline).boxed_unsync())
+            ));
         }
         Err(code) => {
             let _ = answer.send(Err(code));
@@ -173,4 +188,59 @@ fn absolute<B>(mut request: Request<B>, scheme: &Scheme) -> wasmtime::Result<Req
         .build()
         .map_err(|err| wasmtime::format_err!("the request's URI cannot be made absolute: {err}"))?;
     Ok(request)
+}
+
+/// A WASI 0.3 response body that ends at the request's deadline. A 0.3
+/// guest can answer with a body that is not its own (an outbound
+/// response's, passed through) and that the host streams without the
+/// guest: the instance's deadline would not stop it, this does. Cut off at
+/// the deadline, the response is incomplete, as a 0.2 guest's would be.
+struct DeadlineBody {
+    inner: HyperOutgoingBody,
+    deadline: Instant,
+    /// Armed the first time the body has nothing to give.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: HyperOutgoingBody, deadline: Instant) -> DeadlineBody {
+        DeadlineBody {
+            inner,
+            deadline,
+            timer: None,
+        }
+    }
+}
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpResponseIncomplete)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -184,6 +184,41 @@ async fn wasi_0_3_guests_keep_the_deadline_and_the_memory_cap() {
         .await;
 }
 
+/// A WASI 0.3 guest that answers and then streams forever (from a task it
+/// spawned) is stopped at its deadline: the response is cut off, the
+/// instance dropped and counted as a timeout.
+#[tokio::test]
+async fn a_wasi_0_3_guest_streaming_forever_is_cut_off_at_its_deadline() {
+    let host = Host::bare(&["--timeout-ms", "1000"]);
+    let (status, body) = host
+        .deploy("p3", wasm("p3-guest"), json!({"route": "/"}), None)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let started = Instant::now();
+    let response = client().get(host.url("/drip")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "it answered before its deadline");
+    let mut ticks = 0;
+    let mut body = response.bytes_stream();
+    while let Some(Ok(chunk)) = body.next().await {
+        ticks += chunk.windows(5).filter(|w| w == b"tick\n").count();
+    }
+    assert!(ticks >= 1, "the body streamed before the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the body ended at the deadline, not never"
+    );
+    host.metric_until(
+        "host_guest_failures_total",
+        &[("app", "p3"), ("kind", "timeout")],
+        |v| v == 1.0,
+    )
+    .await;
+    host.metric_until("host_guest_memory_bytes", &[], |v| v == 0.0)
+        .await;
+    let (status, _) = get(&host, "/after").await;
+    assert_eq!(status, 200);
+}
+
 /// A client that goes away before a WASI 0.3 guest answers cancels it: the
 /// instance is dropped at once (its slot and memory come back), long
 /// before its deadline.

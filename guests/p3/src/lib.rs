@@ -6,6 +6,7 @@
 //!   GET  /spin     -> burns CPU forever (the deadline must stop it)
 //!   GET  /sleep?ms=N -> waits N ms on wasi:clocks before answering
 //!   GET  /memhog   -> grows memory until the cap traps it
+//!   GET  /drip     -> answers, then streams a line every 100 ms forever
 
 use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response};
 use wasip3::wit_bindgen::StreamResult;
@@ -42,6 +43,23 @@ impl wasip3::exports::http::handler::Guest for App {
                 hog.push(vec![1u8; 1 << 20]);
                 core::hint::black_box(&hog);
             }
+        }
+        if path.starts_with("/drip") {
+            // Answers at once, then streams a line every 100 ms, forever.
+            let (mut body_out, body_rx) = wit_stream::new();
+            let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+            drop(trailers_tx);
+            let (response, _sent) = Response::new(
+                headers("text/plain; charset=utf-8"),
+                Some(body_rx),
+                trailers_rx,
+            );
+            wit_bindgen::spawn_local(async move {
+                while body_out.write_all(b"tick\n".to_vec()).await.is_empty() {
+                    wasip3::clocks::monotonic_clock::wait_for(100_000_000).await;
+                }
+            });
+            return Ok(response);
         }
         if let Some(ms) = path.strip_prefix("/sleep?ms=") {
             let ms: u64 = ms.parse().unwrap_or(0);
