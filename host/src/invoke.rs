@@ -471,10 +471,7 @@ impl Deployment {
             .new_response_outparam(sender)
             .map_err(Failure::Setup)?;
 
-        let warm_pool = self.warm.clone();
-        let (app, version) = (self.app.clone(), self.version.clone());
-        let version_metrics = self.metrics.clone();
-        let guest_micros = ctx.guest_micros.clone();
+        let settle = self.settle(ctx, started, served);
         let guest: GuestFuture = Box::pin(async move {
             let _permits = permits;
             let called = tokio::time::timeout_at(deadline.into(), async {
@@ -492,36 +489,25 @@ impl Deployment {
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
                     .await
-                    .map(|()| proxy)
+                    .map(|()| Instance::P2(proxy))
             })
             .await;
-            let ran = started.elapsed();
-            guest_micros.store(ran.as_micros() as u64, Ordering::Relaxed);
-            version_metrics.guest_time(ran);
-            let result = match called {
-                Ok(Ok(proxy)) => {
-                    if let Some(pool) = warm_pool
-                        && served + 1 < pool.max_served
-                        && store.data().table.is_empty()
-                    {
-                        pool.put(Warm {
-                            store,
-                            instance: Instance::P2(proxy),
-                            served: served + 1,
-                            idle_since: Instant::now(),
-                        });
-                    }
-                    Ok(())
-                }
-                Err(_elapsed) => Err(Failure::Timeout),
-                Ok(Err(err)) => Err(Failure::of(&store, err)),
-            };
-            if let Err(failure) = &result {
-                failure.log(&app, &version);
-            }
-            result
+            settle.ran(store, called)
         });
         self.finish(guest, receiver).await
+    }
+
+    /// What a guest run needs once its call returns (see [`Settle::ran`]).
+    pub(crate) fn settle(&self, ctx: &RequestContext, started: Instant, served: u32) -> Settle {
+        Settle {
+            warm_pool: self.warm.clone(),
+            app: self.app.clone(),
+            version: self.version.clone(),
+            metrics: self.metrics.clone(),
+            guest_micros: ctx.guest_micros.clone(),
+            started,
+            served,
+        }
     }
 
     /// A store for a new instance with its deadline armed; the host-wide
@@ -589,6 +575,60 @@ impl Deployment {
             failure.log(&self.app, &self.version);
             failure
         })
+    }
+}
+
+/// The end of a guest's run, whatever its world: its time is recorded, and
+/// the instance goes back to the version's warm pool (instance reuse) if it
+/// finished cleanly, has served fewer than its limit and holds nothing of
+/// the request: no host resource, and no stream or future (a WASI 0.3
+/// guest could keep its response body's writer in a global and write into
+/// an earlier client's response later). A failure is logged and counted.
+pub(crate) struct Settle {
+    warm_pool: Option<Arc<WarmPool>>,
+    app: Arc<str>,
+    version: Arc<str>,
+    metrics: Arc<VersionMetrics>,
+    guest_micros: Arc<AtomicU64>,
+    started: Instant,
+    served: u32,
+}
+
+impl Settle {
+    pub(crate) fn ran(
+        self,
+        mut store: Store<HostState>,
+        called: Result<wasmtime::Result<Instance>, tokio::time::error::Elapsed>,
+    ) -> Result<(), Failure> {
+        let ran = self.started.elapsed();
+        self.guest_micros
+            .store(ran.as_micros() as u64, Ordering::Relaxed);
+        self.metrics.guest_time(ran);
+        let result = match called {
+            Ok(Ok(instance)) => {
+                if let Some(pool) = self.warm_pool
+                    && self.served + 1 < pool.max_served
+                    && store.data().table.is_empty()
+                    && store
+                        .concurrent_resource_table()
+                        .is_none_or(|table| table.is_empty())
+                {
+                    pool.put(Warm {
+                        store,
+                        instance,
+                        served: self.served + 1,
+                        idle_since: Instant::now(),
+                    });
+                }
+                Ok(())
+            }
+            Err(_elapsed) => Err(Failure::Timeout),
+            Ok(Err(err)) => Err(Failure::of(&store, err)),
+        };
+        if let Err(failure) = &result {
+            failure.log(&self.app, &self.version);
+        }
+        result
     }
 }
 

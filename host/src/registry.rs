@@ -87,9 +87,11 @@ pub struct VersionRecord {
     /// Unix seconds.
     pub deployed_at: u64,
     pub settings: AppSettings,
-    /// The `wasi:http` world the component serves (records from before
-    /// WASI 0.3 support hold WASI 0.2 components).
-    #[serde(default)]
+    /// The `wasi:http` world the component serves. Stored only for WASI
+    /// 0.3, so that records of WASI 0.2 apps stay readable by a host from
+    /// before WASI 0.3 support (a rollback of the binary); records without
+    /// it are WASI 0.2.
+    #[serde(default, skip_serializing_if = "World::is_default")]
     pub world: World,
 }
 
@@ -318,6 +320,20 @@ pub struct VersionView {
     #[serde(flatten)]
     pub record: VersionRecord,
     pub current: bool,
+    /// The world of a WASI 0.2 version, which its record leaves out: the
+    /// API always says which world a version serves.
+    #[serde(rename = "world", skip_serializing_if = "Option::is_none")]
+    default_world: Option<World>,
+}
+
+impl VersionView {
+    fn new(record: VersionRecord, current: bool) -> VersionView {
+        VersionView {
+            default_world: record.world.is_default().then_some(record.world),
+            record,
+            current,
+        }
+    }
 }
 
 /// Settings of the registry that come from the command line.
@@ -393,6 +409,14 @@ impl Compiler {
                 stored = self.state.read_component(digest)?;
                 &stored
             }
+        };
+        // The bytes are the truth when a record says otherwise (edited on disk).
+        let detected = World::of(wasm);
+        let (world, runtime) = if detected == world {
+            (world, runtime)
+        } else {
+            tracing::warn!(digest, recorded = ?world, ?detected, "the record names another world than the component's; serving it as the component's");
+            (detected, self.engines.runtime(detected)?)
         };
         let started = std::time::Instant::now();
         let component = component::compile(&runtime.engine, wasm)?;
@@ -792,10 +816,7 @@ impl Registry {
                 source: "static",
                 current_version: s.version.version.clone(),
                 canary: None,
-                versions: vec![VersionView {
-                    record: s.version.clone(),
-                    current: true,
-                }],
+                versions: vec![VersionView::new(s.version.clone(), true)],
                 failed: None,
             });
         }
@@ -815,10 +836,7 @@ impl Registry {
             versions: r
                 .versions
                 .iter()
-                .map(|v| VersionView {
-                    record: v.clone(),
-                    current: v.version == r.current,
-                })
+                .map(|v| VersionView::new(v.clone(), v.version == r.current))
                 .collect(),
             failed,
         })
@@ -1358,6 +1376,30 @@ mod tests {
 
     fn route() -> Route {
         Route::new("/a", None).unwrap()
+    }
+
+    #[test]
+    fn records_store_only_a_wasi_0_3_world_and_views_always_say_it() {
+        let p2 = version(1);
+        let stored = serde_json::to_value(&p2).unwrap();
+        assert!(
+            stored.get("world").is_none(),
+            "older hosts read it: {stored}"
+        );
+        let view = serde_json::to_string(&VersionView::new(p2, true)).unwrap();
+        assert_eq!(view.matches("\"world\"").count(), 1, "{view}");
+        assert!(view.contains("\"world\":\"wasi:http@0.2\""), "{view}");
+
+        let p3 = VersionRecord {
+            world: World::Http03,
+            ..version(2)
+        };
+        let stored = serde_json::to_string(&p3).unwrap();
+        assert!(stored.contains("\"world\":\"wasi:http@0.3\""), "{stored}");
+        let back: VersionRecord = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, p3);
+        let view = serde_json::to_string(&VersionView::new(p3, false)).unwrap();
+        assert_eq!(view.matches("\"world\"").count(), 1, "{view}");
     }
 
     #[test]

@@ -14,7 +14,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -67,10 +66,7 @@ impl Deployment {
         let request = absolute(request, &ctx.scheme).map_err(Failure::Setup)?;
         let (sender, receiver) = oneshot::channel::<Answer>();
 
-        let warm_pool = self.warm.clone();
-        let (app, version) = (self.app.clone(), self.version.clone());
-        let version_metrics = self.metrics.clone();
-        let guest_micros = ctx.guest_micros.clone();
+        let settle = self.settle(ctx, started, served);
         let guest: GuestFuture = Box::pin(async move {
             let _permits = permits;
             let called = tokio::time::timeout_at(deadline.into(), async {
@@ -89,42 +85,10 @@ impl Deployment {
                         serve(access, &service, request, sender, deadline).await
                     })
                     .await?
-                    .map(|()| service)
+                    .map(|()| Instance::P3(service))
             })
             .await;
-            let ran = started.elapsed();
-            guest_micros.store(ran.as_micros() as u64, Ordering::Relaxed);
-            version_metrics.guest_time(ran);
-            let result = match called {
-                Ok(Ok(service)) => {
-                    // Sequential reuse, as for WASI 0.2: only an instance
-                    // that finished cleanly and holds nothing of the request:
-                    // no host resource, and no stream or future (a guest
-                    // could keep its response body's writer in a global and
-                    // write into an earlier client's response later).
-                    if let Some(pool) = warm_pool
-                        && served + 1 < pool.max_served
-                        && store.data().table.is_empty()
-                        && store
-                            .concurrent_resource_table()
-                            .is_none_or(|table| table.is_empty())
-                    {
-                        pool.put(Warm {
-                            store,
-                            instance: Instance::P3(service),
-                            served: served + 1,
-                            idle_since: Instant::now(),
-                        });
-                    }
-                    Ok(())
-                }
-                Err(_elapsed) => Err(Failure::Timeout),
-                Ok(Err(err)) => Err(Failure::of(&store, err)),
-            };
-            if let Err(failure) = &result {
-                failure.log(&app, &version);
-            }
-            result
+            settle.ran(store, called)
         });
         self.finish(guest, receiver).await
     }
