@@ -168,7 +168,7 @@ fuzz-nightly: $(CARGO_FUZZ)
 # target/bench-tools) when missing. Loopback only; stops what it starts.
 # The Python, JavaScript and WASI 0.3 apps it also measures come from
 # build-guests.
-bench: build-guests
+bench: wasm-target build-guests
 	python3 scripts/bench.py
 
 fmt:
