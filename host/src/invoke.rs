@@ -475,16 +475,7 @@ impl Deployment {
         let guest: GuestFuture = Box::pin(async move {
             let _permits = permits;
             let called = tokio::time::timeout_at(deadline.into(), async {
-                let proxy = match proxy {
-                    Some(proxy) => proxy,
-                    None => {
-                        let proxy = pre.instantiate_async(&mut store).await?;
-                        metrics()
-                            .instantiation
-                            .observe(started.elapsed().as_secs_f64());
-                        proxy
-                    }
-                };
+                let proxy = warm_or_new(proxy, pre.instantiate_async(&mut store), started).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
@@ -575,6 +566,25 @@ impl Deployment {
             failure.log(&self.app, &self.version);
             failure
         })
+    }
+}
+
+/// The warm instance if there is one, else a new one (its instantiation
+/// time recorded).
+pub(crate) async fn warm_or_new<T>(
+    warm: Option<T>,
+    instantiate: impl Future<Output = wasmtime::Result<T>>,
+    started: Instant,
+) -> wasmtime::Result<T> {
+    match warm {
+        Some(instance) => Ok(instance),
+        None => {
+            let instance = instantiate.await?;
+            metrics()
+                .instantiation
+                .observe(started.elapsed().as_secs_f64());
+            Ok(instance)
+        }
     }
 }
 

@@ -28,9 +28,10 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
-use crate::invoke::{Deployment, Failure, GuestFuture, Instance, RequestContext, Warm, begin};
+use crate::invoke::{
+    Deployment, Failure, GuestFuture, Instance, RequestContext, Warm, begin, warm_or_new,
+};
 use crate::limits::LimitedBody;
-use crate::metrics::metrics;
 use crate::state::HostState;
 
 type Answer = Result<Response<HyperOutgoingBody>, ErrorCode>;
@@ -70,16 +71,8 @@ impl Deployment {
         let guest: GuestFuture = Box::pin(async move {
             let _permits = permits;
             let called = tokio::time::timeout_at(deadline.into(), async {
-                let service = match service {
-                    Some(service) => service,
-                    None => {
-                        let service = pre.instantiate_async(&mut store).await?;
-                        metrics()
-                            .instantiation
-                            .observe(started.elapsed().as_secs_f64());
-                        service
-                    }
-                };
+                let service =
+                    warm_or_new(service, pre.instantiate_async(&mut store), started).await?;
                 store
                     .run_concurrent(async |access| {
                         serve(access, &service, request, sender, deadline).await
