@@ -107,11 +107,11 @@ pub enum MemoryReset {
     /// so most of its memory is faulted in again on every request. Without
     /// the ioctl nothing is kept (see `copy`).
     Scan,
-    /// Copy the whole kept size back from the image on every reset,
-    /// touched or not: constant work per request (about 0.1 ms per MiB),
-    /// no faults. For hosts that serve interpreters (componentize-py,
-    /// componentize-js) with a fresh instance per request: size
-    /// `--memory-keep-resident-mib` to their initial memory.
+    /// Copy the whole kept size (or the whole memory, if smaller) back from
+    /// the image on every reset, touched or not: constant work per request
+    /// (tens of µs per MiB), no faults. For hosts that serve interpreters
+    /// such as componentize-py's CPython with a fresh instance per request:
+    /// size `--memory-keep-resident-mib` to their initial memory.
     Copy,
 }
 
