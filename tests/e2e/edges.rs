@@ -414,6 +414,17 @@ fn flags_are_validated_to_sane_ranges_before_binding() {
             "1",
             "--max-guest-resources must be between 16",
         ),
+        (
+            "--max-core-instances-per-component",
+            "0",
+            "--max-core-instances-per-component must be between 1",
+        ),
+        (
+            "--memory-keep-resident-mib",
+            "2048",
+            "--memory-keep-resident-mib must be between 0 and 1024",
+        ),
+        ("--memory-reset", "sometimes", "--memory-reset"),
         ("--secret-env-prefix", "", "--secret-env-prefix"),
         (
             "--secrets-dir",
@@ -426,6 +437,22 @@ fn flags_are_validated_to_sane_ranges_before_binding() {
         assert!(stderr.contains(message), "{flag} {value}: {stderr}");
         assert!(!stderr.contains("panicked"), "{flag} {value}: {stderr}");
     }
+    // Two engines' pools of 10,256 slots of 4 GiB do not fit the address
+    // space: refused at start, not at the first WASI 0.3 deploy.
+    let (status, stderr) = start_failure_with(&[
+        "--max-concurrent",
+        "10000",
+        "--max-app-memory-mib",
+        "4096",
+        "--memory-budget-mib",
+        "1048576",
+    ]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("reserve 80 TiB of address space per engine")
+            && stderr.contains("lower --max-concurrent or --max-app-memory-mib"),
+        "{stderr}"
+    );
     let (status, stderr) =
         start_failure_with(&["--memory-mib", "512", "--memory-budget-mib", "256"]);
     assert!(!status.success());
