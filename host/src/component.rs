@@ -90,13 +90,6 @@ impl Pre {
             Pre::P3(pre) => pre.instance_pre().engine(),
         }
     }
-
-    pub fn world(&self) -> World {
-        match self {
-            Pre::P2(_) => World::Http02,
-            Pre::P3(_) => World::Http03,
-        }
-    }
 }
 
 /// The linker every component of `world` is instantiated against: the WASI

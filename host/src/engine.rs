@@ -245,14 +245,6 @@ impl Engines {
         }
     }
 
-    /// The runtime for `world` if it exists already.
-    pub fn existing(&self, world: World) -> Option<&Runtime> {
-        match world {
-            World::Http02 => Some(&self.p2),
-            World::Http03 => self.p3.get(),
-        }
-    }
-
     fn increment_epochs(&self) {
         self.p2.engine.increment_epoch();
         if let Some(p3) = self.p3.get() {

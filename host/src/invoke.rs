@@ -114,7 +114,7 @@ pub struct Deployment {
     rate: Option<DefaultDirectRateLimiter>,
     client_rate: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
     /// Idle instances, when the app opted into instance reuse.
-    pub(crate) warm: Option<Arc<WarmPool>>,
+    warm: Option<Arc<WarmPool>>,
     pub metrics: Arc<VersionMetrics>,
     /// The app name and version as response header values.
     pub header_values: Option<(HeaderValue, HeaderValue)>,
@@ -143,19 +143,19 @@ pub(crate) enum Instance {
 }
 
 /// An instance that answered cleanly and may answer again.
-pub(crate) struct Warm {
-    pub store: Store<HostState>,
-    pub instance: Instance,
+struct Warm {
+    store: Store<HostState>,
+    instance: Instance,
     /// Requests it has served.
-    pub served: u32,
-    pub idle_since: Instant,
+    served: u32,
+    idle_since: Instant,
 }
 
 /// One version's idle instances, most recently used last.
-pub(crate) struct WarmPool {
+struct WarmPool {
     idle: Mutex<Vec<Warm>>,
     /// Requests one instance may serve.
-    pub max_served: u32,
+    max_served: u32,
     /// Idle instances kept for this version.
     max_idle: usize,
 }
@@ -176,7 +176,7 @@ impl WarmPool {
         pool
     }
 
-    pub fn take(&self) -> Option<Warm> {
+    fn take(&self) -> Option<Warm> {
         let warm = self.idle.lock().ok()?.pop()?;
         IDLE.fetch_sub(1, Ordering::Relaxed);
         Some(warm)
@@ -184,7 +184,7 @@ impl WarmPool {
 
     /// Keep `warm` for the next request, unless this version or the host
     /// already keeps enough idle instances (then it is dropped).
-    pub fn put(&self, warm: Warm) {
+    fn put(&self, warm: Warm) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
@@ -442,23 +442,12 @@ impl Deployment {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let started = Instant::now();
-        // The timeout is validated (at most an hour), so this cannot overflow.
-        let deadline = started.checked_add(self.limits.timeout).unwrap_or(started);
-        let warm = self.warm.as_ref().and_then(|pool| pool.take());
-        let (mut store, proxy, served) = match warm {
-            Some(Warm {
-                mut store,
-                instance: Instance::P2(proxy),
-                served,
-                ..
-            }) => {
-                begin(&mut store, ctx, deadline);
-                (store, Some(proxy), served)
-            }
-            // (A version's pool only holds instances of its own world.)
-            _ => (self.store_for_request(ctx, deadline)?, None, 0),
-        };
+        let (started, deadline) = self.clock();
+        let (mut store, proxy, served) =
+            self.warm_or_store(ctx, deadline, |instance| match instance {
+                Instance::P2(proxy) => Some(proxy),
+                Instance::P3(_) => None,
+            })?;
 
         let (sender, receiver) = oneshot::channel();
         let http = store.data_mut();
@@ -499,6 +488,40 @@ impl Deployment {
             started,
             served,
         }
+    }
+
+    /// When the request starts, and its deadline.
+    pub(crate) fn clock(&self) -> (Instant, Instant) {
+        let started = Instant::now();
+        // The timeout is validated (at most an hour), so this cannot overflow.
+        (
+            started,
+            started.checked_add(self.limits.timeout).unwrap_or(started),
+        )
+    }
+
+    /// A warm instance (its store begun for this request) when the app
+    /// reuses instances and one is idle, else a store for a new one; with
+    /// the requests the instance has served. `pick` takes the instance of
+    /// this version's world (its pool only holds those).
+    pub(crate) fn warm_or_store<T>(
+        &self,
+        ctx: &RequestContext,
+        deadline: Instant,
+        pick: impl FnOnce(Instance) -> Option<T>,
+    ) -> Result<(Store<HostState>, Option<T>, u32), Failure> {
+        if let Some(Warm {
+            mut store,
+            instance,
+            served,
+            ..
+        }) = self.warm.as_ref().and_then(|pool| pool.take())
+            && let Some(instance) = pick(instance)
+        {
+            begin(&mut store, ctx, deadline);
+            return Ok((store, Some(instance), served));
+        }
+        Ok((self.store_for_request(ctx, deadline)?, None, 0))
     }
 
     /// A store for a new instance with its deadline armed; the host-wide
@@ -650,7 +673,7 @@ fn arm_epoch(store: &mut Store<HostState>) {
 
 /// Start another request on a reused instance: its request id and deadline,
 /// the epoch armed again.
-pub(crate) fn begin(store: &mut Store<HostState>, ctx: &RequestContext, deadline: Instant) {
+fn begin(store: &mut Store<HostState>, ctx: &RequestContext, deadline: Instant) {
     store.data_mut().begin(&ctx.id, deadline);
     arm_epoch(store);
 }

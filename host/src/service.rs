@@ -28,9 +28,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
-use crate::invoke::{
-    Deployment, Failure, GuestFuture, Instance, RequestContext, Warm, begin, warm_or_new,
-};
+use crate::invoke::{Deployment, Failure, GuestFuture, Instance, RequestContext, warm_or_new};
 use crate::limits::LimitedBody;
 use crate::state::HostState;
 
@@ -48,22 +46,12 @@ impl Deployment {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let started = Instant::now();
-        // The timeout is validated (at most an hour), so this cannot overflow.
-        let deadline = started.checked_add(self.limits.timeout).unwrap_or(started);
-        let (mut store, service, served) = match self.warm.as_ref().and_then(|pool| pool.take()) {
-            Some(Warm {
-                mut store,
-                instance: Instance::P3(service),
-                served,
-                ..
-            }) => {
-                begin(&mut store, ctx, deadline);
-                (store, Some(service), served)
-            }
-            // (A version's pool only holds instances of its own world.)
-            _ => (self.store_for_request(ctx, deadline)?, None, 0),
-        };
+        let (started, deadline) = self.clock();
+        let (mut store, service, served) =
+            self.warm_or_store(ctx, deadline, |instance| match instance {
+                Instance::P3(service) => Some(service),
+                Instance::P2(_) => None,
+            })?;
         let request = absolute(request, &ctx.scheme).map_err(Failure::Setup)?;
         let (sender, receiver) = oneshot::channel::<Answer>();
 

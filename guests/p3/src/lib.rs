@@ -23,6 +23,19 @@ fn headers(content_type: &str) -> Fields {
         .expect("valid header")
 }
 
+/// A `text/plain` response without trailers, and the writer of its body.
+fn text_response() -> (Response, wit_bindgen::StreamWriter<u8>) {
+    let (body_out, body_rx) = wit_stream::new();
+    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+    drop(trailers_tx);
+    let (response, _sent) = Response::new(
+        headers("text/plain; charset=utf-8"),
+        Some(body_rx),
+        trailers_rx,
+    );
+    (response, body_out)
+}
+
 impl wasip3::exports::http::handler::Guest for App {
     async fn handle(request: Request) -> Result<Response, ErrorCode> {
         let path = request
@@ -46,14 +59,7 @@ impl wasip3::exports::http::handler::Guest for App {
         }
         if path.starts_with("/drip") {
             // Answers at once, then streams a line every 100 ms, forever.
-            let (mut body_out, body_rx) = wit_stream::new();
-            let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
-            drop(trailers_tx);
-            let (response, _sent) = Response::new(
-                headers("text/plain; charset=utf-8"),
-                Some(body_rx),
-                trailers_rx,
-            );
+            let (response, mut body_out) = text_response();
             wit_bindgen::spawn_local(async move {
                 while body_out.write_all(b"tick\n".to_vec()).await.is_empty() {
                     wasip3::clocks::monotonic_clock::wait_for(100_000_000).await;
@@ -93,14 +99,7 @@ impl wasip3::exports::http::handler::Guest for App {
             });
             return Ok(response);
         }
-        let (mut body_out, body_rx) = wit_stream::new();
-        let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
-        drop(trailers_tx);
-        let (response, _sent) = Response::new(
-            headers("text/plain; charset=utf-8"),
-            Some(body_rx),
-            trailers_rx,
-        );
+        let (response, mut body_out) = text_response();
         let text = format!("hello from Rust (WASI 0.3) on {path}\n");
         wit_bindgen::spawn_local(async move {
             body_out.write_all(text.into_bytes()).await;
