@@ -78,10 +78,10 @@ FOREIGN = [
     ("p3", "Rust, WASI 0.3", "p3_guest.wasm", "Rust exporting `wasi:http/handler@0.3.0`"),
 ]
 FOREIGN_C = 16
-# The memory reset an operator picks for a host of interpreters (README:
-# Guest memory): copy the first 16 MiB back on every reset instead of
-# scanning for dirty pages.
-COPY_RESET = ["--memory-reset", "copy", "--memory-keep-resident-mib", "16"]
+# The memory reset the host used for every component before it picked one
+# per component (README: Guest memory): scan for dirty pages, whatever the
+# image. The default (`auto`) resets large images such as Python's by copy.
+SCAN_RESET = ["--memory-reset", "scan"]
 P3_C = 64
 
 procs = []
@@ -392,8 +392,9 @@ def foreign_components():
 FOREIGN_SERVERS = {
     "host": ("fresh", "host"),
     "wasmtime": ("fresh", "wasmtime serve `--max-instance-reuse-count 1`"),
-    "host-copy": ("fresh", "host `--memory-reset copy --memory-keep-resident-mib 16`"),
+    "host-scan": ("fresh", "host `--memory-reset scan` (the default before `auto`)"),
     "host-reuse": ("reuse", "host `--instance-reuse 128`"),
+    "host-shared": ("reuse", "host `--instance-reuse 128 --instance-concurrency 16`"),
     "wasmtime-reuse": ("reuse", "wasmtime serve, defaults (≤128 requests, 16 at once per instance)"),
 }
 
@@ -407,9 +408,9 @@ def foreign_throughput(state_dir, comps):
     for key, *_ in comps:
         runs += [(key, "host", FOREIGN_C), (key, "wasmtime", FOREIGN_C)]
         if key == "python":
-            runs.append((key, "host-copy", FOREIGN_C))
+            runs.append((key, "host-scan", FOREIGN_C))
     if any(key == "p3" for key, *_ in comps):
-        runs += [("p3", s, P3_C) for s in ("host", "wasmtime", "host-reuse", "wasmtime-reuse")]
+        runs += [("p3", s, P3_C) for s in ("host", "wasmtime", "host-reuse", "host-shared", "wasmtime-reuse")]
     if not os.path.exists(WASMTIME):
         runs = [run for run in runs if not run[1].startswith("wasmtime")]
     paths = {key: path for key, _, path, _ in comps}
@@ -418,7 +419,9 @@ def foreign_throughput(state_dir, comps):
         if (key, server) in servers:
             continue
         if server.startswith("host"):
-            extra = {"host-reuse": ["--instance-reuse", "128"], "host-copy": COPY_RESET}.get(server, [])
+            extra = {"host-reuse": ["--instance-reuse", "128"],
+                     "host-shared": ["--instance-reuse", "128", "--instance-concurrency", "16"],
+                     "host-scan": SCAN_RESET}.get(server, [])
             p, addr = start([HOST, "serve", paths[key], "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
                              "--state-dir", os.path.join(state_dir, f"{key}-{server}"), *extra],
                             env={"RUST_LOG": "warn"})
@@ -548,7 +551,8 @@ def foreign_report(w, f):
     for key, server, c in f["runs"]:
         r = table[(key, server, c)]
         mode, name = FOREIGN_SERVERS[server]
-        base = (key, {"host": "wasmtime", "host-copy": "wasmtime", "host-reuse": "wasmtime-reuse"}.get(server, server), c)
+        base = (key, {"host": "wasmtime", "host-scan": "wasmtime", "host-reuse": "wasmtime-reuse",
+                      "host-shared": "wasmtime-reuse"}.get(server, server), c)
         vs_wt = f"{r['rps'] / table[base]['rps']:.2f}x" if base in table else "n/a"
         w(f"| {labels[key]} | {mode} | {name} | {c} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
           f"{r['cpu_us']:.1f} | {vs_wt} |")

@@ -14,6 +14,10 @@ generated, so the server must still reject every schema violation:
   own tests and its fuzz targets. Positive cases send them empty.
 - `route`: required on an app's first deploy only (a rule about state, not
   shape). Positive cases without one get `/contract-NAME`.
+- `instance_concurrency`: above 1 only for a WASI 0.3 component (a rule
+  about the component, not the settings' shape) and with `instance_reuse`
+  above 1; the contract component is WASI 0.2, so positive cases send 1.
+  The host's own tests cover both refusals (tests/e2e/foreign.rs).
 """
 
 import os
@@ -50,4 +54,6 @@ def map_case(context, case):
         settings["secrets"] = {}
     if "allow_outbound" in settings:
         settings["allow_outbound"] = []
+    if "instance_concurrency" in settings:
+        settings["instance_concurrency"] = 1
     return case

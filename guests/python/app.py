@@ -1,6 +1,6 @@
 """A minimal wasi:http 0.2 app for componentize-py.
 
-GET  /anything  -> 200 text
+GET  /anything  -> 200 text, with how many requests this instance has served
 POST /echo      -> 200, the request body streamed back chunk by chunk
 GET  /raise     -> an uncaught exception (the host answers 500)
 """
@@ -21,6 +21,10 @@ from wit_world.imports.types import (
 WRITE_MAX = 4096
 READ_MAX = 64 * 1024
 
+# Module state lives in the memory image: a fresh instance per request
+# always starts from 0, whatever the last instance in its slot left.
+served = 0
+
 
 def respond(out: ResponseOutparam, status: int, content_type: bytes):
     response = OutgoingResponse(Fields.from_list([("content-type", content_type)]))
@@ -37,6 +41,8 @@ def write_all(stream, data: bytes) -> None:
 
 class IncomingHandler(exports.IncomingHandler):
     def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
+        global served
+        served += 1
         path = request.path_with_query() or "/"
         method = request.method()
         if path.startswith("/raise"):
@@ -57,5 +63,5 @@ class IncomingHandler(exports.IncomingHandler):
             return
         body = respond(response_out, 200, b"text/plain; charset=utf-8")
         with body.write() as dst:
-            write_all(dst, f"hello from Python on {path}\n".encode())
+            write_all(dst, f"hello from Python on {path} (request {served} of this instance)\n".encode())
         OutgoingBody.finish(body, None)

@@ -38,7 +38,7 @@ fn deployment(limits: Limits) -> Deployment {
         reset: host::engine::MemoryReset::Scan,
     };
     let world = host::component::World::Http02;
-    let engine = host::engine::build(&spec, world).expect("engine");
+    let engine = host::engine::build(&spec, world, host::engine::SlotReset::Scan).expect("engine");
     let linker = host::component::linker(&engine, world).expect("linker");
     let component = host::component::compile(&engine, &wasm).expect("compile");
     let pre = host::component::prepare(&engine, &linker, &component, world).expect("prepare");
@@ -74,6 +74,7 @@ fn per_request(c: &mut Criterion) {
         rate_limit_rps: 0,
         client_rate_limit_rps: 0,
         instance_reuse: 1,
+        instance_concurrency: 1,
         max_resources: 1024,
         max_outbound: 16,
         max_outbound_app: 256,

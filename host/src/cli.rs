@@ -115,8 +115,10 @@ pub struct ServeArgs {
     /// How a memory slot is reset for its next instance: `scan` copies back
     /// only the pages an instance dirtied (best for compiled guests), `copy`
     /// copies all of --memory-keep-resident-mib back (best for interpreters
-    /// such as componentize-py, whose dirty pages are scattered).
-    #[arg(long, env = "HOST_MEMORY_RESET", value_enum, default_value_t = MemoryReset::Scan)]
+    /// such as componentize-py, whose dirty pages are scattered); `auto`
+    /// picks per component: `copy` (keeping at least 16 MiB) for memory
+    /// images of 4 MiB or more, `scan` for the rest.
+    #[arg(long, env = "HOST_MEMORY_RESET", value_enum, default_value_t = MemoryReset::Auto)]
     pub memory_reset: MemoryReset,
 
     /// Core module instances one component may contain (componentize-py
@@ -236,6 +238,12 @@ pub struct ServeArgs {
     /// instance per request. Only for stateless apps; apps may override.
     #[arg(long, env = "HOST_INSTANCE_REUSE", default_value_t = 1)]
     pub instance_reuse: u32,
+
+    /// Requests one instance of a WASI 0.3 component may serve at once,
+    /// when instances are reused; 1 is one after another. WASI 0.2 apps
+    /// ignore it; apps may override.
+    #[arg(long, env = "HOST_INSTANCE_CONCURRENCY", default_value_t = 1)]
+    pub instance_concurrency: u32,
 
     /// Host-side resources (wasi:http fields, bodies, streams, pollables)
     /// one instance may hold at once; past it the guest traps (500).

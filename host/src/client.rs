@@ -63,6 +63,10 @@ pub struct DeployArgs {
     /// requests: memory and globals carry over from one to the next.
     #[arg(long)]
     pub instance_reuse: Option<u32>,
+    /// Requests one instance may serve at once (WASI 0.3 components, with
+    /// --instance-reuse above 1).
+    #[arg(long)]
+    pub instance_concurrency: Option<u32>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -269,6 +273,10 @@ async fn deploy(args: DeployArgs) -> Result<()> {
         ("timeout_ms", args.timeout_ms.map(Value::from)),
         ("max_concurrent", args.max_concurrent.map(Value::from)),
         ("instance_reuse", args.instance_reuse.map(Value::from)),
+        (
+            "instance_concurrency",
+            args.instance_concurrency.map(Value::from),
+        ),
     ] {
         if let Some(value) = value {
             settings[key] = value;

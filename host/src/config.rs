@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::cli::ServeArgs;
 use crate::engine::{MemoryReset, PoolShape};
-use crate::limits::{Limits, MAX_INSTANCE_REUSE};
+use crate::limits::{Limits, MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE};
 use crate::router::FrontConfig;
 use crate::secrets::SecretPolicy;
 use crate::settings::Ceilings;
@@ -177,6 +177,11 @@ impl Config {
             args.instance_reuse,
             1..=MAX_INSTANCE_REUSE,
         )?;
+        let instance_concurrency = in_range(
+            "instance-concurrency",
+            args.instance_concurrency,
+            1..=MAX_INSTANCE_CONCURRENCY,
+        )?;
         let timeout = millis("timeout-ms", args.timeout_ms, HOUR_MS)?;
         let max_concurrent = in_range(
             "max-concurrent",
@@ -324,6 +329,7 @@ impl Config {
                 rate_limit_rps: args.rate_limit_rps,
                 client_rate_limit_rps: args.client_rate_limit_rps,
                 instance_reuse,
+                instance_concurrency,
                 max_resources,
                 max_outbound,
                 max_outbound_app,

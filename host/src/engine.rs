@@ -2,13 +2,18 @@
 //! that drives their epoch, so that a guest burning CPU can be interrupted
 //! at its deadline without fuel counting on the hot path.
 //!
-//! There is one engine per kind of component ([`World`]): WASI 0.2
+//! There is one engine per kind of component ([`World`], [`SlotReset`]): WASI 0.2
 //! components run on an engine with the component-model async machinery
 //! turned off (`concurrency_support(false)`), so none of their host calls pay
 //! for its bookkeeping; WASI 0.3 components need it and get an engine of
 //! their own, built the first time one is deployed. Both share the pooling
 //! allocator's shape ([`PoolShape`]), the flags that say what one component
 //! may contain.
+//!
+//! Memory slots are reset between instances by scanning for dirtied pages
+//! or by copying the whole image back ([`MemoryReset`]); by default each
+//! component gets the one that suits its memory image (compiled guests:
+//! scan; interpreters: copy), which is again an engine (a pool) of its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -98,6 +103,14 @@ pub struct EngineSpec {
 /// instance (`--memory-reset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MemoryReset {
+    /// `scan` for components whose memory image is under
+    /// [`COPY_IMAGE_BYTES`], `copy` (keeping at least
+    /// [`COPY_KEEP_RESIDENT_MIN`]) for those at or over it: interpreters
+    /// such as componentize-py's CPython, whose heap is its image. Each
+    /// mode is a pool of its own (a second engine, built on first use) when
+    /// the address-space budget has room for it; otherwise large images
+    /// are served from the `scan` pool.
+    Auto,
     /// With `PAGEMAP_SCAN` (Linux 6.7+), copy back from the image only the
     /// pages the instance dirtied, up to the kept size; nothing is
     /// `madvise`d. The right choice for compiled guests (Rust, Go, C),
@@ -109,10 +122,35 @@ pub enum MemoryReset {
     Scan,
     /// Copy the whole kept size (or the whole memory, if smaller) back from
     /// the image on every reset, touched or not: constant work per request
-    /// (tens of µs per MiB), no faults. For hosts that serve interpreters
-    /// such as componentize-py's CPython with a fresh instance per request:
-    /// size `--memory-keep-resident-mib` to their initial memory.
+    /// (tens of µs per MiB), no faults.
     Copy,
+}
+
+/// How one engine's pool resets its memory slots: what [`MemoryReset`]
+/// resolves to for one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotReset {
+    Scan,
+    Copy,
+}
+
+/// Under `--memory-reset auto`, components with at least this much memory
+/// image are reset by copy: componentize-py's is 12 MiB, componentize-js's
+/// and compiled guests' far less.
+pub const COPY_IMAGE_BYTES: u64 = 4 << 20;
+/// Under `--memory-reset auto`, what the copy pool keeps resident at least:
+/// an interpreter's image and the heap it touches in a request.
+pub const COPY_KEEP_RESIDENT_MIN: usize = 16 << 20;
+
+impl MemoryReset {
+    /// The reset for a component with `image_bytes` of memory image.
+    pub fn for_image(self, image_bytes: u64) -> SlotReset {
+        match self {
+            MemoryReset::Auto if image_bytes >= COPY_IMAGE_BYTES => SlotReset::Copy,
+            MemoryReset::Auto | MemoryReset::Scan => SlotReset::Scan,
+            MemoryReset::Copy => SlotReset::Copy,
+        }
+    }
 }
 
 /// Guard pages wasmtime reserves after each linear memory slot (its default
@@ -135,20 +173,24 @@ pub fn pool_reservation(max_concurrent: u32, max_memory_bytes: u64) -> u64 {
 /// Build an engine: pooling allocator sized for `max_concurrent` running
 /// instances plus the idle ones kept for reuse, epoch interruption on, and
 /// the component-model async machinery only for `world`s that need it.
-pub fn build(spec: &EngineSpec, world: World) -> Result<Engine> {
+pub fn build(spec: &EngineSpec, world: World, reset: SlotReset) -> Result<Engine> {
     let slots = spec.max_concurrent + MAX_IDLE_INSTANCES;
     let shape = &spec.shape;
     let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
     // Without the ioctl, `scan` would copy the kept size whether touched or
     // not (a Rust guest's stack sits there, mostly untouched): keep nothing.
-    let (scan, keep_resident) = match spec.reset {
-        MemoryReset::Scan if pagemap => (Enabled::Yes, spec.keep_resident_bytes),
-        MemoryReset::Scan => (Enabled::No, 0),
-        MemoryReset::Copy => (Enabled::No, spec.keep_resident_bytes),
+    let (scan, keep_resident) = match reset {
+        SlotReset::Scan if pagemap => (Enabled::Yes, spec.keep_resident_bytes),
+        SlotReset::Scan => (Enabled::No, 0),
+        SlotReset::Copy if spec.reset == MemoryReset::Auto => (
+            Enabled::No,
+            spec.keep_resident_bytes.max(COPY_KEEP_RESIDENT_MIN),
+        ),
+        SlotReset::Copy => (Enabled::No, spec.keep_resident_bytes),
     };
     tracing::debug!(
         pagemap_scan = pagemap,
-        reset = ?spec.reset,
+        ?reset,
         keep_resident,
         ?world,
         "pooling allocator: memory reset mode"
@@ -192,8 +234,8 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(spec: &EngineSpec, world: World) -> Result<Runtime> {
-        let engine = build(spec, world)?;
+    fn new(spec: &EngineSpec, world: World, reset: SlotReset) -> Result<Runtime> {
+        let engine = build(spec, world, reset)?;
         let linker = component::linker(&engine, world)?;
         let key = component::engine_key(&engine);
         Ok(Runtime {
@@ -204,51 +246,91 @@ impl Runtime {
     }
 }
 
-/// The host's engines: WASI 0.2 from the start, WASI 0.3 from the first
-/// component that needs it (so a host that serves none reserves nothing for
-/// it).
+/// The host's engines, one per world and memory reset: the one for WASI 0.2
+/// components with the default reset from the start, every other the first
+/// time a component needs it (so a host that serves none reserves nothing
+/// for it).
 pub struct Engines {
     spec: EngineSpec,
-    p2: Runtime,
-    p3: OnceLock<Runtime>,
-    /// Serialises building the WASI 0.3 engine.
+    /// By [`Engines::index`].
+    runtimes: [OnceLock<Runtime>; 4],
+    /// Serialises building engines.
     building: std::sync::Mutex<()>,
 }
 
 impl Engines {
     pub fn new(spec: EngineSpec) -> Result<Arc<Engines>> {
-        Ok(Arc::new(Engines {
-            p2: Runtime::new(&spec, World::Http02)?,
+        let engines = Engines {
             spec,
-            p3: OnceLock::new(),
+            runtimes: Default::default(),
             building: std::sync::Mutex::new(()),
-        }))
+        };
+        let first = spec.reset.for_image(0);
+        let runtime = Runtime::new(&spec, World::Http02, first)?;
+        let _ = engines.runtimes[Engines::index(World::Http02, first)].set(runtime);
+        Ok(Arc::new(engines))
     }
 
-    /// The runtime for components of `world`.
-    pub fn runtime(&self, world: World) -> Result<&Runtime> {
-        match world {
-            World::Http02 => Ok(&self.p2),
-            World::Http03 => {
-                if let Some(runtime) = self.p3.get() {
-                    return Ok(runtime);
-                }
-                let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(runtime) = self.p3.get() {
-                    return Ok(runtime);
-                }
-                let runtime = Runtime::new(&self.spec, World::Http03)
-                    .context("failed to create the engine for WASI 0.3 components")?;
-                tracing::info!("engine for WASI 0.3 components ready");
-                Ok(self.p3.get_or_init(|| runtime))
+    fn index(world: World, reset: SlotReset) -> usize {
+        let world = match world {
+            World::Http02 => 0,
+            World::Http03 => 2,
+        };
+        world
+            + match reset {
+                SlotReset::Scan => 0,
+                SlotReset::Copy => 1,
+            }
+    }
+
+    /// The runtime for components of `world` whose memory image is
+    /// `image_bytes` (see [`component::memory_image_bytes`]).
+    pub fn runtime(&self, world: World, image_bytes: u64) -> Result<&Runtime> {
+        let mut reset = self.spec.reset.for_image(image_bytes);
+        if let Some(runtime) = self.runtimes[Engines::index(world, reset)].get() {
+            return Ok(runtime);
+        }
+        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        if reset == SlotReset::Copy && self.spec.reset == MemoryReset::Auto {
+            // A pool of its own only within the address-space budget, and
+            // leaving room for the scan pool of each world, which the host
+            // checked at startup that it can always build.
+            let built = self.runtimes.iter().filter(|r| r.get().is_some()).count();
+            let scan_pools_to_come = [World::Http02, World::Http03]
+                .into_iter()
+                .filter(|w| {
+                    self.runtimes[Engines::index(*w, SlotReset::Scan)]
+                        .get()
+                        .is_none()
+                })
+                .count();
+            let after = (built + 1 + scan_pools_to_come) as u64;
+            let reservation =
+                pool_reservation(self.spec.max_concurrent, self.spec.max_memory_bytes);
+            if after * reservation > ADDRESS_SPACE_BUDGET {
+                tracing::warn!(
+                    image_bytes,
+                    "no address space for a copy-reset memory pool; serving this component from the scan pool"
+                );
+                reset = SlotReset::Scan;
             }
         }
+        let slot = &self.runtimes[Engines::index(world, reset)];
+        if let Some(runtime) = slot.get() {
+            return Ok(runtime);
+        }
+        let runtime = Runtime::new(&self.spec, world, reset).with_context(|| {
+            format!(
+                "failed to create the engine for {world:?} components with {reset:?} memory reset"
+            )
+        })?;
+        tracing::info!(?world, ?reset, "engine ready");
+        Ok(slot.get_or_init(|| runtime))
     }
 
     fn increment_epochs(&self) {
-        self.p2.engine.increment_epoch();
-        if let Some(p3) = self.p3.get() {
-            p3.engine.increment_epoch();
+        for runtime in self.runtimes.iter().filter_map(OnceLock::get) {
+            runtime.engine.increment_epoch();
         }
     }
 }
@@ -291,6 +373,34 @@ impl Drop for EpochTicker {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_resets_large_images_by_copy_and_the_rest_by_scan() {
+        let auto = MemoryReset::Auto;
+        assert_eq!(auto.for_image(0), SlotReset::Scan);
+        assert_eq!(auto.for_image(COPY_IMAGE_BYTES - 1), SlotReset::Scan);
+        assert_eq!(auto.for_image(COPY_IMAGE_BYTES), SlotReset::Copy);
+        for image in [0, COPY_IMAGE_BYTES, u64::MAX] {
+            assert_eq!(MemoryReset::Scan.for_image(image), SlotReset::Scan);
+            assert_eq!(MemoryReset::Copy.for_image(image), SlotReset::Copy);
+        }
+    }
+
+    #[test]
+    fn each_world_and_reset_has_its_own_engine_slot() {
+        let mut seen = std::collections::HashSet::new();
+        for world in [World::Http02, World::Http03] {
+            for reset in [SlotReset::Scan, SlotReset::Copy] {
+                let index = Engines::index(world, reset);
+                assert!(index < 4 && seen.insert(index), "{world:?} {reset:?}");
+            }
         }
     }
 }

@@ -43,6 +43,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::component::Pre;
+use crate::concurrent::SharedPool;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::limits::{BodyVerdict, LimitedBody, Limits, MemoryBudget, MemoryRefusal};
@@ -115,6 +116,9 @@ pub struct Deployment {
     client_rate: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
     /// Idle instances, when the app opted into instance reuse.
     warm: Option<Arc<WarmPool>>,
+    /// Instances serving several requests at once (WASI 0.3 apps with
+    /// `instance_concurrency` > 1 and instance reuse).
+    pub(crate) shared: Option<Arc<SharedPool>>,
     pub metrics: Arc<VersionMetrics>,
     /// The app name and version as response header values.
     pub header_values: Option<(HeaderValue, HeaderValue)>,
@@ -283,6 +287,10 @@ impl Deployment {
         if let Some(limiter) = &client_rate {
             prune_clients(Arc::downgrade(limiter), CLIENT_RATE_PRUNE);
         }
+        let shared = (limits.instance_reuse > 1
+            && limits.instance_concurrency > 1
+            && matches!(pre, Pre::P3(_)))
+        .then(|| SharedPool::new(limits.instance_concurrency, limits.instance_reuse));
         Deployment {
             app,
             version,
@@ -294,6 +302,7 @@ impl Deployment {
             share,
             rate: quota(limits.rate_limit_rps).map(RateLimiter::direct),
             client_rate,
+            shared,
             warm: (limits.instance_reuse > 1).then(|| {
                 WarmPool::new(
                     limits.instance_reuse,
@@ -752,6 +761,22 @@ impl Failure {
                 Failure::PoolFull(err)
             }
             None => Failure::Trap(err),
+        }
+    }
+
+    /// The same failure again, for another request of a shared instance
+    /// (the cause as text).
+    pub(crate) fn duplicate(&self) -> Failure {
+        let again = |err: &wasmtime::Error| wasmtime::format_err!("{err:#}");
+        match self {
+            Failure::Timeout => Failure::Timeout,
+            Failure::MemoryLimit(err) => Failure::MemoryLimit(again(err)),
+            Failure::MemoryBudget(err) => Failure::MemoryBudget(again(err)),
+            Failure::Trap(err) => Failure::Trap(again(err)),
+            Failure::NoResponse => Failure::NoResponse,
+            Failure::ErrorCode(code) => Failure::ErrorCode(code.clone()),
+            Failure::Setup(err) => Failure::Setup(again(err)),
+            Failure::PoolFull(err) => Failure::PoolFull(again(err)),
         }
     }
 

@@ -12,7 +12,8 @@
 //! - [`config`]: the validated configuration `host serve` runs with.
 //! - [`client`]: `host deploy`, `apps`, `rollback`, `canary`, `remove`.
 //! - [`engine`]: the wasmtime `Engine`s (one per world: WASI 0.2 without the
-//!   component-model async machinery, WASI 0.3 with it, built on first use),
+//!   component-model async machinery, WASI 0.3 with it; and per memory reset,
+//!   scan or copy, by the component's memory image; built on first use),
 //!   the pooling allocator's shape, and the single epoch ticker thread.
 //! - [`component`]: checking a `.wasm` is a component this host can serve,
 //!   which world it serves, compiling it and pre-instantiating it.
@@ -37,6 +38,8 @@
 //!   HTTP statuses.
 //! - [`service`]: the same for a WASI 0.3 component: the call inside the
 //!   store's concurrent event loop.
+//! - [`concurrent`]: WASI 0.3 instances serving several requests at once
+//!   (`instance_concurrency`), each a worker task with its event loop.
 //! - [`server`]: the listeners, connection handling (first-head deadline,
 //!   idle timeout) and graceful drain.
 //! - [`response`]: the error responses the host itself produces.
@@ -51,6 +54,7 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod component;
+pub mod concurrent;
 pub mod config;
 pub mod engine;
 #[doc(hidden)]

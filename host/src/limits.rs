@@ -46,6 +46,9 @@ pub struct Limits {
     /// instance per request). Only for apps that keep no state between
     /// requests: memory and globals carry over.
     pub instance_reuse: u32,
+    /// Requests one instance of a WASI 0.3 component may serve at once,
+    /// when instances are reused (see [`crate::concurrent`]).
+    pub instance_concurrency: u32,
     /// Host-side resources (wasi:http fields, bodies, streams, pollables…)
     /// an instance may hold at once.
     pub max_resources: u32,
@@ -57,6 +60,8 @@ pub struct Limits {
 
 /// The most requests one instance may serve with instance reuse.
 pub const MAX_INSTANCE_REUSE: u32 = 100_000;
+/// The most requests one instance may serve at once.
+pub const MAX_INSTANCE_CONCURRENCY: u32 = 256;
 
 /// What one table element is charged against the memory budget.
 const TABLE_ELEMENT_BYTES: u64 = 16;

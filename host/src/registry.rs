@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, Notify};
 use wasmtime::component::Component;
 
 use crate::component::{self, Pre, World};
-use crate::engine::Engines;
+use crate::engine::{COPY_IMAGE_BYTES, Engines};
 use crate::invoke::{AppShare, Deployment, Identity};
 use crate::limits::{Limits, MemoryBudget};
 use crate::metrics::metrics;
@@ -93,6 +93,32 @@ pub struct VersionRecord {
     /// it are WASI 0.2.
     #[serde(default, skip_serializing_if = "World::is_default")]
     pub world: World,
+    /// Bytes of the component's memory image
+    /// ([`component::memory_image_bytes`]), which picks how its memory is
+    /// reset (and so its engine) before its cached code is loaded. Stored
+    /// only from [`COPY_IMAGE_BYTES`] up, where it changes the pick, so
+    /// that other records stay readable by older hosts; records without it
+    /// are small.
+    #[serde(default, skip_serializing_if = "is_small_image")]
+    pub memory_image_bytes: u64,
+}
+
+impl VersionRecord {
+    /// Settings that only one world can apply are refused for the other.
+    fn check_world(&self) -> Result<(), String> {
+        match self.settings.instance_concurrency {
+            Some(n) if n > 1 && self.world == World::Http02 => Err(format!(
+                "instance_concurrency {n} applies to WASI 0.3 components (wasi:http@0.3) only, and this \
+                 one serves wasi:http@0.2, whose instances take one request at a time: remove the \
+                 setting or set it to 1"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn is_small_image(bytes: &u64) -> bool {
+    *bytes < COPY_IMAGE_BYTES
 }
 
 impl AppRecord {
@@ -377,8 +403,9 @@ impl Compiler {
         digest: &str,
         wasm: Option<&[u8]>,
         world: World,
+        image_bytes: u64,
     ) -> anyhow::Result<(Pre, CodeSource)> {
-        let runtime = self.engines.runtime(world)?;
+        let runtime = self.engines.runtime(world, image_bytes)?;
         match self.state.load_precompiled(digest, &runtime.key) {
             Ok(Some(code)) => {
                 // SAFETY: this host wrote the file itself (precompiled input
@@ -416,7 +443,7 @@ impl Compiler {
             (world, runtime)
         } else {
             tracing::warn!(digest, recorded = ?world, ?detected, "the record names another world than the component's; serving it as the component's");
-            (detected, self.engines.runtime(detected)?)
+            (detected, self.engines.runtime(detected, image_bytes)?)
         };
         let started = std::time::Instant::now();
         let component = component::compile(&runtime.engine, wasm)?;
@@ -598,7 +625,7 @@ impl Registry {
         &self,
         digest: &str,
         wasm: Option<Bytes>,
-        world: World,
+        (world, image_bytes): (World, u64),
         bounded: bool,
     ) -> Result<(Pre, CodeSource), AppError> {
         if let Some(pre) = self.inner.lock().await.compiled.get(digest).cloned() {
@@ -620,7 +647,7 @@ impl Registry {
                 .map_err(|_| anyhow::anyhow!("the compiler is shut down"))?;
             blocking(move || {
                 let _slot = slot;
-                compiler.obtain(&owned, wasm.as_deref(), world)
+                compiler.obtain(&owned, wasm.as_deref(), world, image_bytes)
             })
             .await
         };
@@ -670,7 +697,12 @@ impl Registry {
             .validate(&self.config.ceilings, &self.config.secrets)
             .map_err(|e| AppError::Invalid(format!("version {}: {e}", version.version)))?;
         let (pre, source) = self
-            .obtain(&version.digest, wasm, version.world, bounded)
+            .obtain(
+                &version.digest,
+                wasm,
+                (version.world, version.memory_image_bytes),
+                bounded,
+            )
             .await?;
         let config = self
             .resolve_config(settings)
@@ -884,7 +916,11 @@ impl Registry {
             deployed_at: now_secs(),
             settings,
             world: World::of(&bytes),
+            memory_image_bytes: component::memory_image_bytes(&bytes),
         };
+        version
+            .check_world()
+            .map_err(|e| anyhow::anyhow!("cannot serve {} as app {name}: {e}", path.display()))?;
         let share = AppShare::new(
             &version.settings.limits(&self.config.defaults),
             &self.config.budget,
@@ -1184,7 +1220,9 @@ impl Registry {
             deployed_at: now_secs(),
             settings,
             world: World::of(&wasm),
+            memory_image_bytes: component::memory_image_bytes(&wasm),
         };
+        version.check_world().map_err(AppError::Invalid)?;
         let after = plan::deploy(
             existing.as_ref(),
             name,
@@ -1371,6 +1409,7 @@ mod tests {
             deployed_at: 0,
             settings: AppSettings::default(),
             world: World::Http02,
+            memory_image_bytes: 0,
         }
     }
 

@@ -10,7 +10,8 @@
 //! holds as for 0.2: on CPU through the epoch, on waiting through a tokio
 //! timeout; a client that goes away before the answer cancels the guest.
 //! Apps that opt into instance reuse get it here too, one request after
-//! another per instance (like 0.2; not several at once).
+//! another per instance (like 0.2), or several at once with
+//! `instance_concurrency` ([`crate::concurrent`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +47,11 @@ impl Deployment {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        if let Some(pool) = &self.shared {
+            let request = absolute(request, &ctx.scheme).map_err(Failure::Setup)?;
+            let request = request.map(|body| body.boxed_unsync());
+            return self.run_shared(pool, pre, request, permits, ctx).await;
+        }
         let (started, deadline) = self.clock();
         let (mut store, service, served) =
             self.warm_or_store(ctx, deadline, |instance| match instance {
@@ -140,7 +146,7 @@ fn absolute<B>(mut request: Request<B>, scheme: &Scheme) -> wasmtime::Result<Req
 /// response's, passed through) and that the host streams without the
 /// guest: the instance's deadline would not stop it, this does. Cut off at
 /// the deadline, the response is incomplete, as a 0.2 guest's would be.
-struct DeadlineBody {
+pub(crate) struct DeadlineBody {
     inner: HyperOutgoingBody,
     deadline: Instant,
     /// Armed the first time the body has nothing to give.
@@ -148,7 +154,7 @@ struct DeadlineBody {
 }
 
 impl DeadlineBody {
-    fn new(inner: HyperOutgoingBody, deadline: Instant) -> DeadlineBody {
+    pub(crate) fn new(inner: HyperOutgoingBody, deadline: Instant) -> DeadlineBody {
         DeadlineBody {
             inner,
             deadline,

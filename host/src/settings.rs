@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{Limits, MAX_INSTANCE_REUSE};
+use crate::limits::{Limits, MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE};
 use crate::outbound::OutboundPolicy;
 use crate::secrets::{SecretPolicy, SecretSource};
 
@@ -56,6 +56,10 @@ pub struct AppSettings {
     /// instance per request). For stateless apps only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_reuse: Option<u32>,
+    /// Requests one instance may serve at once (WASI 0.3 components with
+    /// instance reuse only; 1: one after another).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_concurrency: Option<u32>,
 }
 
 impl AppSettings {
@@ -118,6 +122,18 @@ impl AppSettings {
                 "instance_reuse must be between 1 (a fresh instance per request) and {MAX_INSTANCE_REUSE}, got {n}"
             ));
         }
+        if let Some(n) = self.instance_concurrency {
+            if !(1..=MAX_INSTANCE_CONCURRENCY).contains(&n) {
+                return Err(format!(
+                    "instance_concurrency must be between 1 (one request after another) and {MAX_INSTANCE_CONCURRENCY}, got {n}"
+                ));
+            }
+            if n > 1 && self.instance_reuse == Some(1) {
+                return Err(format!(
+                    "instance_concurrency {n} shares instances between requests, which needs instance_reuse above 1"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -134,6 +150,9 @@ impl AppSettings {
                 .client_rate_limit_rps
                 .unwrap_or(host.client_rate_limit_rps),
             instance_reuse: self.instance_reuse.unwrap_or(host.instance_reuse),
+            instance_concurrency: self
+                .instance_concurrency
+                .unwrap_or(host.instance_concurrency),
             ..*host
         }
     }
@@ -180,6 +199,7 @@ mod tests {
             rate_limit_rps: 0,
             client_rate_limit_rps: 0,
             instance_reuse: 1,
+            instance_concurrency: 1,
             max_resources: 1024,
             max_outbound: 16,
             max_outbound_app: 256,

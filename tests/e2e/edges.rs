@@ -425,6 +425,11 @@ fn flags_are_validated_to_sane_ranges_before_binding() {
             "--memory-keep-resident-mib must be between 0 and 1024",
         ),
         ("--memory-reset", "sometimes", "--memory-reset"),
+        (
+            "--instance-concurrency",
+            "300",
+            "--instance-concurrency must be between 1 and 256",
+        ),
         ("--secret-env-prefix", "", "--secret-env-prefix"),
         (
             "--secrets-dir",

@@ -1,12 +1,15 @@
 //! A WASI 0.3 `wasi:http/service` app built with the `wasip3` crate, the way
 //! a user moving to WASI 0.3 writes one: nothing host-specific.
-//!   GET  /anything -> 200 text
+//!   GET  /anything -> 200 text: the path, how many requests this instance
+//!                     has taken and how many it was serving at once
 //!   POST /echo     -> 200, the request body streamed back chunk by chunk
 //!   GET  /raise    -> a panic (a trap: the host answers 500)
 //!   GET  /spin     -> burns CPU forever (the deadline must stop it)
 //!   GET  /sleep?ms=N -> waits N ms on wasi:clocks before answering
 //!   GET  /memhog   -> grows memory until the cap traps it
 //!   GET  /drip     -> answers, then streams a line every 100 ms forever
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response};
 use wasip3::wit_bindgen::StreamResult;
@@ -17,6 +20,28 @@ wasip3::http::service::export!(App);
 struct App;
 
 const CHUNK: usize = 64 * 1024;
+
+/// Requests this instance has taken, and is serving now (an instance the
+/// host shares between requests serves several at once).
+static TAKEN: AtomicU32 = AtomicU32::new(0);
+static SERVING: AtomicU32 = AtomicU32::new(0);
+
+/// Counts a request as being served until dropped.
+struct Serving;
+
+impl Serving {
+    /// Start serving: this request's number.
+    fn start() -> (Serving, u32) {
+        SERVING.fetch_add(1, Ordering::Relaxed);
+        (Serving, TAKEN.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        SERVING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 fn headers(content_type: &str) -> Fields {
     Fields::from_list(&[("content-type".to_string(), content_type.as_bytes().to_vec())])
@@ -38,6 +63,7 @@ fn text_response() -> (Response, wit_bindgen::StreamWriter<u8>) {
 
 impl wasip3::exports::http::handler::Guest for App {
     async fn handle(request: Request) -> Result<Response, ErrorCode> {
+        let (serving, taken) = Serving::start();
         let path = request
             .get_path_with_query()
             .unwrap_or_else(|| "/".to_string());
@@ -71,6 +97,9 @@ impl wasip3::exports::http::handler::Guest for App {
             let ms: u64 = ms.parse().unwrap_or(0);
             wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
         }
+        // How many this instance serves at the moment this one is answered.
+        let at_once = SERVING.load(Ordering::Relaxed);
+        drop(serving);
         if matches!(request.get_method(), Method::Post) && path.starts_with("/echo") {
             // `res` tells the host how consuming the request body ended.
             let (res_tx, res_rx) = wit_future::new(|| Ok(()));
@@ -100,7 +129,9 @@ impl wasip3::exports::http::handler::Guest for App {
             return Ok(response);
         }
         let (response, mut body_out) = text_response();
-        let text = format!("hello from Rust (WASI 0.3) on {path}\n");
+        let text = format!(
+            "hello from Rust (WASI 0.3) on {path} (request {taken} of this instance, {at_once} at once)\n"
+        );
         wit_bindgen::spawn_local(async move {
             body_out.write_all(text.into_bytes()).await;
         });
