@@ -11,18 +11,21 @@
 //! with room, or starts a new one.
 //!
 //! What sharing costs, and how the host bounds it:
-//! - A trap, the memory cap or a request burning CPU past its deadline (the
-//!   epoch interrupts the store, whose deadline is that of its oldest
-//!   request without an answer) ends the instance, and every request it
-//!   had not answered yet fails with it.
-//! - A request still without an answer at its deadline gets its 504 and
-//!   the instance takes no more requests; it is dropped once the others
-//!   are answered, and at the latest deadline of all it took. So is an
-//!   instance whose client went away before the answer (one request of a
-//!   shared instance cannot be cancelled alone).
-//! - The app's concurrency cap counts requests, not instances, and a
-//!   request's permit is held until its answer; the memory cap and the
-//!   host-side resource cap are per instance, so shared by its requests.
+//! - A trap or the memory cap ends the instance, and every request it had
+//!   not answered yet fails with it (500).
+//! - A guest on CPU holds the whole instance: the others wait. The epoch
+//!   interrupts it at the latest deadline of the requests the instance has
+//!   taken, which ends the instance as above.
+//! - A request still without an answer at its deadline gets its 504 (from
+//!   its own timer) and the instance takes no more requests; it is dropped
+//!   once the others have their answers, and at the latest deadline of all
+//!   it took.
+//! - A client that goes away cannot cancel its request alone: the request
+//!   runs on in the instance to its answer or its deadline.
+//! - The app's concurrency cap counts requests, not instances: a request
+//!   holds its permits until the instance is done with it (its body
+//!   streamed, or the instance gone). The memory cap and the host-side
+//!   resource cap are per instance, so shared by its requests.
 //! - Guest output (stdout/stderr) is logged under the request id of the
 //!   request that started the instance.
 
@@ -62,7 +65,11 @@ struct Job {
     number: u64,
     request: Request<RequestBody>,
     deadline: Instant,
+    /// Its host-wide and app permits: held while the instance works on it.
+    permits: Permits,
 }
+
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// A running worker, as the pool sees it.
 struct Slot {
@@ -157,20 +164,17 @@ impl SharedPool {
     }
 }
 
-/// Retires its worker if the request is dropped before its answer: the
-/// client went away, and the guest cannot be cancelled for it alone.
+/// Counts a request whose client went away before its answer; the guest
+/// cannot be cancelled for it alone and runs on to its answer or deadline.
 struct Abandon {
-    pool: Arc<SharedPool>,
-    worker: Option<u64>,
-    app: Arc<str>,
+    app: Option<Arc<str>>,
 }
 
 impl Drop for Abandon {
     fn drop(&mut self) {
-        if let Some(id) = self.worker {
-            tracing::debug!(app = %self.app, "the client went away before the app answered: its shared instance takes no more requests");
-            metrics().guest_failure(&self.app, "cancelled");
-            self.pool.retire(id);
+        if let Some(app) = self.app.take() {
+            tracing::debug!(app = %app, "the client went away before the app answered; its request runs on in the shared instance");
+            metrics().guest_failure(&app, "cancelled");
         }
     }
 }
@@ -182,7 +186,7 @@ impl Deployment {
         pool: &Arc<SharedPool>,
         pre: ServicePre<HostState>,
         request: Request<RequestBody>,
-        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+        permits: Permits,
         ctx: &RequestContext,
     ) -> Result<Response<HyperOutgoingBody>, Failure> {
         let (started, deadline) = self.clock();
@@ -190,6 +194,7 @@ impl Deployment {
             number: pool.next.fetch_add(1, Ordering::Relaxed),
             request,
             deadline,
+            permits,
         };
         let (reply, answer) = oneshot::channel();
         let worker = match pool.offer(job, reply) {
@@ -200,19 +205,18 @@ impl Deployment {
             }
         };
         let mut abandon = Abandon {
-            pool: pool.clone(),
-            worker: Some(worker),
-            app: self.app.clone(),
+            app: Some(self.app.clone()),
         };
         let outcome = tokio::time::timeout_at(deadline.into(), answer).await;
-        abandon.worker = None;
-        drop(permits);
+        abandon.app = None;
         let ran = started.elapsed();
         ctx.guest_micros
             .store(ran.as_micros() as u64, Ordering::Relaxed);
         self.metrics.guest_time(ran);
         let result = match outcome {
             Ok(Ok(reply)) => reply,
+            // Its deadline passed as the instance ended.
+            Ok(Err(_)) if Instant::now() >= deadline => Err(Failure::Timeout),
             Ok(Err(_)) => Err(Failure::Trap(wasmtime::format_err!(
                 "the shared instance ended without answering"
             ))),
@@ -303,20 +307,22 @@ impl Worker {
                 .unwrap_or_else(|e| e.into_inner())
                 .drain()
                 .collect();
-            if waiting.is_empty() {
-                // Every request had its answer (a body may have been cut).
-                failure.log(&self.app, &self.version);
-            }
             let now = Instant::now();
+            let mut delivered = 0;
             for (_, (deadline, reply)) in waiting {
                 let failure = match failure {
-                    // Another request's deadline interrupted the instance.
+                    // Interrupted at another request's deadline.
                     Failure::Timeout if now < deadline => Failure::Trap(wasmtime::format_err!(
-                        "the shared instance was interrupted: another of its requests ran past its deadline"
+                        "the shared instance was interrupted: it ran on CPU past the deadline of the requests it had taken"
                     )),
                     _ => failure.duplicate(),
                 };
-                let _ = reply.send(Err(failure));
+                delivered += usize::from(reply.send(Err(failure)).is_ok());
+            }
+            if delivered == 0 {
+                // No request is left to report it (every one had its
+                // answer, a body may have been cut): the instance does.
+                failure.log(&self.app, &self.version);
             }
         }
     }
@@ -340,11 +346,11 @@ impl Worker {
         waiting.insert((first.deadline, first.number));
         running.push(self.serve(access, service, first));
         loop {
-            // The epoch interrupts a guest on CPU past the oldest waiting
-            // request's deadline (or, with none, the last one's).
+            // The epoch interrupts a guest on CPU past the latest deadline
+            // of the requests taken: one request's deadline does not end
+            // the others' work (each gets its own 504 from its timer).
+            access.with(|mut store| store.data_mut().deadline = latest);
             let earliest = waiting.first().map(|(deadline, _)| *deadline);
-            let deadline = earliest.unwrap_or(latest);
-            access.with(|mut store| store.data_mut().deadline = deadline);
             if !open && waiting.is_empty() {
                 break;
             }
@@ -356,9 +362,15 @@ impl Worker {
                     waiting.remove(&(deadline, number));
                     self.pool.answered(self.id);
                 }
-                _ = tokio::time::sleep_until(deadline.into()), if earliest.is_some() => {
-                    // Its client has had a 504: take no more requests.
-                    waiting.pop_first();
+                _ = tokio::time::sleep_until(earliest.unwrap_or(latest).into()), if earliest.is_some() => {
+                    // Past its deadline without an answer: a 504 (its own
+                    // timer may have said so first), and no more requests.
+                    if let Some((_, number)) = waiting.pop_first() {
+                        let reply = self.replies.lock().unwrap_or_else(|e| e.into_inner()).remove(&number);
+                        if let Some((_, reply)) = reply {
+                            let _ = reply.send(Err(Failure::Timeout));
+                        }
+                    }
                     self.pool.retire(self.id);
                 }
                 job = jobs.recv(), if open => match job {
@@ -392,6 +404,7 @@ impl Worker {
             number,
             request,
             deadline,
+            permits,
         } = job;
         let (request, request_io) = wasmtime_wasi_http::p3::Request::from_http(
             wasmtime_wasi_http::default_hooks(),
@@ -401,7 +414,13 @@ impl Worker {
             Ok(response) => {
                 let response =
                     access.with(|mut store| response.into_http(&mut store, request_io))?;
-                Ok(response.map(|body| DeadlineBody::new(body, deadline).boxed_unsync()))
+                // The permits go with the body: the request counts until
+                // it is streamed (or cut at its deadline).
+                Ok(response.map(|body| {
+                    DeadlineBody::new(body, deadline)
+                        .holding(permits)
+                        .boxed_unsync()
+                }))
             }
             Err(code) => Err(Failure::ErrorCode(format!("{code:?}"))),
         };

@@ -182,6 +182,11 @@ impl Config {
             args.instance_concurrency,
             1..=MAX_INSTANCE_CONCURRENCY,
         )?;
+        ensure!(
+            instance_concurrency == 1 || instance_reuse > 1,
+            "--instance-concurrency {instance_concurrency} shares instances between requests, which needs \
+             --instance-reuse above 1"
+        );
         let timeout = millis("timeout-ms", args.timeout_ms, HOUR_MS)?;
         let max_concurrent = in_range(
             "max-concurrent",

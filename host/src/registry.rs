@@ -403,8 +403,19 @@ impl Compiler {
         digest: &str,
         wasm: Option<&[u8]>,
         world: World,
-        image_bytes: u64,
+        (image_bytes, size): (u64, u64),
     ) -> anyhow::Result<(Pre, CodeSource)> {
+        // A record from before memory images were recorded says nothing of
+        // a large one: the stored bytes do (only a large file can hold one).
+        let image_bytes =
+            if wasm.is_none() && image_bytes < COPY_IMAGE_BYTES && size >= COPY_IMAGE_BYTES {
+                match self.state.read_component(digest) {
+                    Ok(bytes) => component::memory_image_bytes(&bytes),
+                    Err(_) => image_bytes,
+                }
+            } else {
+                image_bytes
+            };
         let runtime = self.engines.runtime(world, image_bytes)?;
         match self.state.load_precompiled(digest, &runtime.key) {
             Ok(Some(code)) => {
@@ -625,7 +636,7 @@ impl Registry {
         &self,
         digest: &str,
         wasm: Option<Bytes>,
-        (world, image_bytes): (World, u64),
+        (world, image): (World, (u64, u64)),
         bounded: bool,
     ) -> Result<(Pre, CodeSource), AppError> {
         if let Some(pre) = self.inner.lock().await.compiled.get(digest).cloned() {
@@ -647,7 +658,7 @@ impl Registry {
                 .map_err(|_| anyhow::anyhow!("the compiler is shut down"))?;
             blocking(move || {
                 let _slot = slot;
-                compiler.obtain(&owned, wasm.as_deref(), world, image_bytes)
+                compiler.obtain(&owned, wasm.as_deref(), world, image)
             })
             .await
         };
@@ -700,7 +711,7 @@ impl Registry {
             .obtain(
                 &version.digest,
                 wasm,
-                (version.world, version.memory_image_bytes),
+                (version.world, (version.memory_image_bytes, version.size)),
                 bounded,
             )
             .await?;

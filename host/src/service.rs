@@ -151,6 +151,9 @@ pub(crate) struct DeadlineBody {
     deadline: Instant,
     /// Armed the first time the body has nothing to give.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The request's permits, when they last as long as its body (a shared
+    /// instance's requests, see [`crate::concurrent`]).
+    held: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl DeadlineBody {
@@ -159,7 +162,17 @@ impl DeadlineBody {
             inner,
             deadline,
             timer: None,
+            held: None,
         }
+    }
+
+    /// Keep `permits` until the body ends or is dropped.
+    pub(crate) fn holding(
+        mut self,
+        permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) -> DeadlineBody {
+        self.held = Some(permits);
+        self
     }
 }
 

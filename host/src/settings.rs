@@ -128,9 +128,10 @@ impl AppSettings {
                     "instance_concurrency must be between 1 (one request after another) and {MAX_INSTANCE_CONCURRENCY}, got {n}"
                 ));
             }
-            if n > 1 && self.instance_reuse == Some(1) {
+            if n > 1 && self.instance_reuse.is_none_or(|reuse| reuse < 2) {
                 return Err(format!(
-                    "instance_concurrency {n} shares instances between requests, which needs instance_reuse above 1"
+                    "instance_concurrency {n} shares instances between requests, which needs instance_reuse \
+                     above 1 in the same settings"
                 ));
             }
         }
