@@ -1,5 +1,5 @@
 //! The host's per-request cost in process, without sockets: one request
-//! through `Deployment::handle`, response body read to the end, for a fresh
+//! through `ServedVersion::handle`, response body read to the end, for a fresh
 //! instance per request and for a reused instance (`instance_reuse`).
 //!
 //! Run by `make bench` (it builds the release guest first); by hand:
@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use host::invoke::{AppShare, Deployment, Identity, RequestContext};
-use host::limits::{Limits, MemoryBudget};
-use host::outbound::OutboundPolicy;
+use host::runtime::instance::{AppShare, RequestContext};
+use host::runtime::limits::{Limits, MemoryBudget};
+use host::runtime::outbound::OutboundPolicy;
+use host::runtime::served::{Identity, ServedVersion};
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -27,22 +28,24 @@ const GUEST: &str = concat!(
     "/../target/wasm32-wasip2/release/guest.wasm"
 );
 
-fn deployment(limits: Limits) -> Deployment {
+fn deployment(limits: Limits) -> ServedVersion {
     let wasm = std::fs::read(GUEST)
         .unwrap_or_else(|e| panic!("{GUEST}: {e}; build it with `make build-guest` first"));
-    let spec = host::engine::EngineSpec {
+    let spec = host::runtime::engine::EngineSpec {
         max_concurrent: limits.max_concurrent,
         max_memory_bytes: limits.memory_bytes,
-        shape: host::engine::PoolShape::DEFAULT,
+        shape: host::runtime::engine::PoolShape::DEFAULT,
         keep_resident_bytes: 4 << 20,
-        reset: host::engine::MemoryReset::Scan,
+        reset: host::runtime::engine::MemoryReset::Scan,
     };
-    let world = host::component::World::Http02;
-    let engine = host::engine::build(&spec, world, host::engine::SlotReset::Scan).expect("engine");
-    let linker = host::component::linker(&engine, world).expect("linker");
-    let component = host::component::compile(&engine, &wasm).expect("compile");
-    let pre = host::component::prepare(&engine, &linker, &component, world).expect("prepare");
-    Deployment::new(
+    let world = host::runtime::component::World::Http02;
+    let engine = host::runtime::engine::build(&spec, world, host::runtime::engine::SlotReset::Scan)
+        .expect("engine");
+    let linker = host::runtime::component::linker(&engine, world).expect("linker");
+    let component = host::runtime::component::compile(&engine, &wasm).expect("compile");
+    let pre =
+        host::runtime::component::prepare(&engine, &linker, &component, world).expect("prepare");
+    ServedVersion::new(
         Identity {
             app: "bench".into(),
             version: "v1".into(),

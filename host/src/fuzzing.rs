@@ -19,10 +19,11 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::outbound::{OutboundPolicy, is_internal};
-use crate::router::{Route, normalize_path, prefixes, request_host};
-use crate::secrets::{SecretPolicy, SecretSource};
-use crate::settings::Ceilings;
+use crate::apps::secrets::{SecretPolicy, SecretSource};
+use crate::apps::settings::Ceilings;
+use crate::front::{normalize_path, request_host};
+use crate::routing::{Route, prefixes};
+use crate::runtime::outbound::{OutboundPolicy, is_internal};
 
 /// The cap [`multipart`] runs with.
 const MAX_UPLOAD: u64 = 64 * 1024;
@@ -32,7 +33,7 @@ pub fn manifest(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(apps) = crate::manifest::parse(text, Path::new("/base")) {
+    if let Ok(apps) = crate::apps::manifest::parse(text, Path::new("/base")) {
         for app in apps {
             let prefix = &app.route.prefix;
             assert_eq!(
@@ -46,7 +47,7 @@ pub fn manifest(data: &[u8]) {
 
 /// The settings part of a deploy, and their validation.
 pub fn deploy_settings(data: &[u8]) {
-    let Ok(request) = serde_json::from_slice::<crate::registry::DeployRequest>(data) else {
+    let Ok(request) = serde_json::from_slice::<crate::apps::views::DeployRequest>(data) else {
         return;
     };
     let ceilings = Ceilings {
@@ -56,7 +57,7 @@ pub fn deploy_settings(data: &[u8]) {
     let policy = SecretPolicy::none();
     if request.settings.validate(&ceilings, &policy).is_ok() {
         let json = serde_json::to_vec(&request.settings).expect("valid settings serialise");
-        let back: crate::settings::AppSettings =
+        let back: crate::apps::settings::AppSettings =
             serde_json::from_slice(&json).expect("serialised settings parse back");
         assert_eq!(
             back, request.settings,

@@ -1,77 +1,71 @@
 //! A host that serves HTTP by running WebAssembly components.
 //!
 //! Every request runs in a fresh instance of a component that exports
-//! `wasi:http/incoming-handler` (WASI 0.2) or `wasi:http/handler` (WASI 0.3):
-//! nothing one request leaves in guest memory is visible to the next. The component is compiled once, pre-instantiated once
-//! ([`ProxyPre`](wasmtime_wasi_http::p2::bindings::ProxyPre)), and each request
+//! `wasi:http/incoming-handler` (WASI 0.2) or `wasi:http/handler` (WASI
+//! 0.3): nothing one request leaves in guest memory is visible to the next.
+//! The component is compiled once, pre-instantiated once, and each request
 //! only pays for a `Store` and an instantiation out of a pooling allocator.
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line as clap parses it, before any validation.
-//! - [`config`]: the validated configuration `host serve` runs with.
-//! - [`client`]: `host deploy`, `apps`, `rollback`, `canary`, `remove`.
-//! - [`engine`]: the wasmtime `Engine`s (one per world: WASI 0.2 without the
-//!   component-model async machinery, WASI 0.3 with it; and per memory reset,
-//!   scan or copy, by the component's memory image; built on first use),
-//!   the pooling allocator's shape, and the single epoch ticker thread.
-//! - [`component`]: checking a `.wasm` is a component this host can serve,
-//!   which world it serves, compiling it and pre-instantiating it.
-//! - [`registry`]: the apps, their versions, and every change to them
-//!   through one commit path; the background garbage collector.
-//! - [`persist`]: the state directory (components, records, compiled code).
-//! - [`manifest`]: the TOML apps manifest.
-//! - [`settings`]: per-app env, config, secrets, outbound policy, limits.
-//! - [`secrets`]: which secret sources the operator allows, read safely.
-//! - [`outbound`]: the outbound HTTP allow-list and its enforcement.
-//! - [`router`]: which app and version answer a request.
-//! - [`admin`]: the admin API on its own listener (refusing web pages), with
-//!   health and metrics.
+//! The folders are the two paths through the host and the layers under
+//! them; dependencies point one way, down this list (checked by a test:
+//! `tests::no_import_cycles`).
+//!
+//! - `main.rs`: the binary, a thin wrapper over [`cli::main`].
+//! - [`cli`]: the command line as clap parses it, validated into a
+//!   [`config::Config`] before anything binds, and the admin client
+//!   commands (`host deploy`, `apps`, `rollback`, `canary`, `remove`).
+//! - [`serve`]: the composition root of `host serve`: engines, state
+//!   directory, apps, listeners, signals, drain.
+//! - [`config`]: the validated configuration, plain data; each layer gets
+//!   its own part of it from [`serve`].
+//! - [`admin`]: the admin API (auth, refusing web pages, upload bodies,
+//!   endpoints, health and metrics); maps app errors to statuses.
+//! - [`front`]: the public request path: request ids, header caps, path
+//!   normalisation, routing, rate limits, the host-wide cap, access logs.
+//! - [`apps`]: the deploy path, without HTTP types: records and the state
+//!   directory, settings and secrets, the compiler and its cache, the
+//!   registry's version/canary state machine and its one commit path.
+//! - [`routing`]: routes, the live apps and their canaries, the routing
+//!   table and its atomic swap: pure data and lookups.
+//! - [`runtime`]: everything that touches wasmtime: engines, components,
+//!   the served version and its admission, instances (fresh, reused,
+//!   shared), stores, limits, guest output, outbound HTTP.
+//! - [`http`]: serving a listener (accept, TLS, hyper, idle and head
+//!   deadlines, drain), knowing no apps; the host's own error responses.
 //! - [`metrics`]: the Prometheus metrics.
-//! - [`output`]: guest stdout/stderr, captured into the log with a budget.
-//! - [`tls`]: TLS termination and certificate reloads.
-//! - [`state`]: what lives in each request's `Store`.
-//! - [`limits`]: per-instance memory limits, the host-wide guest memory
-//!   budget, and the request body guard (cap, stalls, minimum rate).
-//! - [`invoke`]: one request through one instance (fresh, or warm with
-//!   instance reuse), with timeouts, and the mapping of guest failures to
-//!   HTTP statuses.
-//! - [`service`]: the same for a WASI 0.3 component: the call inside the
-//!   store's concurrent event loop.
-//! - [`concurrent`]: WASI 0.3 instances serving several requests at once
-//!   (`instance_concurrency`), each a worker task with its event loop.
-//! - [`server`]: the listeners, connection handling (first-head deadline,
-//!   idle timeout) and graceful drain.
-//! - [`response`]: the error responses the host itself produces.
 //! - `fuzzing` (hidden): entry points for the fuzz targets in `fuzz/`.
 //!
-//! A request flows `server` → `router::Router::handle` (path normalised,
-//! app, then version) → `invoke::Deployment::handle` → an instance of the
-//! version's `ProxyPre` (or, for WASI 0.3, `service` and its `ServicePre`)
-//! → the guest's `handle` → a streamed response.
+//! # The two paths
+//!
+//! A request: [`http::server::run`] accepts it → [`front::Router`] (id,
+//! header caps, path normalised, [`routing::RoutingTable`] lookup: app,
+//! then version) → [`runtime::served::ServedVersion::handle`] (rate
+//! limits, the app's cap, body limits) → a new instance of the version's
+//! pre-instantiated component (or a warm one with instance reuse; WASI 0.3
+//! in [`runtime::p3`], shared instances in [`runtime::shared`]) → the
+//! guest's handler → a streamed response.
+//!
+//! A deploy: [`admin`] (token, origin, multipart body) →
+//! [`apps::registry::Registry::deploy`]: validate the name and settings,
+//! plan the next record ([`apps::plan`]), store the component, obtain code
+//! ([`apps::compiler`]: the cache or the compiler, outside the lock), build
+//! the served version, write the record ([`apps::state_dir`]) and publish
+//! the new table ([`routing::Routes`]) in one step.
 
 pub mod admin;
+pub mod apps;
 pub mod cli;
-pub mod client;
-pub mod component;
-pub mod concurrent;
 pub mod config;
-pub mod engine;
+pub mod front;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod invoke;
-pub mod limits;
-pub mod manifest;
+pub mod http;
 pub mod metrics;
-pub mod outbound;
-pub mod output;
-pub mod persist;
-pub mod registry;
-pub mod response;
-pub mod router;
-pub mod secrets;
-pub mod server;
-pub mod service;
-pub mod settings;
-pub mod state;
-pub mod tls;
+pub mod routing;
+pub mod runtime;
+pub mod serve;
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@
 //! WASI 0.2 components export `wasi:http/incoming-handler@0.2.x` (the
 //! `proxy` world); WASI 0.3 components export `wasi:http/handler@0.3.x` (the
 //! `service` world) and run on an engine of their own (see
-//! [`crate::engine`]). A component that does not fit the pooling allocator's
+//! [`crate::runtime::engine`]). A component that does not fit the pooling allocator's
 //! shape is refused with what it needs and the flag to raise ([`pool_misfit`]).
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -17,7 +17,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
-use crate::state::HostState;
+use crate::runtime::state::HostState;
 
 /// The export of a WASI 0.2 HTTP component (any 0.2.x version: imports and
 /// exports up to the host's 0.2.12 link by semver).
@@ -79,7 +79,7 @@ impl World {
 /// memory (their active data segments): the size of the memory image each
 /// new instance starts from. An interpreter's heap is most of it
 /// (componentize-py: 12 MiB), a compiled guest's a few KiB; the engine
-/// picks how memory slots are reset by it (see [`crate::engine`]). Bytes
+/// picks how memory slots are reset by it (see [`crate::runtime::engine`]). Bytes
 /// that do not parse count what was read before the error.
 pub fn memory_image_bytes(bytes: &[u8]) -> u64 {
     use wasmparser::{DataKind, Parser, Payload};

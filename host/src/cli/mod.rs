@@ -1,7 +1,10 @@
-//! The command line, as clap parses it. Nothing here is validated beyond its
-//! type: [`crate::config`] turns `serve`'s raw values into a `Config` before
-//! anything binds or compiles; the client subcommands live in
-//! [`crate::client`].
+//! The command line, as clap parses it, and what it runs. `serve`'s raw
+//! values are validated into a [`crate::config::Config`] ([`validate`])
+//! before anything binds or compiles; the client subcommands talk to a
+//! running host's admin API ([`client`]).
+
+pub mod client;
+pub mod validate;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -10,8 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::config::Config;
-use crate::engine::{MemoryReset, PoolShape};
+use crate::runtime::engine::{MemoryReset, PoolShape};
 
 /// Serve HTTP by running WebAssembly components: every request runs in a
 /// fresh, sandboxed instance of the component. The same binary is the
@@ -33,15 +35,15 @@ pub enum Command {
     /// Serve components over HTTP (the default).
     Serve(Box<ServeArgs>),
     /// Deploy a component as a new version of an app on a running host.
-    Deploy(crate::client::DeployArgs),
+    Deploy(client::DeployArgs),
     /// List the apps of a running host, or show one.
-    Apps(crate::client::AppsArgs),
+    Apps(client::AppsArgs),
     /// Roll an app back to its previous version, or to a named one.
-    Rollback(crate::client::RollbackArgs),
+    Rollback(client::RollbackArgs),
     /// Send a share of an app's traffic to another version; promote or abort it.
-    Canary(crate::client::CanaryArgs),
+    Canary(client::CanaryArgs),
     /// Delete an app from a running host.
-    Remove(crate::client::RemoveArgs),
+    Remove(client::RemoveArgs),
 }
 
 /// Flags of `host serve`. Every flag can also be set by the environment
@@ -271,7 +273,7 @@ pub struct ServeArgs {
         env = "HOST_SECRET_ENV_PREFIX",
         value_name = "PREFIX",
         value_delimiter = ',',
-        default_value = crate::secrets::DEFAULT_ENV_PREFIX
+        default_value = crate::apps::secrets::DEFAULT_ENV_PREFIX
     )]
     pub secret_env_prefixes: Vec<String>,
 
@@ -306,15 +308,19 @@ pub fn run() -> Result<()> {
     match cli.command {
         None => serve(cli.serve, runtime()?),
         Some(Command::Serve(args)) => serve(*args, runtime()?),
-        Some(client) => runtime()?.block_on(crate::client::run(client)),
+        Some(Command::Deploy(args)) => runtime()?.block_on(client::deploy(args)),
+        Some(Command::Apps(args)) => runtime()?.block_on(client::apps(args)),
+        Some(Command::Rollback(args)) => runtime()?.block_on(client::rollback(args)),
+        Some(Command::Canary(args)) => runtime()?.block_on(client::canary(args)),
+        Some(Command::Remove(args)) => runtime()?.block_on(client::remove(args)),
     }
 }
 
 fn serve(args: ServeArgs, runtime: tokio::runtime::Runtime) -> Result<()> {
     let json = args.log_format == "json";
-    let config = Config::from_args(args)?;
+    let config = validate::config(args)?;
     init_logging(json);
-    let served = runtime.block_on(crate::server::serve(config));
+    let served = runtime.block_on(crate::serve::serve(config));
     // A compile still running on a blocking thread (a signal came during
     // startup) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::registry::AppRecord;
+use crate::apps::records::AppRecord;
 
 /// First bytes of a cache file, before the checksum and the code.
 const CACHE_MAGIC: &[u8] = b"host-precompiled-v1\n";

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{Limits, MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE};
-use crate::outbound::OutboundPolicy;
-use crate::secrets::{SecretPolicy, SecretSource};
+use crate::apps::secrets::{SecretPolicy, SecretSource};
+use crate::runtime::limits::{Limits, MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE};
+use crate::runtime::outbound::OutboundPolicy;
 
 /// Longest per-app timeout, in milliseconds.
 pub const MAX_APP_TIMEOUT_MS: u64 = 3_600_000;

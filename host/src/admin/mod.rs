@@ -38,11 +38,13 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::limits::MemoryBudget;
+use crate::apps::error::AppError;
+use crate::apps::registry::Registry;
+use crate::apps::views::DeployRequest;
+use crate::http::response;
+use crate::http::server::{Handler, Health};
 use crate::metrics::metrics;
-use crate::registry::{AppError, DeployRequest, Registry};
-use crate::response;
-use crate::server::{Handler, Health};
+use crate::runtime::limits::MemoryBudget;
 
 /// Largest JSON body accepted by the admin endpoints other than deploy.
 const MAX_JSON_BODY: usize = 64 * 1024;

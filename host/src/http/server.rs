@@ -1,6 +1,8 @@
-//! The HTTP fronts: bind, accept (TLS optional), serve each connection with
+//! Serving one listener: accept (TLS optional), serve each connection with
 //! hyper (HTTP/1.1 with keep-alive, HTTP/2 by ALPN or h2c), hand every
-//! request to a [`Handler`], and drain gracefully on SIGINT/SIGTERM.
+//! request to a [`Handler`], and drain gracefully when told to stop. It
+//! knows nothing of apps: the public listener's handler is the front's
+//! router, the admin listener's the admin API.
 //!
 //! Connection-level protections live here: the connection cap; a deadline
 //! from accept to the first complete request head, whatever the protocol
@@ -8,15 +10,13 @@
 //! send nothing cannot hold the cap; an idle timeout for connections with
 //! no request in flight, HTTP/2 keep-alive pings; HTTP/2 stream and reset
 //! limits; and hyper's own parse limits set above the front's (which answer
-//! 431 with a message and a metric). The public listener's handler is the
-//! [`Router`]; the admin listener's is the [`Admin`] API.
+//! 431 with a message and a metric).
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
 //! and embedders can start a server in-process on port 0.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,22 +35,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::admin::Admin;
-use crate::config::{Config, DefaultApp};
-use crate::engine::{EngineSpec, Engines, EpochTicker};
-use crate::limits::MemoryBudget;
-use crate::manifest;
 use crate::metrics::metrics;
-use crate::persist::StateDir;
-use crate::registry::{DEFAULT_APP, Registry, RegistryConfig};
-use crate::router::{ConnInfo, Route, Router};
-use crate::tls::CertStore;
 
 /// Something that turns a request into a response, never failing.
 pub trait Handler: Send + Sync + 'static {
@@ -58,12 +48,6 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<HyperOutgoingBody>> + Send;
-}
-
-impl Handler for Router {
-    async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
-        Router::handle(self, request).await
-    }
 }
 
 /// Whether the host is alive and ready, for `/healthz` and `/readyz`.
@@ -77,9 +61,16 @@ impl Health {
         self.ready.load(Ordering::Relaxed)
     }
 
-    fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
+}
+
+/// What the server knows about a request's connection, as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
 }
 
 /// HTTP/2 keep-alive: a PING after this long without frames...
@@ -100,9 +91,6 @@ const MIN_HEADER_LINE: usize = 3;
 /// cost about 1 µs (5%) per request on the instance-reuse path. A head with
 /// more headers than this gets hyper's bare 431 (`head_too_large`).
 const MAX_HYPER_HEADERS: usize = 2_048;
-/// Connections the admin listener takes at once: operators and probes, so
-/// the public listener's cap is not shared with it.
-const MAX_ADMIN_CONNECTIONS: usize = 256;
 
 /// How each listener treats connections.
 #[derive(Debug, Clone)]
@@ -117,238 +105,6 @@ pub struct ConnOptions {
     pub h2_max_local_error_resets: usize,
     /// Count this listener's connections in the `open_connections` gauge.
     pub public: bool,
-}
-
-impl ConnOptions {
-    fn from_config(config: &Config, public: bool) -> ConnOptions {
-        let max_connections = if public {
-            config.max_connections
-        } else {
-            config.max_connections.min(MAX_ADMIN_CONNECTIONS)
-        };
-        ConnOptions {
-            drain: config.drain_timeout,
-            max_connections,
-            header_read_timeout: config.header_read_timeout,
-            idle_timeout: config.idle_timeout,
-            max_header_bytes: config.front.max_header_bytes,
-            h2_max_streams: config.h2_max_streams,
-            h2_max_pending_resets: config.h2_max_pending_resets,
-            h2_max_local_error_resets: config.h2_max_local_error_resets,
-            public,
-        }
-    }
-}
-
-/// SIGINT and SIGTERM, listened for from the moment they are installed.
-pub struct Signals {
-    terminate: Signal,
-    interrupt: Signal,
-}
-
-impl Signals {
-    pub fn install() -> Result<Signals> {
-        Ok(Signals {
-            terminate: signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?,
-            interrupt: signal(SignalKind::interrupt()).context("failed to listen for SIGINT")?,
-        })
-    }
-
-    /// Resolves on the next SIGINT or SIGTERM.
-    pub async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-    }
-}
-
-/// Bind both listeners, start the admin API (health first), load every
-/// app, print the startup lines and serve until SIGINT/SIGTERM; then drain:
-/// readiness goes false, after `--shutdown-delay-ms` the listeners stop
-/// accepting, and in-flight requests get up to `--drain-timeout-ms`. A
-/// signal during startup stops it: the host exits 0 without serving.
-pub async fn serve(config: Config) -> Result<()> {
-    let mut signals = Signals::install()?;
-    let engines = Engines::new(EngineSpec {
-        max_concurrent: config.ceilings.max_concurrent,
-        max_memory_bytes: config.ceilings.memory_mib << 20,
-        shape: config.pool,
-        keep_resident_bytes: config.keep_resident_bytes,
-        reset: config.memory_reset,
-    })?;
-    let _ticker = EpochTicker::start(&engines)?;
-
-    let tls = match &config.tls {
-        Some((cert, key)) => {
-            let store = CertStore::open(cert, key)?;
-            store.watch();
-            Some(store.acceptor()?)
-        }
-        None => None,
-    };
-    let public = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
-    let public_addr = public
-        .local_addr()
-        .context("failed to read the bound address")?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "failed to listen on {} for the admin API",
-                config.admin_listen
-            )
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .context("failed to read the bound admin address")?;
-
-    let state = StateDir::open(&config.state_dir)?;
-    let router = Arc::new(Router::new(config.front));
-    let shown = if public_addr.ip().is_unspecified() {
-        SocketAddr::new([127, 0, 0, 1].into(), public_addr.port())
-    } else {
-        public_addr
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let budget = MemoryBudget::new(config.memory_budget_bytes);
-    let registry = Registry::new(
-        engines,
-        state,
-        router.clone(),
-        RegistryConfig {
-            defaults: config.limits,
-            ceilings: config.ceilings,
-            secrets: config.secrets.clone(),
-            budget: budget.clone(),
-            keep_versions: config.keep_versions,
-            compile_timeout: config.compile_timeout,
-            public_base: format!("{scheme}://{shown}"),
-        },
-    );
-
-    // The admin API (and with it /healthz and /readyz) comes up first, so
-    // probes see "alive, not ready" while apps load.
-    let health = Arc::new(Health::default());
-    let admin = Arc::new(Admin::new(
-        registry.clone(),
-        health.clone(),
-        config.admin_token.clone(),
-        config.max_upload_bytes,
-        admin_addr,
-        budget,
-    ));
-    let (stop, stopped) = watch::channel(false);
-    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let admin_server = tokio::spawn(run(
-        admin_listener,
-        None,
-        admin,
-        until_stopped(stopped.clone()),
-        ConnOptions::from_config(&config, false),
-    ));
-
-    let loaded = tokio::select! {
-        loaded = load_apps(&config, &registry, &router) => Some(loaded),
-        () = signals.recv() => None,
-    };
-    match loaded {
-        Some(loaded) => loaded?,
-        None => {
-            tracing::info!("shutdown requested during startup: stopping before serving");
-            let _ = stop.send(true);
-            let _ = admin_server.await;
-            return Ok(());
-        }
-    }
-    if config.admin_token.is_none() {
-        tracing::warn!(%admin_addr, "the admin API has no token (set HOST_ADMIN_TOKEN): it is open to every local client on loopback");
-    }
-    health.set_ready(true);
-    tracing::info!(%public_addr, %admin_addr, tls = tls.is_some(), apps = router.table().len, "serving");
-    // The startup lines tests and scripts read to learn the bound ports.
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "Admin API on http://{admin_addr}/")
-        .and_then(|()| writeln!(stdout, "Serving HTTP on {scheme}://{public_addr}/"))
-        .and_then(|()| stdout.flush())
-        .context("failed to write to stdout")?;
-
-    let delay = config.shutdown_delay;
-    let health_for_signal = health.clone();
-    tokio::spawn(async move {
-        signals.recv().await;
-        health_for_signal.set_ready(false);
-        tracing::info!(
-            delay_ms = delay.as_millis() as u64,
-            "shutdown requested: not ready; stopping listeners after the delay"
-        );
-        tokio::time::sleep(delay).await;
-        let _ = stop.send(true);
-    });
-    let served = run(
-        public,
-        tls,
-        router,
-        until_stopped(stopped),
-        ConnOptions::from_config(&config, true),
-    )
-    .await;
-    let admin_served = admin_server.await.context("admin server task failed")?;
-    served.and(admin_served)
-}
-
-/// Static apps first (command line, manifest), then the deployed ones, then
-/// the default guest if `/` is still free and no deployed app took its name.
-async fn load_apps(config: &Config, registry: &Registry, router: &Router) -> Result<()> {
-    let root = || Route::new("/", None).map_err(anyhow::Error::msg);
-    if let DefaultApp::Explicit(component) = &config.default_app {
-        registry
-            .add_static(DEFAULT_APP, component, root()?, Default::default())
-            .await?;
-    }
-    if let Some(path) = &config.manifest {
-        for app in manifest::load(path)? {
-            registry
-                .add_static(&app.name, &app.component, app.route, app.settings)
-                .await
-                .with_context(|| format!("manifest {}", path.display()))?;
-        }
-    }
-    let restored = registry.restore().await?;
-    tracing::info!(
-        apps = restored.apps,
-        from_cache = restored.from_cache,
-        compiled = restored.compiled,
-        failed = restored.failed,
-        state_dir = %config.state_dir.display(),
-        "restored deployed apps"
-    );
-    if let DefaultApp::Implicit(component) = &config.default_app {
-        match router.table().lookup(None, "/") {
-            Some(app) if app.route.prefix == "/" => {
-                tracing::info!(app = %app.name, "not serving the default guest: `/` is taken");
-            }
-            _ if registry.has_app(DEFAULT_APP).await => {
-                tracing::warn!(
-                    "not serving the default guest: a deployed app is named `{DEFAULT_APP}` \
-                     (a name now reserved; remove that app to get the default guest back)"
-                );
-            }
-            _ => {
-                registry
-                    .add_static(DEFAULT_APP, component, root()?, Default::default())
-                    .await?
-            }
-        }
-    }
-    if router.table().len == 0 {
-        tracing::warn!("no apps are configured yet: deploy one through the admin API");
-    }
-    Ok(())
 }
 
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

@@ -2,7 +2,7 @@
 //! `wasi:http/service` world, exporting `wasi:http/handler@0.3`).
 //!
 //! Admission, limits, the store and the failure mapping are those of WASI
-//! 0.2 ([`crate::invoke`]); what differs is the call. A 0.3 guest runs
+//! 0.2 ([`crate::runtime::instance`]); what differs is the call. A 0.3 guest runs
 //! inside its store's concurrent event loop (`Store::run_concurrent`): the
 //! host hands it the request as a `wasi:http/types.request`, gets a response
 //! back, and then keeps the loop turning while the guest streams the body
@@ -11,7 +11,7 @@
 //! timeout; a client that goes away before the answer cancels the guest.
 //! Apps that opt into instance reuse get it here too, one request after
 //! another per instance (like 0.2), or several at once with
-//! `instance_concurrency` ([`crate::concurrent`]).
+//! `instance_concurrency` ([`crate::runtime::shared`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,13 +29,14 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
-use crate::invoke::{Deployment, Failure, GuestFuture, Instance, RequestContext, warm_or_new};
-use crate::limits::LimitedBody;
-use crate::state::HostState;
+use crate::runtime::failure::Failure;
+use crate::runtime::instance::{GuestFuture, Instance, Instances, RequestContext, warm_or_new};
+use crate::runtime::limits::LimitedBody;
+use crate::runtime::state::HostState;
 
 type Answer = Result<Response<HyperOutgoingBody>, ErrorCode>;
 
-impl Deployment {
+impl Instances {
     pub(crate) async fn run_p3<B>(
         &self,
         pre: ServicePre<HostState>,
@@ -47,11 +48,6 @@ impl Deployment {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        if let Some(pool) = &self.shared {
-            let request = absolute(request, &ctx.scheme).map_err(Failure::Setup)?;
-            let request = request.map(|body| body.boxed_unsync());
-            return self.run_shared(pool, pre, request, permits, ctx).await;
-        }
         let (started, deadline) = self.clock();
         let (mut store, service, served) =
             self.warm_or_store(ctx, deadline, |instance| match instance {
@@ -116,7 +112,10 @@ where
 /// WASI 0.3 takes the request's scheme and authority from its URI: an
 /// HTTP/1 request has only a path there, so they are added from the
 /// connection and the `Host` header.
-fn absolute<B>(mut request: Request<B>, scheme: &Scheme) -> wasmtime::Result<Request<B>> {
+pub(crate) fn absolute<B>(
+    mut request: Request<B>,
+    scheme: &Scheme,
+) -> wasmtime::Result<Request<B>> {
     let uri = request.uri();
     if uri.scheme().is_some() && uri.authority().is_some() {
         return Ok(request);
@@ -152,7 +151,7 @@ pub(crate) struct DeadlineBody {
     /// Armed the first time the body has nothing to give.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The request's permits, when they last as long as its body (a shared
-    /// instance's requests, see [`crate::concurrent`]).
+    /// instance's requests, see [`crate::runtime::shared`]).
     held: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 

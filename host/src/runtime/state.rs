@@ -1,14 +1,14 @@
 //! What lives in each instance's `Store`: the WASI, wasi:http and
 //! wasi:config contexts, the resource table they share, the outbound HTTP
 //! hooks, the guest's captured stdout/stderr, the memory limiter and the
-//! current request's deadline. It is built from its deployment with the
+//! current request's deadline. It is built from its version's settings with the
 //! instance and dropped with it: after one request, or after several when
 //! the app opts into instance reuse ([`HostState::begin`] starts each one).
 //!
 //! Everything the host holds on a guest's behalf outside its linear memory
 //! is bounded here: resource-table entries (`--max-guest-resources`), the
 //! size of each wasi:http `fields` ([`MAX_FIELDS_BYTES`]), random bytes per
-//! call, and (in [`crate::outbound`]) buffered outgoing-body bytes and
+//! call, and (in [`crate::runtime::outbound`]) buffered outgoing-body bytes and
 //! outbound calls in flight. The most all that can hold is reserved from the
 //! host-wide guest memory budget when the instance is made, so instances
 //! cannot add up past it.
@@ -21,10 +21,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::invoke::Deployment;
-use crate::limits::{GuestLimiter, Limits};
-use crate::outbound::{OUTGOING_BODY_CHUNK_BYTES, OutboundHooks};
-use crate::output::GuestOutput;
+use tokio::sync::Semaphore;
+
+use crate::runtime::limits::{GuestLimiter, Limits, MemoryBudget};
+use crate::runtime::outbound::{OUTGOING_BODY_CHUNK_BYTES, OutboundHooks, OutboundPolicy};
+use crate::runtime::output::GuestOutput;
 
 /// Largest in-memory size of one wasi:http `fields` a guest builds (headers
 /// or trailers): room for a copy of the request headers the front accepts
@@ -54,6 +55,18 @@ pub fn host_reserve(limits: &Limits) -> u64 {
         + u64::from(limits.max_outbound) * OUTBOUND_CALL_CHARGE_BYTES
 }
 
+/// What a store is built from: its version's settings and its app's
+/// shares (memory budget, outbound calls).
+pub struct StoreInputs<'a> {
+    pub app: &'a Arc<str>,
+    pub limits: &'a Limits,
+    pub budget: &'a Arc<MemoryBudget>,
+    pub outbound_calls: &'a Arc<Semaphore>,
+    pub env: &'a [(String, String)],
+    pub config: &'a Arc<WasiConfigVariables>,
+    pub outbound: &'a Arc<OutboundPolicy>,
+}
+
 pub struct HostState {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
@@ -69,17 +82,13 @@ pub struct HostState {
 impl HostState {
     /// `None` when the guest memory budget cannot take the instance's
     /// host-side reserve.
-    pub fn new(deployment: &Deployment, request_id: &Arc<str>, deadline: Instant) -> Option<Self> {
-        let limits = &deployment.limits;
+    pub fn new(inputs: StoreInputs<'_>, request_id: &Arc<str>, deadline: Instant) -> Option<Self> {
+        let limits = inputs.limits;
         let reserve = host_reserve(limits);
-        let limiter = GuestLimiter::new(
-            limits.memory_bytes,
-            deployment.share.budget.clone(),
-            reserve,
-        )?;
-        let output = GuestOutput::new(deployment.app.clone(), request_id.clone());
+        let limiter = GuestLimiter::new(limits.memory_bytes, inputs.budget.clone(), reserve)?;
+        let output = GuestOutput::new(inputs.app.clone(), request_id.clone());
         let wasi = WasiCtx::builder()
-            .envs(&deployment.env)
+            .envs(inputs.env)
             .stdout(output.stdout())
             .stderr(output.stderr())
             .max_random_size(MAX_RANDOM_BYTES)
@@ -92,11 +101,11 @@ impl HostState {
             wasi,
             http,
             table,
-            config: deployment.config.clone(),
+            config: inputs.config.clone(),
             hooks: OutboundHooks::new(
-                deployment.app.clone(),
-                deployment.outbound.clone(),
-                deployment.share.outbound_calls.clone(),
+                inputs.app.clone(),
+                inputs.outbound.clone(),
+                inputs.outbound_calls.clone(),
                 limits.max_outbound,
             ),
             limiter,

@@ -11,9 +11,8 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::cli::Command;
-use crate::secrets::SecretSource;
-use crate::settings::parse_pair;
+use crate::apps::secrets::SecretSource;
+use crate::apps::settings::parse_pair;
 
 /// Where the admin API is and how to talk to it.
 #[derive(Debug, Clone, Args)]
@@ -163,88 +162,90 @@ impl Client {
     }
 }
 
-pub async fn run(command: Command) -> Result<()> {
-    match command {
-        Command::Serve(_) => bail!("`serve` is not a client command"),
-        Command::Deploy(args) => deploy(args).await,
-        Command::Apps(args) => {
-            let client = Client::new(&args.server)?;
-            let path = match &args.name {
-                Some(name) => format!("/v1/apps/{name}"),
-                None => "/v1/apps".to_string(),
-            };
-            let body = client.send(client.request(Method::GET, &path)).await?;
-            if args.server.json {
-                return print_json(&body);
+/// `host apps`: List the apps, or show one.
+pub async fn apps(args: AppsArgs) -> Result<()> {
+    let client = Client::new(&args.server)?;
+    let path = match &args.name {
+        Some(name) => format!("/v1/apps/{name}"),
+        None => "/v1/apps".to_string(),
+    };
+    let body = client.send(client.request(Method::GET, &path)).await?;
+    if args.server.json {
+        return print_json(&body);
+    }
+    match args.name {
+        Some(_) => print_app(&body, true),
+        None => {
+            let apps = body["apps"].as_array().cloned().unwrap_or_default();
+            if apps.is_empty() {
+                writeln!(std::io::stdout(), "no apps")?;
             }
-            match args.name {
-                Some(_) => print_app(&body, true),
-                None => {
-                    let apps = body["apps"].as_array().cloned().unwrap_or_default();
-                    if apps.is_empty() {
-                        writeln!(std::io::stdout(), "no apps")?;
-                    }
-                    for app in &apps {
-                        print_app(app, false)?;
-                    }
-                    Ok(())
-                }
+            for app in &apps {
+                print_app(app, false)?;
             }
-        }
-        Command::Rollback(args) => {
-            let client = Client::new(&args.server)?;
-            let body = serde_json::json!({ "version": args.to });
-            let path = format!("/v1/apps/{}/rollback", args.name);
-            let app = client
-                .send(client.request(Method::POST, &path).json(&body))
-                .await?;
-            report(&args.server, &app, |app| {
-                format!(
-                    "{} rolled back: version {} is current",
-                    app["name"].as_str().unwrap_or("?"),
-                    app["current_version"].as_str().unwrap_or("?")
-                )
-            })
-        }
-        Command::Canary(args) => {
-            let client = Client::new(&args.server)?;
-            let base = format!("/v1/apps/{}/canary", args.name);
-            let request = if args.promote {
-                client.request(Method::POST, &format!("{base}/promote"))
-            } else if args.abort {
-                client.request(Method::DELETE, &base)
-            } else {
-                client.request(Method::PUT, &base).json(&serde_json::json!({
-                    "version": args.version,
-                    "weight": args.weight,
-                    "sticky": args.sticky,
-                }))
-            };
-            let app = client.send(request).await?;
-            report(&args.server, &app, |app| {
-                let name = app["name"].as_str().unwrap_or("?");
-                let current = app["current_version"].as_str().unwrap_or("?");
-                match app["canary"].as_object() {
-                    Some(c) => format!(
-                        "{name}: {}% of requests go to {}, the rest to {current}",
-                        c["weight"],
-                        c["version"].as_str().unwrap_or("?")
-                    ),
-                    None => format!("{name}: no canary; version {current} serves all requests"),
-                }
-            })
-        }
-        Command::Remove(args) => {
-            let client = Client::new(&args.server)?;
-            let body = client
-                .send(client.request(Method::DELETE, &format!("/v1/apps/{}", args.name)))
-                .await?;
-            report(&args.server, &body, |_| format!("{} removed", args.name))
+            Ok(())
         }
     }
 }
 
-async fn deploy(args: DeployArgs) -> Result<()> {
+/// `host rollback`: Roll an app back.
+pub async fn rollback(args: RollbackArgs) -> Result<()> {
+    let client = Client::new(&args.server)?;
+    let body = serde_json::json!({ "version": args.to });
+    let path = format!("/v1/apps/{}/rollback", args.name);
+    let app = client
+        .send(client.request(Method::POST, &path).json(&body))
+        .await?;
+    report(&args.server, &app, |app| {
+        format!(
+            "{} rolled back: version {} is current",
+            app["name"].as_str().unwrap_or("?"),
+            app["current_version"].as_str().unwrap_or("?")
+        )
+    })
+}
+
+/// `host canary`: Start, promote or abort a canary.
+pub async fn canary(args: CanaryArgs) -> Result<()> {
+    let client = Client::new(&args.server)?;
+    let base = format!("/v1/apps/{}/canary", args.name);
+    let request = if args.promote {
+        client.request(Method::POST, &format!("{base}/promote"))
+    } else if args.abort {
+        client.request(Method::DELETE, &base)
+    } else {
+        client.request(Method::PUT, &base).json(&serde_json::json!({
+            "version": args.version,
+            "weight": args.weight,
+            "sticky": args.sticky,
+        }))
+    };
+    let app = client.send(request).await?;
+    report(&args.server, &app, |app| {
+        let name = app["name"].as_str().unwrap_or("?");
+        let current = app["current_version"].as_str().unwrap_or("?");
+        match app["canary"].as_object() {
+            Some(c) => format!(
+                "{name}: {}% of requests go to {}, the rest to {current}",
+                c["weight"],
+                c["version"].as_str().unwrap_or("?")
+            ),
+            None => format!("{name}: no canary; version {current} serves all requests"),
+        }
+    })
+}
+
+/// `host remove`: Delete an app.
+pub async fn remove(args: RemoveArgs) -> Result<()> {
+    let client = Client::new(&args.server)?;
+    let body = client
+        .send(client.request(Method::DELETE, &format!("/v1/apps/{}", args.name)))
+        .await?;
+    report(&args.server, &body, |_| format!("{} removed", args.name))
+}
+
+/// `host deploy`: upload a component as a new version of an app.
+pub async fn deploy(args: DeployArgs) -> Result<()> {
     let wasm = tokio::fs::read(&args.file)
         .await
         .with_context(|| format!("failed to read {}", args.file.display()))?;

@@ -25,20 +25,24 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify};
-use wasmtime::component::Component;
 
-use crate::component::{self, Pre, World};
-use crate::engine::{COPY_IMAGE_BYTES, Engines};
-use crate::invoke::{AppShare, Deployment, Identity};
-use crate::limits::{Limits, MemoryBudget};
+use crate::apps::compiler::{CodeSource, Compiler};
+use crate::apps::error::AppError;
+use crate::apps::plan;
+use crate::apps::records::{AppRecord, VersionRecord, validate_name, version_settings_key};
+use crate::apps::secrets::SecretPolicy;
+use crate::apps::settings::{AppSettings, Ceilings};
+use crate::apps::state_dir::{StateDir, sha256_hex};
+use crate::apps::views::{AppView, DeployRequest, VersionView};
 use crate::metrics::metrics;
-use crate::outbound::OutboundPolicy;
-use crate::persist::{StateDir, sha256_hex};
-use crate::router::{Canary, LiveApp, Route, Router, RoutingTable};
-use crate::secrets::SecretPolicy;
-use crate::settings::{AppSettings, Ceilings};
+use crate::routing::{Canary, LiveApp, Route, Routes, RoutingTable};
+use crate::runtime::component::{self, Pre, World};
+use crate::runtime::engine::Engines;
+use crate::runtime::instance::AppShare;
+use crate::runtime::limits::{Limits, MemoryBudget};
+use crate::runtime::outbound::OutboundPolicy;
+use crate::runtime::served::{Identity, ServedVersion};
 
 /// The name of the implicit default guest; no deployed app may take it.
 pub const DEFAULT_APP: &str = "default";
@@ -51,316 +55,6 @@ const GC_DELAY: Duration = Duration::from_millis(200);
 /// is answered 422 but cannot be stopped: it keeps its slot until it ends,
 /// so abandoned compiles cannot pile up.
 const MAX_CONCURRENT_COMPILES: usize = 2;
-
-/// A deployed app as stored in `STATE_DIR/apps/NAME.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppRecord {
-    pub name: String,
-    pub route: Route,
-    /// The version serving (all traffic but the canary's share).
-    pub current: String,
-    #[serde(default)]
-    pub canary: Option<CanaryRecord>,
-    /// Newest first; at most `--keep-versions`.
-    pub versions: Vec<VersionRecord>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CanaryRecord {
-    pub version: String,
-    /// Percent of requests (0..=100) that go to `version`.
-    pub weight: u8,
-    #[serde(default)]
-    pub sticky: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VersionRecord {
-    /// The first 12 hex digits of `digest`.
-    pub version: String,
-    /// SHA-256 of the component.
-    pub digest: String,
-    pub size: u64,
-    /// Unix seconds.
-    pub deployed_at: u64,
-    pub settings: AppSettings,
-    /// The `wasi:http` world the component serves. Stored only for WASI
-    /// 0.3, so that records of WASI 0.2 apps stay readable by a host from
-    /// before WASI 0.3 support (a rollback of the binary); records without
-    /// it are WASI 0.2.
-    #[serde(default, skip_serializing_if = "World::is_default")]
-    pub world: World,
-    /// Bytes of the component's memory image
-    /// ([`component::memory_image_bytes`]), which picks how its memory is
-    /// reset (and so its engine) before its cached code is loaded. Stored
-    /// only from [`COPY_IMAGE_BYTES`] up, where it changes the pick, so
-    /// that other records stay readable by older hosts; records without it
-    /// are small.
-    #[serde(default, skip_serializing_if = "is_small_image")]
-    pub memory_image_bytes: u64,
-}
-
-impl VersionRecord {
-    /// Settings that only one world can apply are refused for the other.
-    fn check_world(&self) -> Result<(), String> {
-        match self.settings.instance_concurrency {
-            Some(n) if n > 1 && self.world == World::Http02 => Err(format!(
-                "instance_concurrency {n} applies to WASI 0.3 components (wasi:http@0.3) only, and this \
-                 one serves wasi:http@0.2, whose instances take one request at a time: remove the \
-                 setting or set it to 1"
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn is_small_image(bytes: &u64) -> bool {
-    *bytes < COPY_IMAGE_BYTES
-}
-
-impl AppRecord {
-    /// The record of `version`, by exact id.
-    fn version(&self, id: &str) -> Result<&VersionRecord, AppError> {
-        self.versions
-            .iter()
-            .find(|v| v.version == id)
-            .ok_or_else(|| {
-                AppError::Invalid(format!(
-                    "the record of app {} names version {id}, which it does not hold",
-                    self.name
-                ))
-            })
-    }
-
-    /// Resolve a version id (or a unique prefix of one).
-    fn find_version(&self, wanted: &str) -> Result<&VersionRecord, AppError> {
-        let matches: Vec<&VersionRecord> = self
-            .versions
-            .iter()
-            .filter(|v| !wanted.is_empty() && v.version.starts_with(wanted))
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok(one),
-            [] => Err(AppError::NotFound(format!(
-                "app {} has no version {wanted}; it has: {}",
-                self.name,
-                self.versions
-                    .iter()
-                    .map(|v| v.version.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-            _ => Err(AppError::Invalid(format!(
-                "version {wanted} is ambiguous; give more digits"
-            ))),
-        }
-    }
-
-    /// Every component digest the record names.
-    fn digests(&self) -> impl Iterator<Item = &str> {
-        self.versions.iter().map(|v| v.digest.as_str())
-    }
-}
-
-/// The version/canary state machine: each change is a pure function from
-/// an app's record to its next record.
-mod plan {
-    use super::{AppError, AppRecord, CanaryRecord, Route, VersionRecord};
-
-    /// `version` becomes current (the front of the history); any canary ends.
-    pub fn deploy(
-        existing: Option<&AppRecord>,
-        name: &str,
-        route: Route,
-        version: VersionRecord,
-        keep: usize,
-    ) -> AppRecord {
-        let mut versions = existing.map(|r| r.versions.clone()).unwrap_or_default();
-        versions.retain(|v| v.digest != version.digest);
-        let current = version.version.clone();
-        versions.insert(0, version);
-        versions.truncate(keep.max(1));
-        AppRecord {
-            name: name.to_string(),
-            route,
-            current,
-            canary: None,
-            versions,
-        }
-    }
-
-    /// The previous version (or `to`) becomes current; any canary ends.
-    pub fn rollback(record: &AppRecord, to: Option<&str>) -> Result<AppRecord, AppError> {
-        let target = match to {
-            Some(wanted) => record.find_version(wanted)?,
-            None => {
-                let at = record
-                    .versions
-                    .iter()
-                    .position(|v| v.version == record.current);
-                at.and_then(|i| record.versions.get(i + 1)).ok_or_else(|| {
-                    AppError::Conflict(format!(
-                        "app {} has no version older than {} to roll back to",
-                        record.name, record.current
-                    ))
-                })?
-            }
-        };
-        if target.version == record.current && record.canary.is_none() {
-            return Err(AppError::Conflict(format!(
-                "version {} is already current",
-                target.version
-            )));
-        }
-        Ok(AppRecord {
-            current: target.version.clone(),
-            canary: None,
-            ..record.clone()
-        })
-    }
-
-    /// `weight`% of requests go to `version`.
-    pub fn canary(
-        record: &AppRecord,
-        version: &str,
-        weight: u8,
-        sticky: bool,
-    ) -> Result<AppRecord, AppError> {
-        if weight > 100 {
-            return Err(AppError::Invalid(format!(
-                "weight must be 0 to 100, got {weight}"
-            )));
-        }
-        let target = record.find_version(version)?;
-        if target.version == record.current {
-            return Err(AppError::Conflict(format!(
-                "version {} is already current; a canary needs another version",
-                target.version
-            )));
-        }
-        Ok(AppRecord {
-            canary: Some(CanaryRecord {
-                version: target.version.clone(),
-                weight,
-                sticky,
-            }),
-            ..record.clone()
-        })
-    }
-
-    /// The canary's version becomes current.
-    pub fn promote(record: &AppRecord) -> Result<AppRecord, AppError> {
-        let canary = record.canary.as_ref().ok_or_else(|| {
-            AppError::Conflict(format!("app {} has no canary to promote", record.name))
-        })?;
-        Ok(AppRecord {
-            current: canary.version.clone(),
-            canary: None,
-            ..record.clone()
-        })
-    }
-
-    /// The canary ends; the current version takes all traffic.
-    pub fn abort(record: &AppRecord) -> Result<AppRecord, AppError> {
-        if record.canary.is_none() {
-            return Err(AppError::Conflict(format!(
-                "app {} has no canary to abort",
-                record.name
-            )));
-        }
-        Ok(AppRecord {
-            canary: None,
-            ..record.clone()
-        })
-    }
-}
-
-/// Why a change to the apps was refused. The admin API maps each kind to a
-/// status; the message says what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// A name, setting or request that can never succeed as given.
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    /// The change clashes with the app's current state or another app.
-    #[error("{0}")]
-    Conflict(String),
-    /// The component cannot be served (not a component, wrong exports,
-    /// unknown imports, compile too slow).
-    #[error("{0}")]
-    Unservable(String),
-    /// The host cannot take the change now; retrying later may work.
-    #[error("{0}")]
-    Busy(String),
-    /// The host failed (disk, a bug); details are in its log.
-    #[error("the host could not complete the operation; see its log")]
-    Internal(#[source] anyhow::Error),
-}
-
-impl AppError {
-    fn internal(err: anyhow::Error) -> AppError {
-        tracing::error!(error = ?err, "app operation failed");
-        AppError::Internal(err)
-    }
-}
-
-/// What a deploy asks for besides the component.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DeployRequest {
-    /// Path prefix; required on an app's first deploy, kept when omitted.
-    pub route: Option<String>,
-    /// Host name the route is limited to.
-    pub host: Option<String>,
-    #[serde(flatten)]
-    pub settings: AppSettings,
-}
-
-/// An app as the admin API shows it. Secrets appear as where they are read
-/// from, never as values.
-#[derive(Debug, Clone, Serialize)]
-pub struct AppView {
-    pub name: String,
-    pub route: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    pub url: String,
-    /// `deployed` (admin API) or `static` (command line or manifest).
-    pub source: &'static str,
-    pub current_version: String,
-    pub canary: Option<CanaryRecord>,
-    pub versions: Vec<VersionView>,
-    /// Why a deployed app is not being served (it failed to restore at
-    /// start); absent for served apps.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct VersionView {
-    #[serde(flatten)]
-    pub record: VersionRecord,
-    pub current: bool,
-    /// The world of a WASI 0.2 version, which its record leaves out: the
-    /// API always says which world a version serves.
-    #[serde(rename = "world", skip_serializing_if = "Option::is_none")]
-    default_world: Option<World>,
-}
-
-impl VersionView {
-    fn new(record: VersionRecord, current: bool) -> VersionView {
-        VersionView {
-            default_world: record.world.is_default().then_some(record.world),
-            record,
-            current,
-        }
-    }
-}
 
 /// Settings of the registry that come from the command line.
 #[derive(Debug, Clone)]
@@ -376,105 +70,6 @@ pub struct RegistryConfig {
     pub public_base: String,
 }
 
-/// Where a version's compiled code came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CodeSource {
-    /// Already loaded in memory.
-    Memory,
-    /// Loaded from the precompiled cache in the state directory.
-    Cache,
-    /// Compiled now (and written to the cache).
-    Compiled,
-}
-
-/// Compiles components and keeps the precompiled cache. Cheap to clone, so
-/// it can move onto a blocking thread.
-#[derive(Clone)]
-struct Compiler {
-    engines: Arc<Engines>,
-    state: Arc<StateDir>,
-}
-
-impl Compiler {
-    /// Code for `digest`: from the cache when intact, else compiled from
-    /// `wasm` (or the stored component) and cached.
-    fn obtain(
-        &self,
-        digest: &str,
-        wasm: Option<&[u8]>,
-        world: World,
-        (image_bytes, size): (u64, u64),
-    ) -> anyhow::Result<(Pre, CodeSource)> {
-        // A record from before memory images were recorded says nothing of
-        // a large one: the stored bytes do (only a large file can hold one).
-        let image_bytes =
-            if wasm.is_none() && image_bytes < COPY_IMAGE_BYTES && size >= COPY_IMAGE_BYTES {
-                match self.state.read_component(digest) {
-                    Ok(bytes) => component::memory_image_bytes(&bytes),
-                    Err(_) => image_bytes,
-                }
-            } else {
-                image_bytes
-            };
-        let runtime = self.engines.runtime(world, image_bytes)?;
-        match self.state.load_precompiled(digest, &runtime.key) {
-            Ok(Some(code)) => {
-                // SAFETY: this host wrote the file itself (precompiled input
-                // is never accepted from outside) and its checksum matched.
-                match unsafe { Component::deserialize(&runtime.engine, &code) } {
-                    Ok(component) => {
-                        let pre = component::prepare(
-                            &runtime.engine,
-                            &runtime.linker,
-                            &component,
-                            world,
-                        )?;
-                        metrics().code_load("cache");
-                        return Ok((pre, CodeSource::Cache));
-                    }
-                    Err(err) => {
-                        tracing::warn!(digest, error = %err, "cached code is unusable; recompiling")
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(err) => tracing::warn!(digest, error = %err, "cache entry is corrupt; recompiling"),
-        }
-        let stored;
-        let wasm = match wasm {
-            Some(wasm) => wasm,
-            None => {
-                stored = self.state.read_component(digest)?;
-                &stored
-            }
-        };
-        // The bytes are the truth when a record says otherwise (edited on disk).
-        let detected = World::of(wasm);
-        let (world, runtime) = if detected == world {
-            (world, runtime)
-        } else {
-            tracing::warn!(digest, recorded = ?world, ?detected, "the record names another world than the component's; serving it as the component's");
-            (detected, self.engines.runtime(detected, image_bytes)?)
-        };
-        let started = std::time::Instant::now();
-        let component = component::compile(&runtime.engine, wasm)?;
-        metrics()
-            .compile_duration
-            .observe(started.elapsed().as_secs_f64());
-        metrics().code_load("compiled");
-        let pre = component::prepare(&runtime.engine, &runtime.linker, &component, world)?;
-        match component.serialize() {
-            Ok(code) => {
-                if let Err(err) = self.state.save_precompiled(digest, &runtime.key, &code) {
-                    tracing::warn!(digest, error = %err, "failed to cache compiled code");
-                }
-            }
-            Err(err) => tracing::warn!(digest, error = %err, "failed to serialize compiled code"),
-        }
-        Ok((pre, CodeSource::Compiled))
-    }
-}
-
 struct StaticApp {
     route: Route,
     version: VersionRecord,
@@ -488,7 +83,7 @@ struct FailedApp {
 
 /// What serves one app: its current version and its canary, if any.
 struct Served {
-    current: Arc<Deployment>,
+    current: Arc<ServedVersion>,
     canary: Option<Canary>,
     /// Code to keep in memory, by digest.
     code: Vec<(String, Pre)>,
@@ -520,7 +115,7 @@ struct Inner {
 pub struct Registry {
     compiler: Compiler,
     config: RegistryConfig,
-    router: Arc<Router>,
+    routes: Arc<Routes>,
     inner: Mutex<Inner>,
     /// Components being stored by deploys in progress, by digest (count):
     /// the collector keeps them.
@@ -546,23 +141,6 @@ fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// App names: lowercase letters, digits and `-`, 1 to 63 characters.
-pub fn validate_name(name: &str) -> Result<(), AppError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(AppError::Invalid(format!(
-            "app name {name:?} must be 1-63 lowercase letters, digits or `-`, not starting with `-`"
-        )))
-    }
 }
 
 /// Keeps a digest in the registry's `storing` set while a deploy stores it.
@@ -609,7 +187,7 @@ impl Registry {
     pub fn new(
         engines: Arc<Engines>,
         state: StateDir,
-        router: Arc<Router>,
+        routes: Arc<Routes>,
         config: RegistryConfig,
     ) -> Arc<Registry> {
         let registry = Arc::new(Registry {
@@ -618,7 +196,7 @@ impl Registry {
                 state: Arc::new(state),
             },
             config,
-            router,
+            routes,
             inner: Mutex::new(Inner::default()),
             storing: std::sync::Mutex::new(HashMap::new()),
             collect: Arc::new(Notify::new()),
@@ -698,7 +276,7 @@ impl Registry {
         wasm: Option<Bytes>,
         bounded: bool,
         share: &Arc<AppShare>,
-    ) -> Result<(Arc<Deployment>, Pre, CodeSource), AppError> {
+    ) -> Result<(Arc<ServedVersion>, Pre, CodeSource), AppError> {
         let settings = &version.settings;
         // Again at every use, not only at deploy: the host's ceilings and
         // secret rules may have changed since (a restart with other flags,
@@ -721,7 +299,7 @@ impl Registry {
             .map_err(|e| AppError::Invalid(format!("version {}: {e}", version.version)))?;
         let outbound =
             OutboundPolicy::parse(&settings.allow_outbound).map_err(AppError::Invalid)?;
-        let deployment = Arc::new(Deployment::new(
+        let deployment = Arc::new(ServedVersion::new(
             Identity {
                 app: name.into(),
                 version: version.version.as_str().into(),
@@ -771,16 +349,16 @@ impl Registry {
             .settings
             .limits(&self.config.defaults);
         let share = self.share_for(&record.name, &current_limits).await;
-        let mut make = async |id: &str| -> Result<Arc<Deployment>, AppError> {
+        let mut make = async |id: &str| -> Result<Arc<ServedVersion>, AppError> {
             let served_now = live.and_then(|app| {
                 std::iter::once(&app.current)
-                    .chain(app.canary.as_ref().map(|c| &c.deployment))
+                    .chain(app.canary.as_ref().map(|c| &c.version))
                     .find(|d| &*d.version == id)
             });
             let version = record.version(id)?;
             if let Some(deployment) = served_now
                 && deployment.settings_key == version_settings_key(version)
-                && Arc::ptr_eq(&deployment.share, &share)
+                && Arc::ptr_eq(deployment.share(), &share)
             {
                 return Ok(deployment.clone());
             }
@@ -798,7 +376,7 @@ impl Registry {
         let current = make(&record.current).await?;
         let canary = match &record.canary {
             Some(c) => Some(Canary {
-                deployment: make(&c.version).await?,
+                version: make(&c.version).await?,
                 weight: c.weight,
                 sticky: c.sticky,
             }),
@@ -813,16 +391,16 @@ impl Registry {
         })
     }
 
-    /// Publish the live apps to the router, and drop code no longer served.
+    /// Publish the live apps to the front, and drop code no longer served.
     fn publish(&self, inner: &mut Inner) {
-        self.router
+        self.routes
             .publish(RoutingTable::new(inner.live.values().cloned()));
         let used: HashSet<&str> = inner
             .live
             .values()
             .flat_map(|app| {
                 std::iter::once(&app.current)
-                    .chain(app.canary.as_ref().map(|c| &c.deployment))
+                    .chain(app.canary.as_ref().map(|c| &c.version))
                     .map(|d| d.digest.as_ref())
             })
             .collect();
@@ -1393,18 +971,6 @@ fn collector(registry: std::sync::Weak<Registry>, wake: Arc<Notify>) {
             registry.collect_garbage().await;
         }
     });
-}
-
-/// What of a version's settings a served deployment was built from: a
-/// deployment is reused only for the very same version and settings.
-pub fn version_settings_key(version: &VersionRecord) -> u64 {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut h = DefaultHasher::new();
-    version.digest.hash(&mut h);
-    serde_json::to_string(&version.settings)
-        .unwrap_or_default()
-        .hash(&mut h);
-    h.finish()
 }
 
 #[cfg(test)]

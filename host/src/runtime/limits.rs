@@ -47,7 +47,7 @@ pub struct Limits {
     /// requests: memory and globals carry over.
     pub instance_reuse: u32,
     /// Requests one instance of a WASI 0.3 component may serve at once,
-    /// when instances are reused (see [`crate::concurrent`]).
+    /// when instances are reused (see [`crate::runtime::shared`]).
     pub instance_concurrency: u32,
     /// Host-side resources (wasi:http fields, bodies, streams, pollables…)
     /// an instance may hold at once.

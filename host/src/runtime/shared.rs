@@ -45,10 +45,11 @@ use wasmtime::component::Accessor;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
-use crate::invoke::{Deployment, Failure, RequestContext};
 use crate::metrics::metrics;
-use crate::service::DeadlineBody;
-use crate::state::HostState;
+use crate::runtime::failure::Failure;
+use crate::runtime::instance::{Instances, RequestContext};
+use crate::runtime::p3::{DeadlineBody, absolute};
+use crate::runtime::state::HostState;
 
 /// A worker with nothing to do for this long is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -179,7 +180,7 @@ impl Drop for Abandon {
     }
 }
 
-impl Deployment {
+impl Instances {
     /// Serve `request` on a shared instance of this WASI 0.3 version.
     pub(crate) async fn run_shared(
         &self,
@@ -190,6 +191,7 @@ impl Deployment {
         ctx: &RequestContext,
     ) -> Result<Response<HyperOutgoingBody>, Failure> {
         let (started, deadline) = self.clock();
+        let request = absolute(request, &ctx.scheme).map_err(Failure::Setup)?;
         let job = Job {
             number: pool.next.fetch_add(1, Ordering::Relaxed),
             request,

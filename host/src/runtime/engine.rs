@@ -24,9 +24,13 @@ use anyhow::{Context, Result};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::component::{self, World};
-use crate::invoke::MAX_IDLE_INSTANCES;
-use crate::state::HostState;
+use crate::runtime::component::{self, World};
+use crate::runtime::state::HostState;
+
+/// Idle instances kept host-wide, across all apps. Each engine's pool has
+/// this many slots on top of `--max-concurrent`, so idle instances never
+/// starve a request of a slot.
+pub const MAX_IDLE_INSTANCES: u32 = 256;
 
 /// How often the epoch advances: the granularity of CPU deadlines, and how
 /// often a busy guest yields its thread to other requests.

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::router::Route;
-use crate::settings::AppSettings;
+use crate::apps::settings::AppSettings;
+use crate::routing::Route;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,0 +1,413 @@
+//! `host serve`'s raw flags ([`ServeArgs`]) checked one by one into a
+//! [`Config`]: ranges, files that must exist, and the combinations that
+//! could never work (an instance's reserve over an app's share of the
+//! memory budget, pools past the address space), each refused with the
+//! flag to change, before anything binds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::apps::secrets::SecretPolicy;
+use crate::apps::settings::Ceilings;
+use crate::cli::ServeArgs;
+use crate::config::{Config, DefaultApp};
+use crate::front::FrontConfig;
+use crate::runtime::engine::{self, PoolShape};
+use crate::runtime::limits::{Limits, MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE};
+
+/// Where `make build-guest` leaves the default guest, relative to the workspace.
+pub const DEFAULT_GUEST: &str = "target/wasm32-wasip2/release/guest.wasm";
+
+/// Upper bound on `--max-concurrent`: every slot reserves pooled instance
+/// memory (virtual address space) up front.
+pub const MAX_CONCURRENT_CEILING: u32 = 10_000;
+/// Upper bound on `--max-app-memory-mib` (and so `--memory-mib`): a 32-bit
+/// linear memory cannot grow past 4 GiB.
+pub const MAX_MEMORY_MIB: u64 = 4096;
+/// Upper bound on `--memory-budget-mib` (1 TiB).
+const MAX_BUDGET_MIB: u64 = 1 << 20;
+/// Upper bound on `--max-upload-bytes`: 4 GiB, past any real component.
+const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// Upper bound on `--max-body-bytes`: 1 TiB.
+const MAX_BODY_BYTES: u64 = 1 << 40;
+
+/// An hour, the ceiling of every time limit.
+const HOUR_MS: u64 = 3_600_000;
+
+/// `value` must lie in `range`; the message names the flag.
+fn in_range<T>(flag: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<T>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    ensure!(
+        range.contains(&value),
+        "--{flag} must be between {} and {}, got {value}",
+        range.start(),
+        range.end()
+    );
+    Ok(value)
+}
+
+fn millis(flag: &str, value: u64, max: u64) -> Result<Duration> {
+    in_range(flag, value, 1..=max).map(Duration::from_millis)
+}
+
+/// Check every value of `serve`'s command line and make the config;
+/// the error says which flag to fix and how.
+pub fn config(args: ServeArgs) -> Result<Config> {
+    let state_dir = match args.state_dir {
+        Some(dir) => dir,
+        None => default_state_dir(),
+    };
+    let default_app = match args.component {
+        // --no-default-app wins, even over HOST_COMPONENT from the environment.
+        _ if args.no_default_app => DefaultApp::None,
+        Some(path) => {
+            ensure!(
+                path.is_file(),
+                "component file {} does not exist",
+                path.display()
+            );
+            DefaultApp::Explicit(path)
+        }
+        // With a manifest or deployed apps, the default guest is optional.
+        None if args.manifest.is_some() || has_deployed_apps(&state_dir) => {
+            default_guest().map_or(DefaultApp::None, DefaultApp::Implicit)
+        }
+        None => DefaultApp::Implicit(default_guest()?),
+    };
+    if let Some(manifest) = &args.manifest {
+        ensure!(
+            manifest.is_file(),
+            "manifest {} does not exist",
+            manifest.display()
+        );
+    }
+    let max_app_memory_mib = in_range(
+        "max-app-memory-mib",
+        args.max_app_memory_mib,
+        1..=MAX_MEMORY_MIB,
+    )?;
+    let memory_mib = in_range("memory-mib", args.memory_mib, 1..=max_app_memory_mib)?;
+    let keep_resident_mib = in_range(
+        "memory-keep-resident-mib",
+        args.memory_keep_resident_mib,
+        0..=1024,
+    )?;
+    let pool = PoolShape {
+        core_instances: in_range(
+            "max-core-instances-per-component",
+            args.max_core_instances_per_component,
+            1..=1000,
+        )?,
+        memories: in_range(
+            "max-memories-per-component",
+            args.max_memories_per_component,
+            1..=64,
+        )?,
+        tables: in_range(
+            "max-tables-per-component",
+            args.max_tables_per_component,
+            1..=1000,
+        )?,
+        table_elements: in_range(
+            "max-table-elements",
+            args.max_table_elements,
+            1..=10_000_000,
+        )? as usize,
+        component_instance_bytes: (in_range(
+            "max-component-instance-kib",
+            args.max_component_instance_kib,
+            64..=1 << 20,
+        )? as usize)
+            << 10,
+    };
+    let memory_budget_mib = match args.memory_budget_mib {
+        Some(mib) => in_range("memory-budget-mib", mib, 1..=MAX_BUDGET_MIB)?,
+        None => default_memory_budget_mib(),
+    };
+    let instance_reuse = in_range(
+        "instance-reuse",
+        args.instance_reuse,
+        1..=MAX_INSTANCE_REUSE,
+    )?;
+    let instance_concurrency = in_range(
+        "instance-concurrency",
+        args.instance_concurrency,
+        1..=MAX_INSTANCE_CONCURRENCY,
+    )?;
+    ensure!(
+        instance_concurrency == 1 || instance_reuse > 1,
+        "--instance-concurrency {instance_concurrency} shares instances between requests, which needs \
+         --instance-reuse above 1"
+    );
+    let timeout = millis("timeout-ms", args.timeout_ms, HOUR_MS)?;
+    let max_concurrent = in_range(
+        "max-concurrent",
+        args.max_concurrent,
+        1..=MAX_CONCURRENT_CEILING,
+    )?;
+    let app_max_concurrent = match args.app_max_concurrent {
+        Some(n) => in_range("app-max-concurrent", n, 1..=max_concurrent)?,
+        // Three quarters: one app's clients leave a quarter to the rest.
+        None => (max_concurrent - max_concurrent.div_ceil(4)).max(1),
+    };
+    let keep_versions = in_range("keep-versions", args.keep_versions, 1..=1000)?;
+    let compile_timeout = millis("compile-timeout-ms", args.compile_timeout_ms, HOUR_MS)?;
+    let max_upload_bytes = in_range(
+        "max-upload-bytes",
+        args.max_upload_bytes,
+        1024..=MAX_UPLOAD_BYTES,
+    )?;
+    let max_body_bytes = in_range("max-body-bytes", args.max_body_bytes, 0..=MAX_BODY_BYTES)?;
+    let max_connections = in_range("max-connections", args.max_connections, 1..=1_000_000)?;
+    let header_read_timeout = millis(
+        "header-read-timeout-ms",
+        args.header_read_timeout_ms,
+        HOUR_MS / 6,
+    )?;
+    let idle_timeout = millis("idle-timeout-ms", args.idle_timeout_ms, HOUR_MS)?;
+    let body_read_timeout = millis("body-read-timeout-ms", args.body_read_timeout_ms, HOUR_MS)?;
+    let body_min_rate_grace = millis(
+        "body-min-rate-grace-ms",
+        args.body_min_rate_grace_ms,
+        HOUR_MS,
+    )?;
+    let drain_timeout = Duration::from_millis(in_range(
+        "drain-timeout-ms",
+        args.drain_timeout_ms,
+        0..=HOUR_MS,
+    )?);
+    let shutdown_delay = Duration::from_millis(in_range(
+        "shutdown-delay-ms",
+        args.shutdown_delay_ms,
+        0..=HOUR_MS / 6,
+    )?);
+    let max_header_bytes = in_range("max-header-bytes", args.max_header_bytes, 1024..=1 << 20)?;
+    let max_headers = in_range("max-headers", args.max_headers, 8..=10_000)?;
+    let h2_max_streams = in_range("h2-max-streams", args.h2_max_streams, 1..=10_000)?;
+    let h2_max_pending_resets = in_range(
+        "h2-max-pending-resets",
+        args.h2_max_pending_resets,
+        1..=100_000,
+    )?;
+    let h2_max_local_error_resets = in_range(
+        "h2-max-local-error-resets",
+        args.h2_max_local_error_resets,
+        1..=100_000,
+    )?;
+    let max_resources = in_range(
+        "max-guest-resources",
+        args.max_guest_resources,
+        16..=1_000_000,
+    )?;
+    let max_outbound_app = in_range(
+        "max-outbound-per-app",
+        args.max_outbound_per_app,
+        1..=100_000,
+    )?;
+    let max_outbound = in_range(
+        "max-outbound-per-instance",
+        args.max_outbound_per_instance,
+        1..=max_outbound_app,
+    )?;
+    // One instance at the host's own limits must fit the budget, its
+    // host-side reserve included; apps may not ask for more than fits.
+    let reserve_mib = crate::runtime::state::host_reserve(&Limits {
+        max_resources,
+        max_outbound,
+        ..Limits::default()
+    })
+    .div_ceil(1 << 20);
+    let app_budget_mib = memory_budget_mib / 4 * 3;
+    ensure!(
+        memory_mib + reserve_mib <= app_budget_mib,
+        "--memory-mib {memory_mib} plus the {reserve_mib} MiB each instance reserves for host-side state \
+         (--max-guest-resources, --max-outbound-per-instance) is over an app's share of the guest memory \
+         budget ({app_budget_mib} MiB, three quarters of --memory-budget-mib {memory_budget_mib}): lower \
+         --memory-mib or raise --memory-budget-mib"
+    );
+    // Both engines' memory pools must fit the address space, or the
+    // first WASI 0.3 deploy would fail long after startup.
+    let slot_mib = max_app_memory_mib.min(app_budget_mib - reserve_mib);
+    let reserved = engine::pool_reservation(max_concurrent, slot_mib << 20);
+    ensure!(
+        2 * reserved <= engine::ADDRESS_SPACE_BUDGET,
+        "--max-concurrent {max_concurrent} instances with memories of up to {slot_mib} MiB \
+         reserve {} TiB of address space per engine, and the WASI 0.2 and 0.3 engines \
+         together may reserve at most {} TiB: lower --max-concurrent or --max-app-memory-mib",
+        reserved >> 40,
+        engine::ADDRESS_SPACE_BUDGET >> 40
+    );
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => {
+            ensure!(
+                cert.is_file(),
+                "TLS certificate {} does not exist",
+                cert.display()
+            );
+            ensure!(key.is_file(), "TLS key {} does not exist", key.display());
+            Some((cert, key))
+        }
+        _ => None,
+    };
+    let secrets = SecretPolicy::new(args.secrets_dir.as_deref(), args.secret_env_prefixes)
+        .map_err(anyhow::Error::msg)?;
+
+    let admin_token = admin_token(args.admin_token_file.as_deref())?;
+    if admin_token.is_none() && !args.admin_listen.ip().is_loopback() {
+        bail!(
+            "refusing to serve the admin API on {} without a token: set HOST_ADMIN_TOKEN \
+             (or --admin-token-file), or listen on a loopback address",
+            args.admin_listen
+        );
+    }
+    ensure!(
+        args.admin_listen != args.listen || args.listen.port() == 0,
+        "--admin-listen must differ from --listen: the admin API never shares the public port"
+    );
+
+    Ok(Config {
+        default_app,
+        listen: args.listen,
+        manifest: args.manifest,
+        state_dir,
+        admin_listen: args.admin_listen,
+        admin_token,
+        keep_versions,
+        max_upload_bytes,
+        compile_timeout,
+        limits: Limits {
+            memory_bytes: memory_mib << 20,
+            timeout,
+            max_concurrent: app_max_concurrent,
+            max_body_bytes,
+            body_read_timeout,
+            body_min_rate: args.body_min_rate,
+            body_min_rate_grace,
+            rate_limit_rps: args.rate_limit_rps,
+            client_rate_limit_rps: args.client_rate_limit_rps,
+            instance_reuse,
+            instance_concurrency,
+            max_resources,
+            max_outbound,
+            max_outbound_app,
+        },
+        ceilings: Ceilings {
+            // An app may not ask for more than one slot holds, nor more
+            // than its share of the budget: neither could ever be applied.
+            memory_mib: slot_mib,
+            max_concurrent,
+        },
+        memory_budget_bytes: memory_budget_mib << 20,
+        pool,
+        keep_resident_bytes: (keep_resident_mib as usize) << 20,
+        memory_reset: args.memory_reset,
+        secrets,
+        front: FrontConfig {
+            max_concurrent,
+            version_headers: args.version_headers,
+            max_header_bytes,
+            max_headers,
+        },
+        drain_timeout,
+        shutdown_delay,
+        tls,
+        max_connections,
+        header_read_timeout,
+        idle_timeout,
+        h2_max_streams,
+        h2_max_pending_resets,
+        h2_max_local_error_resets,
+    })
+}
+
+/// The default `--memory-budget-mib`: three quarters of the memory this
+/// process may use (its cgroup's limit, else the machine's RAM); the rest
+/// is the host's own (compiled code, connections, host-side guest state).
+fn default_memory_budget_mib() -> u64 {
+    let available = [cgroup_memory_limit(), physical_memory()]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(4 << 30);
+    ((available / 4 * 3) >> 20).clamp(1, MAX_BUDGET_MIB)
+}
+
+/// The memory limit of this process's cgroup (v2, then v1), if one is set.
+fn cgroup_memory_limit() -> Option<u64> {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
+    let v1 = || std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes").ok();
+    let raw = v2.or_else(v1)?;
+    // "max" (v2) or a huge number (v1) mean no limit.
+    raw.trim().parse::<u64>().ok().filter(|&b| b < 1 << 60)
+}
+
+fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf(3) with valid names has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
+/// The admin token from `--admin-token-file`, else `$HOST_ADMIN_TOKEN`.
+fn admin_token(file: Option<&Path>) -> Result<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read the admin token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("HOST_ADMIN_TOKEN").ok(),
+    };
+    match token {
+        Some(t) if t.is_empty() => bail!("the admin token is empty"),
+        Some(t) if t.len() < 16 => {
+            bail!("the admin token is too short: use at least 16 characters")
+        }
+        other => Ok(other),
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("host");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/host"),
+        None => PathBuf::from(".host-state"),
+    }
+}
+
+fn has_deployed_apps(state_dir: &Path) -> bool {
+    std::fs::read_dir(state_dir.join("apps"))
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
+}
+
+/// The guest `make build-guest` produces: looked up from the current
+/// directory, then from this crate's workspace (so `cargo run -p host` works
+/// from any folder of the checkout).
+fn default_guest() -> Result<PathBuf> {
+    let candidates = [
+        PathBuf::from(DEFAULT_GUEST),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(DEFAULT_GUEST),
+    ];
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "the default guest has not been built ({DEFAULT_GUEST} is missing): \
+         run `make build-guest` first, pass the path of a component to serve, \
+         or start with --no-default-app"
+    )
+}
