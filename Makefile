@@ -3,12 +3,12 @@
 CARGO ?= cargo
 RUSTUP ?= rustup
 WASM_TARGET := wasm32-wasip2
-# Every guest component in the repo: the default app plus the test guests.
-GUESTS := guest trap-guest spin-guest memhog-guest recurse-guest slow-guest counter-guest noresponse-guest \
-          config-guest fetch-guest chatty-guest hostile-guest p3-guest
+# Every guest component in the workspace (a member with a cdylib target): the
+# default app plus the test guests; those marked `[package.metadata.guest]
+# bench = true` (several MB of generated code) only `make bench` builds.
+GUESTS := $(shell $(CARGO) metadata --no-deps --format-version 1 | python3 scripts/guests.py test)
+BENCH_GUESTS := $(shell $(CARGO) metadata --no-deps --format-version 1 | python3 scripts/guests.py bench)
 GUEST_FLAGS := --release --target $(WASM_TARGET) $(addprefix -p ,$(GUESTS))
-# Guests only `make bench` builds (several MB of generated code).
-BENCH_GUESTS := big-guest
 
 # Test-only tools from PyPI, in a virtualenv under target/ (nothing global).
 TOOLS := target/tools

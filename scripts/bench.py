@@ -633,7 +633,7 @@ def main():
         w("")
     if micro is not None:
         w("## Per request, in process (criterion)\n")
-        w("`cargo bench -p host --bench per_request`: one request through `Deployment::handle`, body read "
+        w("`cargo bench -p host --bench per_request`: one request through `ServedVersion::handle`, body read "
           "to the end, no sockets.\n")
         for name, (value, unit) in micro.items():
             w(f"- {name.replace('_', ' ')}: {value} {unit}")

@@ -10,9 +10,9 @@
 //!
 //! The folders are the two paths through the host and the layers under
 //! them; dependencies point one way, down this list (checked by a test:
-//! `tests::no_import_cycles`).
+//! `tests::structure_no_import_cycles`).
 //!
-//! - `main.rs`: the binary, a thin wrapper over [`cli::main`].
+//! - `main.rs`: the binary, a thin wrapper over [`cli::run`].
 //! - [`cli`]: the command line as clap parses it, validated into a
 //!   [`config::Config`] before anything binds, and the admin client
 //!   commands (`host deploy`, `apps`, `rollback`, `canary`, `remove`).

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricRegistry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -58,7 +58,7 @@ pub struct OutboundLabels {
 }
 
 pub struct Metrics {
-    registry: Registry,
+    registry: MetricRegistry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<AppLabel, Histogram>,
     pub guest_duration: Family<AppLabel, Histogram>,
@@ -87,7 +87,7 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("host");
+        let mut registry = MetricRegistry::with_prefix("host");
         let m = Metrics {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
@@ -104,7 +104,7 @@ impl Metrics {
             apps_failed: Gauge::default(),
             memory_budget_used: Gauge::default(),
             deploys_in_progress: Gauge::default(),
-            registry: Registry::default(),
+            registry: MetricRegistry::default(),
         };
         registry.register(
             "requests",

@@ -8,6 +8,7 @@
 //! Nothing below this module knows about the others' configuration: each
 //! gets its own part of [`Config`] here.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::apps::registry::{DEFAULT_APP, Registry, RegistryConfig};
 use crate::apps::state_dir::StateDir;
 use crate::config::{Config, DefaultApp};
 use crate::front::Router;
-use crate::http::server::{ConnOptions, Health, run};
+use crate::http::server::{self, ConnOptions, Health};
 use crate::http::tls::CertStore;
 use crate::routing::{Route, Routes};
 use crate::runtime::engine::{EngineSpec, Engines, EpochTicker};
@@ -56,13 +57,52 @@ impl Signals {
     }
 }
 
-/// Bind both listeners, start the admin API (health first), load every
-/// app, print the startup lines and serve until SIGINT/SIGTERM; then drain:
-/// readiness goes false, after `--shutdown-delay-ms` the listeners stop
-/// accepting, and in-flight requests get up to `--drain-timeout-ms`. A
-/// signal during startup stops it: the host exits 0 without serving.
+/// The two listeners of a host, already bound.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Bind both listeners from `config` and [`run`] until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<()> {
     let mut signals = Signals::install()?;
+    let public = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "failed to listen on {} for the admin API",
+                config.admin_listen
+            )
+        })?;
+    run(config, Listeners { public, admin }, async move {
+        signals.recv().await
+    })
+    .await
+}
+
+/// Start the admin API on `listeners.admin` (health first), load every app,
+/// print the startup lines and serve on `listeners.public` until `shutdown`
+/// resolves; then drain: readiness goes false, after `--shutdown-delay-ms`
+/// the listeners stop accepting, and in-flight requests get up to
+/// `--drain-timeout-ms`. A shutdown during startup stops it: this returns
+/// `Ok` without serving. Tests and embedders call it with listeners on port
+/// 0 and a shutdown of their own.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (requested, shutdown_requested) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = requested.send(true);
+    });
+    let wait_requested = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|requested| *requested).await;
+    };
     let engines = Engines::new(EngineSpec {
         max_concurrent: config.ceilings.max_concurrent,
         max_memory_bytes: config.ceilings.memory_mib << 20,
@@ -80,20 +120,13 @@ pub async fn serve(config: Config) -> Result<()> {
         }
         None => None,
     };
-    let public = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let Listeners {
+        public,
+        admin: admin_listener,
+    } = listeners;
     let public_addr = public
         .local_addr()
         .context("failed to read the bound address")?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "failed to listen on {} for the admin API",
-                config.admin_listen
-            )
-        })?;
     let admin_addr = admin_listener
         .local_addr()
         .context("failed to read the bound admin address")?;
@@ -138,7 +171,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let admin_server = tokio::spawn(run(
+    let admin_server = tokio::spawn(server::run(
         admin_listener,
         None,
         admin,
@@ -148,7 +181,7 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let loaded = tokio::select! {
         loaded = load_apps(&config, &registry, &routes) => Some(loaded),
-        () = signals.recv() => None,
+        () = wait_requested(shutdown_requested.clone()) => None,
     };
     match loaded {
         Some(loaded) => loaded?,
@@ -174,7 +207,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let delay = config.shutdown_delay;
     let health_for_signal = health.clone();
     tokio::spawn(async move {
-        signals.recv().await;
+        wait_requested(shutdown_requested).await;
         health_for_signal.set_ready(false);
         tracing::info!(
             delay_ms = delay.as_millis() as u64,
@@ -183,7 +216,7 @@ pub async fn serve(config: Config) -> Result<()> {
         tokio::time::sleep(delay).await;
         let _ = stop.send(true);
     });
-    let served = run(
+    let served = server::run(
         public,
         tls,
         router,

@@ -182,6 +182,22 @@ fn structure_no_import_cycles() {
             left.remove(&leaf);
         }
     }
+    // What is left depends on a cycle; drop what nothing left imports, so
+    // that only the cycles remain to be shown.
+    loop {
+        let imported: BTreeSet<String> = left.values().flatten().cloned().collect();
+        let roots: Vec<String> = left
+            .keys()
+            .filter(|m| !imported.contains(*m))
+            .cloned()
+            .collect();
+        if roots.is_empty() {
+            break;
+        }
+        for root in roots {
+            left.remove(&root);
+        }
+    }
     assert!(
         left.is_empty(),
         "these modules import each other in a cycle: {:#?}",

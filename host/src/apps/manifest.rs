@@ -29,12 +29,12 @@ use crate::routing::Route;
 #[serde(deny_unknown_fields)]
 struct Manifest {
     #[serde(default)]
-    app: Vec<ManifestApp>,
+    app: Vec<AppEntry>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ManifestApp {
+struct AppEntry {
     name: String,
     component: PathBuf,
     route: String,
@@ -45,14 +45,14 @@ struct ManifestApp {
 
 /// An app declared in the manifest, paths resolved.
 #[derive(Debug)]
-pub struct StaticApp {
+pub struct ManifestApp {
     pub name: String,
     pub component: PathBuf,
     pub route: Route,
     pub settings: AppSettings,
 }
 
-pub fn load(path: &Path) -> Result<Vec<StaticApp>> {
+pub fn load(path: &Path) -> Result<Vec<ManifestApp>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("failed to read manifest {}", path.display()))?;
     parse(&text, path.parent().unwrap_or(Path::new(".")))
@@ -60,7 +60,7 @@ pub fn load(path: &Path) -> Result<Vec<StaticApp>> {
 }
 
 /// Parse manifest `text`, component paths relative to `base`.
-pub fn parse(text: &str, base: &Path) -> Result<Vec<StaticApp>> {
+pub fn parse(text: &str, base: &Path) -> Result<Vec<ManifestApp>> {
     let manifest: Manifest = toml::from_str(text)?;
     if manifest.app.is_empty() {
         bail!("it declares no [[app]]");
@@ -71,7 +71,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<StaticApp>> {
         .map(|app| {
             let route = Route::new(&app.route, app.host.as_deref())
                 .map_err(|e| anyhow::anyhow!("app {}: {e}", app.name))?;
-            Ok(StaticApp {
+            Ok(ManifestApp {
                 component: base.join(&app.component),
                 name: app.name,
                 route,

@@ -111,3 +111,76 @@ pub fn abort(record: &AppRecord) -> Result<AppRecord, AppError> {
         ..record.clone()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apps::settings::AppSettings;
+    use crate::runtime::component::World;
+
+    fn version(n: u8) -> VersionRecord {
+        let digest = format!("{n:02x}").repeat(32);
+        VersionRecord {
+            version: digest[..12].to_string(),
+            digest,
+            size: 1,
+            deployed_at: 0,
+            settings: AppSettings::default(),
+            world: World::Http02,
+            memory_image_bytes: 0,
+        }
+    }
+
+    fn route() -> Route {
+        Route::new("/a", None).unwrap()
+    }
+
+    #[test]
+    fn deploy_puts_the_version_first_and_keeps_the_history_bounded() {
+        let r = deploy(None, "a", route(), version(1), 2);
+        assert_eq!(r.current, version(1).version);
+        let r = deploy(Some(&r), "a", route(), version(2), 2);
+        let r = deploy(Some(&r), "a", route(), version(3), 2);
+        let ids: Vec<_> = r.versions.iter().map(|v| v.version.clone()).collect();
+        assert_eq!(ids, [version(3).version, version(2).version]);
+        // Redeploying a version in the history moves it to the front once.
+        let r = deploy(Some(&r), "a", route(), version(2), 2);
+        assert_eq!(r.versions.len(), 2);
+        assert_eq!(r.current, version(2).version);
+    }
+
+    #[test]
+    fn rollback_canary_promote_and_abort_follow_the_state_machine() {
+        let r = deploy(None, "a", route(), version(1), 10);
+        assert!(matches!(rollback(&r, None), Err(AppError::Conflict(_))));
+        let r = deploy(Some(&r), "a", route(), version(2), 10);
+        let back = rollback(&r, None).unwrap();
+        assert_eq!(back.current, version(1).version);
+        assert!(matches!(
+            rollback(&r, Some("ffff")),
+            Err(AppError::NotFound(_))
+        ));
+
+        let c = canary(&r, &version(1).version[..6], 30, true).unwrap();
+        assert_eq!(c.canary.as_ref().unwrap().weight, 30);
+        assert!(matches!(
+            canary(&r, &version(2).version, 30, false),
+            Err(AppError::Conflict(_))
+        ));
+        assert!(matches!(
+            canary(&r, &version(1).version, 101, false),
+            Err(AppError::Invalid(_))
+        ));
+        let promoted = promote(&c).unwrap();
+        assert_eq!(promoted.current, version(1).version);
+        assert!(promoted.canary.is_none());
+        assert!(matches!(promote(&r), Err(AppError::Conflict(_))));
+        let aborted = abort(&c).unwrap();
+        assert_eq!(aborted.current, version(2).version);
+        assert!(aborted.canary.is_none());
+        assert!(matches!(abort(&r), Err(AppError::Conflict(_))));
+        // A rollback ends a canary, even back to the current version.
+        let ended = rollback(&c, Some(&version(2).version)).unwrap();
+        assert!(ended.canary.is_none());
+    }
+}

@@ -154,3 +154,75 @@ pub fn version_settings_key(version: &VersionRecord) -> u64 {
         .hash(&mut h);
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(n: u8) -> VersionRecord {
+        let digest = format!("{n:02x}").repeat(32);
+        VersionRecord {
+            version: digest[..12].to_string(),
+            digest,
+            size: 1,
+            deployed_at: 0,
+            settings: AppSettings::default(),
+            world: World::Http02,
+            memory_image_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("app-1").is_ok());
+        for bad in ["", "-a", "A", "a_b", &"a".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn records_store_a_memory_image_only_when_it_picks_the_copy_pool() {
+        let small = VersionRecord {
+            memory_image_bytes: COPY_IMAGE_BYTES - 1,
+            ..version(3)
+        };
+        let stored = serde_json::to_value(&small).unwrap();
+        assert!(stored.get("memory_image_bytes").is_none(), "{stored}");
+        let large = VersionRecord {
+            memory_image_bytes: 11 << 20,
+            ..version(4)
+        };
+        let stored = serde_json::to_string(&large).unwrap();
+        assert!(
+            stored.contains("\"memory_image_bytes\":11534336"),
+            "{stored}"
+        );
+        assert_eq!(
+            serde_json::from_str::<VersionRecord>(&stored).unwrap(),
+            large
+        );
+        // Unknown fields are refused: a record is never half understood.
+        assert!(
+            serde_json::from_str::<VersionRecord>(&stored.replace("\"size\"", "\"sise\"")).is_err()
+        );
+    }
+
+    #[test]
+    fn instance_concurrency_is_for_wasi_0_3_only() {
+        let mut p2 = version(5);
+        p2.settings.instance_concurrency = Some(4);
+        let err = p2.check_world().unwrap_err();
+        assert!(err.contains("wasi:http@0.2"), "{err}");
+        p2.settings.instance_concurrency = Some(1);
+        assert!(p2.check_world().is_ok());
+        let p3 = VersionRecord {
+            world: World::Http03,
+            settings: AppSettings {
+                instance_concurrency: Some(4),
+                ..AppSettings::default()
+            },
+            ..version(6)
+        };
+        assert!(p3.check_world().is_ok());
+    }
+}

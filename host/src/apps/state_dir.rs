@@ -244,3 +244,156 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .with_context(|| format!("failed to sync directory {}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apps::records::VersionRecord;
+    use crate::routing::Route;
+
+    /// A state directory under the system temp dir, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "host-state-dir-test-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn record(name: &str, n: u8) -> AppRecord {
+        let digest = format!("{n:02x}").repeat(32);
+        AppRecord {
+            name: name.into(),
+            route: Route::new(&format!("/{name}"), None).unwrap(),
+            current: digest[..12].into(),
+            canary: None,
+            versions: vec![VersionRecord {
+                version: digest[..12].into(),
+                digest,
+                size: 1,
+                deployed_at: 0,
+                settings: Default::default(),
+                world: Default::default(),
+                memory_image_bytes: 0,
+            }],
+        }
+    }
+
+    fn loaded(state: &StateDir) -> Vec<Result<String, String>> {
+        state
+            .load_records()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.map(|r| r.name))
+            .collect()
+    }
+
+    #[test]
+    fn records_round_trip_and_removal_is_idempotent() {
+        let dir = Scratch::new();
+        let state = StateDir::open(&dir.0).unwrap();
+        state.save_record(&record("b", 2)).unwrap();
+        state.save_record(&record("a", 1)).unwrap();
+        let records = state.load_records().unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].as_ref().unwrap(), &record("a", 1));
+        state.remove_record("a").unwrap();
+        state.remove_record("a").unwrap();
+        assert_eq!(loaded(&state), [Ok("b".to_string())]);
+    }
+
+    /// A torn write cannot happen (temp file, fsync, rename): what a crash
+    /// leaves is a temp file next to the intact record, which is ignored. A
+    /// corrupt record, or one naming another app, is reported with its file
+    /// and never hides the others.
+    #[test]
+    fn crash_leftovers_are_ignored_and_corrupt_records_named() {
+        let dir = Scratch::new();
+        let state = StateDir::open(&dir.0).unwrap();
+        state.save_record(&record("a", 1)).unwrap();
+        fs::write(
+            dir.0.join("apps/.a.json.tmp-1-2"),
+            b"{\"name\": \"a\", \"rou",
+        )
+        .unwrap();
+        fs::write(dir.0.join("apps/broken.json"), b"{not json").unwrap();
+        let other = serde_json::to_vec(&record("c", 3)).unwrap();
+        fs::write(dir.0.join("apps/d.json"), other).unwrap();
+        let records = loaded(&state);
+        assert_eq!(records.len(), 3, "{records:?}");
+        assert_eq!(records[0], Ok("a".to_string()));
+        let broken = records[1].as_ref().unwrap_err();
+        assert!(broken.contains("broken.json"), "{broken}");
+        let misnamed = records[2].as_ref().unwrap_err();
+        assert!(
+            misnamed.contains("d.json") && misnamed.contains("\"c\""),
+            "{misnamed}"
+        );
+    }
+
+    #[test]
+    fn precompiled_code_is_checked_before_it_is_loaded() {
+        let dir = Scratch::new();
+        let state = StateDir::open(&dir.0).unwrap();
+        let digest = sha256_hex(b"component");
+        assert!(state.load_precompiled(&digest, "k").unwrap().is_none());
+        state
+            .save_precompiled(&digest, "k", b"machine code")
+            .unwrap();
+        assert_eq!(
+            state.load_precompiled(&digest, "k").unwrap().unwrap(),
+            b"machine code"
+        );
+        assert!(
+            state
+                .load_precompiled(&digest, "other-engine")
+                .unwrap()
+                .is_none()
+        );
+
+        let path = state.cache_path(&digest, "k");
+        let mut bytes = fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let err = state
+            .load_precompiled(&digest, "k")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("checksum"), "{err}");
+        fs::write(&path, b"short").unwrap();
+        let err = state
+            .load_precompiled(&digest, "k")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("header"), "{err}");
+    }
+
+    #[test]
+    fn stored_files_are_found_and_removed_by_digest() {
+        let dir = Scratch::new();
+        let state = StateDir::open(&dir.0).unwrap();
+        let (one, two) = (sha256_hex(b"one"), sha256_hex(b"two"));
+        state.save_component(&one, b"one").unwrap();
+        state.save_component(&two, b"two").unwrap();
+        state.save_precompiled(&one, "k", b"code").unwrap();
+        assert_eq!(state.read_component(&one).unwrap(), b"one");
+        assert_eq!(
+            state.stored_digests(),
+            HashSet::from([one.clone(), two.clone()])
+        );
+        assert_eq!(state.remove_digests(std::slice::from_ref(&one)), 2);
+        assert_eq!(state.stored_digests(), HashSet::from([two]));
+        assert!(state.read_component(&one).is_err());
+    }
+}

@@ -60,3 +60,45 @@ impl VersionView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(n: u8) -> VersionRecord {
+        let digest = format!("{n:02x}").repeat(32);
+        VersionRecord {
+            version: digest[..12].to_string(),
+            digest,
+            size: 1,
+            deployed_at: 0,
+            settings: AppSettings::default(),
+            world: World::Http02,
+            memory_image_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn records_store_only_a_wasi_0_3_world_and_views_always_say_it() {
+        let p2 = version(1);
+        let stored = serde_json::to_value(&p2).unwrap();
+        assert!(
+            stored.get("world").is_none(),
+            "older hosts read it: {stored}"
+        );
+        let view = serde_json::to_string(&VersionView::new(p2, true)).unwrap();
+        assert_eq!(view.matches("\"world\"").count(), 1, "{view}");
+        assert!(view.contains("\"world\":\"wasi:http@0.2\""), "{view}");
+
+        let p3 = VersionRecord {
+            world: World::Http03,
+            ..version(2)
+        };
+        let stored = serde_json::to_string(&p3).unwrap();
+        assert!(stored.contains("\"world\":\"wasi:http@0.3\""), "{stored}");
+        let back: VersionRecord = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, p3);
+        let view = serde_json::to_string(&VersionView::new(p3, false)).unwrap();
+        assert_eq!(view.matches("\"world\"").count(), 1, "{view}");
+    }
+}

@@ -411,3 +411,93 @@ fn default_guest() -> Result<PathBuf> {
          or start with --no-default-app"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+    use crate::runtime::engine::MemoryReset;
+
+    /// `host serve` with `flags`, on no default app and a scratch state dir.
+    fn validated(flags: &[&str]) -> Result<Config> {
+        let state = std::env::temp_dir().join("host-validate-test-state");
+        let mut argv = vec!["host", "--no-default-app", "--state-dir"];
+        let state = state.to_string_lossy().into_owned();
+        argv.push(&state);
+        argv.extend(flags);
+        let cli = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config(cli.serve)
+    }
+
+    fn refused(flags: &[&str]) -> String {
+        match validated(flags) {
+            Ok(_) => panic!("{flags:?} was accepted"),
+            Err(err) => format!("{err:#}"),
+        }
+    }
+
+    #[test]
+    fn the_defaults_make_a_config() {
+        let config = validated(&[]).unwrap();
+        assert_eq!(config.default_app, DefaultApp::None);
+        assert_eq!(config.memory_reset, MemoryReset::Auto);
+        assert_eq!(config.limits.instance_reuse, 1);
+        assert_eq!(config.limits.instance_concurrency, 1);
+        assert_eq!(config.pool, PoolShape::DEFAULT);
+        assert!(config.limits.memory_bytes <= config.ceilings.memory_mib << 20);
+    }
+
+    #[test]
+    fn every_refusal_names_the_flag_to_change() {
+        for (flags, needle) in [
+            (&["--memory-mib", "0"][..], "--memory-mib must be between 1"),
+            (
+                &["--max-app-memory-mib", "8192"],
+                "--max-app-memory-mib must be between 1 and 4096",
+            ),
+            (
+                &["--instance-reuse", "0"],
+                "--instance-reuse must be between 1",
+            ),
+            (
+                &["--instance-concurrency", "4"],
+                "needs --instance-reuse above 1",
+            ),
+            (
+                &["--instance-concurrency", "300", "--instance-reuse", "9"],
+                "--instance-concurrency must be between 1 and 256",
+            ),
+            (
+                &["--memory-keep-resident-mib", "2048"],
+                "--memory-keep-resident-mib must be between 0 and 1024",
+            ),
+            (
+                &["--manifest", "/surely/not/here.toml"],
+                "manifest /surely/not/here.toml does not exist",
+            ),
+            (
+                &[
+                    "--max-concurrent",
+                    "10000",
+                    "--max-app-memory-mib",
+                    "4096",
+                    "--memory-budget-mib",
+                    "1048576",
+                ],
+                "--max-concurrent or --max-app-memory-mib",
+            ),
+        ] {
+            let err = refused(flags);
+            assert!(err.contains(needle), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn reuse_and_concurrency_go_into_the_default_limits() {
+        let config = validated(&["--instance-reuse", "64", "--instance-concurrency", "8"]).unwrap();
+        assert_eq!(config.limits.instance_reuse, 64);
+        assert_eq!(config.limits.instance_concurrency, 8);
+    }
+}
