@@ -37,6 +37,12 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - `fuzzing` (hidden): entry points for the fuzz targets in `fuzz/`.
 //!
+//! The public surface is what the binary, the benches and the tests use:
+//! [`cli`] (flags, validation, client), [`config`], [`serve`] (`run` on
+//! bound listeners) and [`runtime`] (engines, components, a served version
+//! and its instances, for the in-process benchmark); every other module is
+//! `pub(crate)`.
+//!
 //! # The two paths
 //!
 //! A request: [`http::server::run`] accepts it → [`front::Router`] (id,
@@ -54,16 +60,16 @@
 //! the served version, write the record ([`apps::state_dir`]) and publish
 //! the new table ([`routing::Routes`]) in one step.
 
-pub mod admin;
-pub mod apps;
+pub(crate) mod admin;
+pub(crate) mod apps;
 pub mod cli;
 pub mod config;
-pub mod front;
+pub(crate) mod front;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
-pub mod metrics;
-pub mod routing;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod routing;
 pub mod runtime;
 pub mod serve;
 

@@ -18,9 +18,6 @@ pub enum AppError {
     /// unknown imports, compile too slow).
     #[error("{0}")]
     Unservable(String),
-    /// The host cannot take the change now; retrying later may work.
-    #[error("{0}")]
-    Busy(String),
     /// The host failed (disk, a bug); details are in its log.
     #[error("the host could not complete the operation; see its log")]
     Internal(#[source] anyhow::Error),
