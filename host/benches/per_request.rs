@@ -28,7 +28,7 @@ const GUEST: &str = concat!(
     "/../target/wasm32-wasip2/release/guest.wasm"
 );
 
-fn deployment(limits: Limits) -> ServedVersion {
+fn served_version(limits: Limits) -> ServedVersion {
     let wasm = std::fs::read(GUEST)
         .unwrap_or_else(|e| panic!("{GUEST}: {e}; build it with `make build-guest` first"));
     let spec = host::runtime::engine::EngineSpec {
@@ -85,8 +85,8 @@ fn per_request(c: &mut Criterion) {
     let permits = Arc::new(Semaphore::new(16));
     let mut group = c.benchmark_group("per_request");
     for (name, reuse) in [("fresh_instance", 1), ("reused_instance", 128)] {
-        let deployment = runtime.block_on(async {
-            deployment(Limits {
+        let served = runtime.block_on(async {
+            served_version(Limits {
                 instance_reuse: reuse,
                 ..limits
             })
@@ -106,7 +106,7 @@ fn per_request(c: &mut Criterion) {
                         )
                         .expect("request");
                     let permit = permits.clone().try_acquire_owned().expect("permit");
-                    let response = deployment.handle(request, permit, &ctx).await;
+                    let response = served.handle(request, permit, &ctx).await;
                     assert_eq!(response.status(), 200);
                     let body = response.into_body().collect().await.expect("body");
                     assert_eq!(body.to_bytes().len(), 14);

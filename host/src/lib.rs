@@ -1,8 +1,10 @@
 //! A host that serves HTTP by running WebAssembly components.
 //!
-//! Every request runs in a fresh instance of a component that exports
-//! `wasi:http/incoming-handler` (WASI 0.2) or `wasi:http/handler` (WASI
-//! 0.3): nothing one request leaves in guest memory is visible to the next.
+//! By default every request runs in a fresh instance of a component that
+//! exports `wasi:http/incoming-handler` (WASI 0.2) or `wasi:http/handler`
+//! (WASI 0.3): nothing one request leaves in guest memory is visible to the
+//! next (apps that declare themselves stateless may opt into instance
+//! reuse).
 //! The component is compiled once, pre-instantiated once, and each request
 //! only pays for a `Store` and an instantiation out of a pooling allocator.
 //!
@@ -45,20 +47,21 @@
 //!
 //! # The two paths
 //!
-//! A request: [`http::server::run`] accepts it → [`front::Router`] (id,
-//! header caps, path normalised, [`routing::RoutingTable`] lookup: app,
-//! then version) → [`runtime::served::ServedVersion::handle`] (rate
-//! limits, the app's cap, body limits) → a new instance of the version's
+//! A request: `http::server::run` accepts it → `front::Router` (id,
+//! header caps, path normalised, `routing::RoutingTable` lookup: app, then
+//! version; the app's rate limits, then the host-wide cap) →
+//! [`runtime::served::ServedVersion::handle`] (the app's own cap, body
+//! limits) → a new instance of the version's
 //! pre-instantiated component (or a warm one with instance reuse; WASI 0.3
 //! in [`runtime::p3`], shared instances in [`runtime::shared`]) → the
 //! guest's handler → a streamed response.
 //!
-//! A deploy: [`admin`] (token, origin, multipart body) →
-//! [`apps::registry::Registry::deploy`]: validate the name and settings,
-//! plan the next record ([`apps::plan`]), store the component, obtain code
-//! ([`apps::compiler`]: the cache or the compiler, outside the lock), build
-//! the served version, write the record ([`apps::state_dir`]) and publish
-//! the new table ([`routing::Routes`]) in one step.
+//! A deploy: `admin` (token, origin, multipart body) →
+//! `apps::registry::Registry::deploy`: validate the name and settings, plan
+//! the next record (`apps::plan`), obtain code (`apps::compiler`: the cache
+//! or the compiler, outside the lock) and build the served version, store
+//! the component, then write the record (`apps::state_dir`) and publish the
+//! new table (`routing::Routes`) in one step.
 
 pub(crate) mod admin;
 pub(crate) mod apps;

@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The top-level modules, highest layer first: each may import only those
-/// after it (and its own submodules).
+/// after it (and its own submodules). `fuzzing` drives the input parsers of
+/// every layer, so it sits above them all. `config` gathers each layer's
+/// settings (their types live with the layers) and only `cli` and `serve`
+/// read it.
 const LAYERS: &[&str] = &[
     "fuzzing", "cli", "serve", "config", "admin", "front", "apps", "routing", "runtime", "http",
     "metrics",
@@ -38,6 +41,15 @@ fn module_of(root: &Path, file: &Path) -> Option<String> {
         [one] if one == "lib" || one == "main" || one == "tests" => None,
         _ => Some(parts.join("::")),
     }
+}
+
+/// The module `super::` names in `file`, with a trailing `::` (empty for
+/// the crate root).
+fn parent_of(file: &Path, root: &Path) -> String {
+    let module = module_of(root, file).unwrap_or_default();
+    let mut parts: Vec<&str> = module.split("::").filter(|p| !p.is_empty()).collect();
+    parts.pop();
+    parts.iter().map(|p| format!("{p}::")).collect()
 }
 
 /// Every path a `use` tree names: `a::{b, c::{d, e}}` → `a::b`, `a::c::d`, `a::c::e`.
@@ -87,12 +99,18 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut graph = BTreeMap::new();
     for (module, file) in &modules {
         let text = std::fs::read_to_string(file).expect("read source");
-        // Comments (doc links included) are not imports.
+        // Comments (doc links included) are not imports: whole comment
+        // lines, and the rest of a line after ` //`.
         let code: String = text
             .lines()
             .filter(|l| !l.trim_start().starts_with("//"))
+            .map(|l| l.find(" //").map_or(l, |at| &l[..at]))
             .collect::<Vec<_>>()
-            .join("\n");
+            .join("\n")
+            // `super::` is the parent module (a test module's `super::*` is
+            // its own file, and is left out).
+            .replace("super::*", "")
+            .replace("super::", &format!("crate::{}", parent_of(file, &root)));
         let mut paths = Vec::new();
         let mut rest = code.as_str();
         while let Some(at) = rest.find("crate::") {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use host::cli::Cli;
+use host::cli::args::Cli;
 use host::serve::{Listeners, run};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

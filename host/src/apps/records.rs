@@ -143,8 +143,8 @@ pub fn validate_name(name: &str) -> Result<(), AppError> {
     }
 }
 
-/// What of a version's settings a served deployment was built from: a
-/// deployment is reused only for the very same version and settings.
+/// What of a version's settings a served version was built from: a
+/// served version is reused only for the very same version and settings.
 pub fn version_settings_key(version: &VersionRecord) -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut h = DefaultHasher::new();

@@ -2,20 +2,22 @@
 //!
 //! Two kinds of app: *static* ones declared on the command line or in the
 //! manifest (read-only at run time), and *deployed* ones managed through the
-//! admin API and persisted in the state directory. Every change (deploy,
-//! rollback, canary, promote, abort, delete) takes the same path:
+//! admin API and persisted in the state directory. Every change of a
+//! deployed app's versions (deploy, rollback, canary, promote, abort) takes
+//! the same path ([`Registry::commit`]); removing an app, and loading
+//! static and stored apps at start, have paths of their own:
 //!
 //! 1. under the lock, plan the app's new record from its current one (pure
 //!    functions on [`AppRecord`], validated);
-//! 2. without the lock, make what the new record serves: store the upload,
-//!    load or compile the code (off the serving threads, within
-//!    `--compile-timeout-ms`), read secrets;
+//! 2. without the lock, make what the new record serves: load or compile
+//!    the code (off the serving threads, within `--compile-timeout-ms`),
+//!    read secrets, store the upload;
 //! 3. under the lock again, check the record did not change meanwhile (else
 //!    409), write it to disk crash-safely and publish the routing table in
 //!    one atomic swap.
 //!
-//! A rejected change leaves both the disk and what is served exactly as
-//! they were. Unused components and compiled code are removed by a
+//! A rejected change leaves what is served and every record exactly as
+//! they were (an upload stored before a 409 is collected later). Unused components and compiled code are removed by a
 //! background collector, never on the request path, and never while any
 //! record on disk (served, failed or unreadable) may still name them.
 
@@ -299,7 +301,7 @@ impl Registry {
             .map_err(|e| AppError::Invalid(format!("version {}: {e}", version.version)))?;
         let outbound =
             OutboundPolicy::parse(&settings.allow_outbound).map_err(AppError::Invalid)?;
-        let deployment = Arc::new(ServedVersion::new(
+        let served = Arc::new(ServedVersion::new(
             Identity {
                 app: name.into(),
                 version: version.version.as_str().into(),
@@ -317,7 +319,7 @@ impl Registry {
             outbound,
             share.clone(),
         ));
-        Ok((deployment, pre, source))
+        Ok((served, pre, source))
     }
 
     /// The share of app `name` for versions with `limits`: the one its
@@ -356,22 +358,22 @@ impl Registry {
                     .find(|d| &*d.version == id)
             });
             let version = record.version(id)?;
-            if let Some(deployment) = served_now
-                && deployment.settings_key == version_settings_key(version)
-                && Arc::ptr_eq(deployment.share(), &share)
+            if let Some(served) = served_now
+                && served.settings_key == version_settings_key(version)
+                && Arc::ptr_eq(served.share(), &share)
             {
-                return Ok(deployment.clone());
+                return Ok(served.clone());
             }
             let wasm = upload
                 .as_ref()
                 .filter(|(digest, _)| *digest == version.digest)
                 .map(|(_, wasm)| wasm.clone());
-            let (deployment, pre, source) = self
+            let (served, pre, source) = self
                 .serve_version(&record.name, version, wasm, true, &share)
                 .await?;
             code.push((version.digest.clone(), pre));
             sources.push(source);
-            Ok(deployment)
+            Ok(served)
         };
         let current = make(&record.current).await?;
         let canary = match &record.canary {
@@ -514,7 +516,7 @@ impl Registry {
             &version.settings.limits(&self.config.defaults),
             &self.config.budget,
         );
-        let (deployment, pre, _) = self
+        let (served, pre, _) = self
             .serve_version(name, &version, Some(bytes), false, &share)
             .await
             .map_err(|e| anyhow::anyhow!("cannot serve {} as app {name}: {e}", path.display()))?;
@@ -532,7 +534,7 @@ impl Registry {
             Arc::new(LiveApp {
                 name: name.into(),
                 route: route.clone(),
-                current: deployment,
+                current: served,
                 canary: None,
             }),
         );

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::Ceilings;
-use crate::cli::ServeArgs;
+use crate::cli::args::ServeArgs;
 use crate::config::{Config, DefaultApp};
 use crate::front::FrontConfig;
 use crate::runtime::engine::{self, PoolShape};
@@ -417,7 +417,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::Cli;
+    use crate::cli::args::Cli;
     use crate::runtime::engine::MemoryReset;
 
     /// `host serve` with `flags`, on no default app and a scratch state dir.

@@ -93,12 +93,12 @@ impl Router {
             String::new()
         };
 
-        let (mut response, deployment) = self.dispatch(request, conn, &ctx).await;
+        let (mut response, served) = self.dispatch(request, conn, &ctx).await;
         let headers = response.headers_mut();
         if let Some(v) = id_value {
             headers.insert(REQUEST_ID_HEADER, v);
         }
-        if let Some(d) = &deployment
+        if let Some(d) = &served
             && self.config.version_headers
             && let Some((app, version)) = &d.header_values
         {
@@ -119,7 +119,7 @@ impl Router {
         };
         let log = AccessLog {
             id,
-            deployment,
+            served,
             method,
             path,
             status,
@@ -186,7 +186,7 @@ impl Router {
                 return (response::error(StatusCode::BAD_REQUEST, &message), None);
             }
         }
-        let deployment = {
+        let served = {
             let table = self.routes.table();
             let host = request_host(&request);
             match table.lookup(host.as_deref(), request.uri().path()) {
@@ -198,16 +198,16 @@ impl Router {
                 }
             }
         };
-        if let Some(limited) = deployment.rate_limited(conn.map(|c| c.peer.ip())) {
-            return (limited, Some(deployment));
+        if let Some(limited) = served.rate_limited(conn.map(|c| c.peer.ip())) {
+            return (limited, Some(served));
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             metrics().reject("host_busy");
             let busy = busy("the server is at its concurrency limit; retry shortly");
-            return (busy, Some(deployment));
+            return (busy, Some(served));
         };
-        let response = deployment.handle(request, permit, ctx).await;
-        (response, Some(deployment))
+        let response = served.handle(request, permit, ctx).await;
+        (response, Some(served))
     }
 }
 
@@ -243,7 +243,7 @@ impl Drop for InFlight {
 /// One access-log line, written when the response body ends or is dropped.
 struct AccessLog {
     id: Arc<str>,
-    deployment: Option<Arc<ServedVersion>>,
+    served: Option<Arc<ServedVersion>>,
     method: http::Method,
     path: String,
     status: u16,
@@ -257,7 +257,7 @@ struct AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
-        let (app, version) = match &self.deployment {
+        let (app, version) = match &self.served {
             Some(d) => {
                 d.metrics.request(self.status, elapsed);
                 (&*d.app, &*d.version)

@@ -37,7 +37,7 @@ pub struct Identity {
     pub version: Arc<str>,
     /// SHA-256 of the component.
     pub digest: Arc<str>,
-    /// A hash of the version's settings: a deployment is only reused for
+    /// A hash of the version's settings: a served version is only reused for
     /// the very same code and settings.
     pub settings_key: u64,
 }
