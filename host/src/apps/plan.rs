@@ -115,21 +115,7 @@ pub fn abort(record: &AppRecord) -> Result<AppRecord, AppError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps::settings::AppSettings;
-    use crate::runtime::component::World;
-
-    fn version(n: u8) -> VersionRecord {
-        let digest = format!("{n:02x}").repeat(32);
-        VersionRecord {
-            version: digest[..12].to_string(),
-            digest,
-            size: 1,
-            deployed_at: 0,
-            settings: AppSettings::default(),
-            world: World::Http02,
-            memory_image_bytes: 0,
-        }
-    }
+    use crate::apps::records::fixture as version;
 
     fn route() -> Route {
         Route::new("/a", None).unwrap()

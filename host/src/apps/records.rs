@@ -155,21 +155,27 @@ pub fn version_settings_key(version: &VersionRecord) -> u64 {
     h.finish()
 }
 
+/// A WASI 0.2 version record whose digest is `n` repeated, for tests.
+#[cfg(test)]
+pub(crate) fn fixture(n: u8) -> VersionRecord {
+    let digest = format!("{n:02x}").repeat(32);
+    VersionRecord {
+        version: digest[..12].to_string(),
+        digest,
+        size: 1,
+        deployed_at: 0,
+        settings: AppSettings::default(),
+        world: World::Http02,
+        memory_image_bytes: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn version(n: u8) -> VersionRecord {
-        let digest = format!("{n:02x}").repeat(32);
-        VersionRecord {
-            version: digest[..12].to_string(),
-            digest,
-            size: 1,
-            deployed_at: 0,
-            settings: AppSettings::default(),
-            world: World::Http02,
-            memory_image_bytes: 0,
-        }
+        fixture(n)
     }
 
     #[test]

@@ -64,19 +64,7 @@ impl VersionView {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn version(n: u8) -> VersionRecord {
-        let digest = format!("{n:02x}").repeat(32);
-        VersionRecord {
-            version: digest[..12].to_string(),
-            digest,
-            size: 1,
-            deployed_at: 0,
-            settings: AppSettings::default(),
-            world: World::Http02,
-            memory_image_bytes: 0,
-        }
-    }
+    use crate::apps::records::fixture as version;
 
     #[test]
     fn records_store_only_a_wasi_0_3_world_and_views_always_say_it() {
