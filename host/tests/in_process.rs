@@ -108,11 +108,13 @@ async fn start_server_in(state: PathBuf, flags: &[&str]) -> Server {
 /// The default guest, built by `make build-guest` (`make test` builds it
 /// first).
 fn guest() -> Vec<u8> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/wasm32-wasip2/release/guest.wasm"
-    );
-    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}; run `make build-guest`"))
+    // The cargo target directory this test was built into
+    // (`target/debug/deps/in_process-…` → `target`).
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe.ancestors().nth(3).expect("target/<profile>/deps");
+    let path = target.join("wasm32-wasip2/release/guest.wasm");
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make build-guest`", path.display()))
 }
 
 async fn deploy(server: &Server, name: &str, settings: &str) -> (u16, serde_json::Value) {
