@@ -155,6 +155,7 @@ pub async fn run(
             public_base: format!("{scheme}://{shown}"),
         },
     );
+    crate::apps::gc::start(&registry);
 
     // The admin API (and with it /healthz and /readyz) comes up first, so
     // probes see "alive, not ready" while apps load.

@@ -50,9 +50,6 @@ use crate::runtime::served::{Identity, ServedVersion};
 pub const DEFAULT_APP: &str = "default";
 /// Longest the host waits for an app's secrets to be read.
 const SECRET_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the garbage collector waits after a change before it runs, so a
-/// burst of deploys costs one pass.
-const GC_DELAY: Duration = Duration::from_millis(200);
 /// Compiles at once (each uses every core). A compile past its time bound
 /// is answered 422 but cannot be stopped: it keeps its slot until it ends,
 /// so abandoned compiles cannot pile up.
@@ -72,15 +69,15 @@ pub struct RegistryConfig {
     pub public_base: String,
 }
 
-struct StaticApp {
-    route: Route,
-    version: VersionRecord,
+pub(crate) struct StaticApp {
+    pub(crate) route: Route,
+    pub(crate) version: VersionRecord,
 }
 
 /// A deployed app on disk that is not being served.
-struct FailedApp {
-    record: AppRecord,
-    reason: String,
+pub(crate) struct FailedApp {
+    pub(crate) record: AppRecord,
+    pub(crate) reason: String,
 }
 
 /// What serves one app: its current version and its canary, if any.
@@ -94,36 +91,36 @@ struct Served {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(crate) struct Inner {
     /// Deployed apps being served, as persisted.
-    records: BTreeMap<String, AppRecord>,
-    statics: BTreeMap<String, StaticApp>,
+    pub(crate) records: BTreeMap<String, AppRecord>,
+    pub(crate) statics: BTreeMap<String, StaticApp>,
     /// Deployed apps whose record is on disk but which failed to restore.
-    failed: BTreeMap<String, FailedApp>,
+    pub(crate) failed: BTreeMap<String, FailedApp>,
     /// Record files that could not be parsed: what they name is unknown,
     /// so the collector deletes no component while there are any.
-    unreadable: usize,
+    pub(crate) unreadable: usize,
     /// Every app as served now.
-    live: BTreeMap<String, Arc<LiveApp>>,
+    pub(crate) live: BTreeMap<String, Arc<LiveApp>>,
     /// Pre-instantiated code by digest, for the versions being served.
-    compiled: HashMap<String, Pre>,
+    pub(crate) compiled: HashMap<String, Pre>,
     /// What each app's served versions share.
-    shares: HashMap<String, Arc<AppShare>>,
+    pub(crate) shares: HashMap<String, Arc<AppShare>>,
     /// Every record on disk has been restored (or marked failed): until
     /// then the collector does not run, as it cannot know what they name.
-    restored: bool,
+    pub(crate) restored: bool,
 }
 
 pub struct Registry {
-    compiler: Compiler,
+    pub(crate) compiler: Compiler,
     config: RegistryConfig,
     routes: Arc<Routes>,
-    inner: Mutex<Inner>,
+    pub(crate) inner: Mutex<Inner>,
     /// Components being stored by deploys in progress, by digest (count):
     /// the collector keeps them.
-    storing: std::sync::Mutex<HashMap<String, usize>>,
-    /// Wakes the garbage collector.
-    collect: Arc<Notify>,
+    pub(crate) storing: std::sync::Mutex<HashMap<String, usize>>,
+    /// Wakes the garbage collector ([`crate::apps::gc`]).
+    pub(crate) collect: Arc<Notify>,
     /// Slots for compiles, held until a compile really ends.
     compiles: Arc<tokio::sync::Semaphore>,
     /// Failed apps and why, for `/readyz` without taking the lock.
@@ -177,7 +174,7 @@ impl Drop for Storing<'_> {
 }
 
 /// Run blocking `work` on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(work)
@@ -192,7 +189,7 @@ impl Registry {
         routes: Arc<Routes>,
         config: RegistryConfig,
     ) -> Arc<Registry> {
-        let registry = Arc::new(Registry {
+        Arc::new(Registry {
             compiler: Compiler {
                 engines,
                 state: Arc::new(state),
@@ -204,9 +201,7 @@ impl Registry {
             collect: Arc::new(Notify::new()),
             compiles: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_COMPILES)),
             failed_now: std::sync::Mutex::new(Arc::new(Vec::new())),
-        });
-        collector(Arc::downgrade(&registry), registry.collect.clone());
-        registry
+        })
     }
 
     /// Obtain code for `digest` on a blocking thread, within the compile
@@ -906,71 +901,4 @@ impl Registry {
         tracing::info!(app = name, "removed");
         Ok(())
     }
-
-    /// One garbage-collection pass: delete stored components and cache
-    /// entries that no record names. The directory listing happens without
-    /// the lock; deletion re-checks under it.
-    async fn collect_garbage(&self) {
-        let live = |inner: &Inner, storing: &HashMap<String, usize>| -> Option<HashSet<String>> {
-            if inner.unreadable > 0 || !inner.restored {
-                return None;
-            }
-            Some(
-                inner
-                    .records
-                    .values()
-                    .chain(inner.failed.values().map(|f| &f.record))
-                    .flat_map(AppRecord::digests)
-                    .chain(inner.statics.values().map(|s| s.version.digest.as_str()))
-                    .chain(storing.keys().map(String::as_str))
-                    .map(str::to_string)
-                    .collect(),
-            )
-        };
-        let state = self.compiler.state.clone();
-        let Ok(candidates) = blocking(move || Ok(state.stored_digests())).await else {
-            return;
-        };
-        // Held until the files are gone: a deploy registers what it stores
-        // under this lock, so it is either in `storing` now or comes after.
-        let inner = self.inner.lock().await;
-        let storing = self.storing.lock().map(|s| s.clone()).unwrap_or_default();
-        let Some(live) = live(&inner, &storing) else {
-            tracing::debug!("garbage collection skipped: an app record could not be read");
-            return;
-        };
-        let doomed: Vec<String> = candidates
-            .into_iter()
-            .filter(|d| !live.contains(d))
-            .collect();
-        if doomed.is_empty() {
-            return;
-        }
-        let state = self.compiler.state.clone();
-        // Deleting under the lock: a deploy registers its digest in
-        // `storing` before it stores it, so nothing it stores is removed.
-        let removed = blocking(move || Ok(state.remove_digests(&doomed))).await;
-        drop(inner);
-        if let Ok(n) = removed {
-            tracing::debug!(files = n, "removed unused components and compiled code");
-        }
-    }
-}
-
-/// The background garbage collector: after each change (debounced), one
-/// pass. Ends with the registry.
-fn collector(registry: std::sync::Weak<Registry>, wake: Arc<Notify>) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        loop {
-            wake.notified().await;
-            tokio::time::sleep(GC_DELAY).await;
-            let Some(registry) = registry.upgrade() else {
-                return;
-            };
-            registry.collect_garbage().await;
-        }
-    });
 }
