@@ -31,6 +31,23 @@ async fn get(host: &Host, path: &str) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
+/// GET `path` and give up after `ms`, before the app answers; then wait
+/// until the host has counted the p3 app's request as cancelled.
+async fn give_up(host: &Host, path: &str, ms: u64) {
+    let request = client()
+        .get(host.url(path))
+        .timeout(Duration::from_millis(ms))
+        .send()
+        .await;
+    assert!(request.is_err(), "the client gave up first");
+    host.metric_until(
+        "host_guest_failures_total",
+        &[("app", "p3"), ("kind", "cancelled")],
+        |v| v == 1.0,
+    )
+    .await;
+}
+
 /// POST `ECHO_BYTES` in chunks as a stream (no content-length) and check
 /// every byte comes back.
 async fn streamed_echo(host: &Host) {
@@ -229,18 +246,7 @@ async fn a_wasi_0_3_guest_is_cancelled_when_its_client_goes_away() {
         .deploy("p3", wasm("p3-guest"), json!({"route": "/"}), None)
         .await;
     assert_eq!(status, 201, "{body}");
-    let request = client()
-        .get(host.url("/sleep?ms=50000"))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await;
-    assert!(request.is_err(), "the client gave up first");
-    host.metric_until(
-        "host_guest_failures_total",
-        &[("app", "p3"), ("kind", "cancelled")],
-        |v| v == 1.0,
-    )
-    .await;
+    give_up(&host, "/sleep?ms=50000", 500).await;
     host.metric_until("host_guest_memory_bytes", &[], |v| v == 0.0)
         .await;
     host.metric_until("host_requests_in_flight", &[], |v| v == 0.0)
@@ -334,18 +340,7 @@ async fn a_wasi_0_3_instance_serves_several_requests_at_once_when_asked() {
     let instantiations = |m: &str| metric(m, "host_instantiation_duration_seconds_count", &[]);
 
     // A client that gives up: its request runs on beside the next one.
-    let request = client()
-        .get(host.url("/sleep?ms=10000"))
-        .timeout(Duration::from_millis(300))
-        .send()
-        .await;
-    assert!(request.is_err(), "the client gave up first");
-    host.metric_until(
-        "host_guest_failures_total",
-        &[("app", "p3"), ("kind", "cancelled")],
-        |v| v == 1.0,
-    )
-    .await;
+    give_up(&host, "/sleep?ms=10000", 300).await;
     let (status, text) = get(&host, "/after").await;
     assert_eq!(status, 200, "{text}");
     assert!(
