@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use crate::apps::secrets::{SecretPolicy, SecretSource};
 use crate::apps::settings::Ceilings;
-use crate::front::{normalize_path, request_host};
+use crate::front::path::{normalize_path, request_host};
 use crate::routing::{Route, prefixes};
 use crate::runtime::outbound::{OutboundPolicy, is_internal};
 

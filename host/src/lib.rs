@@ -22,13 +22,18 @@
 //!   directory, apps, listeners, signals, drain.
 //! - [`config`]: the validated configuration, plain data; each layer gets
 //!   its own part of it from [`serve`].
-//! - [`admin`]: the admin API (auth, refusing web pages, upload bodies,
-//!   endpoints, health and metrics); maps app errors to statuses.
-//! - [`front`]: the public request path: request ids, header caps, path
-//!   normalisation, routing, rate limits, the host-wide cap, access logs.
+//! - [`admin`]: the admin API: `probes` (health, readiness, metrics),
+//!   `guard` (token, refusing web pages), `body` (uploads, JSON),
+//!   `endpoints` (one registry call each), `reply` (JSON, and app errors
+//!   mapped to statuses).
+//! - [`front`]: the public request path: header caps, routing, rate limits,
+//!   the host-wide cap (`front`), the host name and normalised path
+//!   (`front::path`), request ids and access logs (`front::access`).
 //! - [`apps`]: the deploy path, without HTTP types: records and the state
-//!   directory, settings and secrets, the compiler and its cache, the
-//!   registry's version/canary state machine and its one commit path.
+//!   directory, settings and secrets, the compiler and its cache, making
+//!   what a record serves (`apps::provision`), the version/canary state
+//!   machine (`apps::plan`), the registry and its one commit path, views,
+//!   the garbage collector; one error type, `apps::error::AppError`.
 //! - [`routing`]: routes, the live apps and their canaries, the routing
 //!   table and its atomic swap: pure data and lookups.
 //! - [`runtime`]: everything that touches wasmtime: engines, components,
@@ -58,10 +63,14 @@
 //!
 //! A deploy: `admin` (token, origin, multipart body) →
 //! `apps::registry::Registry::deploy`: validate the name and settings, plan
-//! the next record (`apps::plan`), obtain code (`apps::compiler`: the cache
-//! or the compiler, outside the lock) and build the served version, store
-//! the component, then write the record (`apps::state_dir`) and publish the
-//! new table (`routing::Routes`) in one step.
+//! the next record (`apps::plan`) under the lock, make what it serves
+//! outside the lock (`apps::provision`: code from `apps::compiler`, the
+//! cache or a compile; secrets), store the component, then
+//! `Registry::commit`: under the lock, check the record did not change
+//! meanwhile and the route is free, write the record (`apps::state_dir`)
+//! and publish the new table (`routing::Routes`) in one step. Rollback,
+//! canary, promote, abort, remove, static apps and the restore at start
+//! take the same commit path.
 
 pub(crate) mod admin;
 pub(crate) mod apps;

@@ -28,9 +28,18 @@ pub struct Route {
     pub host: Option<String>,
 }
 
+/// A route prefix or host name that cannot be served; says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRoute(String);
+
 impl Route {
     /// Validate and normalise (`/api/` → `/api`, host lowercased).
-    pub fn new(prefix: &str, host: Option<&str>) -> Result<Route, String> {
+    pub fn new(prefix: &str, host: Option<&str>) -> Result<Route, InvalidRoute> {
+        Route::parse(prefix, host).map_err(InvalidRoute)
+    }
+
+    fn parse(prefix: &str, host: Option<&str>) -> Result<Route, String> {
         if !prefix.starts_with('/') {
             return Err(format!("route {prefix:?} must start with `/`"));
         }

@@ -232,7 +232,7 @@ pub async fn run(
 /// Static apps first (command line, manifest), then the deployed ones, then
 /// the default guest if `/` is still free and no deployed app took its name.
 async fn load_apps(config: &Config, registry: &Registry, routes: &Routes) -> Result<()> {
-    let root = || Route::new("/", None).map_err(anyhow::Error::msg);
+    let root = || Route::new("/", None);
     if let DefaultApp::Explicit(component) = &config.default_app {
         registry
             .add_static(DEFAULT_APP, component, root()?, Default::default())

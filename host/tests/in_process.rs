@@ -117,11 +117,31 @@ fn guest() -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{}: {e}; run `make build-guest`", path.display()))
 }
 
+/// The guest with a custom section naming `n`: another digest, so
+/// another version of the same app.
+fn variant(n: u8) -> Vec<u8> {
+    let mut wasm = guest();
+    let name = b"test-variant";
+    wasm.extend_from_slice(&[0, (name.len() + 2) as u8, name.len() as u8]);
+    wasm.extend_from_slice(name);
+    wasm.push(n);
+    wasm
+}
+
 async fn deploy(server: &Server, name: &str, settings: &str) -> (u16, serde_json::Value) {
+    deploy_wasm(server, name, guest(), settings).await
+}
+
+async fn deploy_wasm(
+    server: &Server,
+    name: &str,
+    wasm: Vec<u8>,
+    settings: &str,
+) -> (u16, serde_json::Value) {
     let form = reqwest::multipart::Form::new()
         .part(
             "component",
-            reqwest::multipart::Part::bytes(guest()).file_name("guest.wasm"),
+            reqwest::multipart::Part::bytes(wasm).file_name("guest.wasm"),
         )
         .text("settings", settings.to_string());
     let response = reqwest::Client::new()
@@ -177,4 +197,133 @@ async fn a_restart_on_the_same_state_dir_serves_what_was_deployed() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-app-name"], "kept");
     second.shutdown().await.unwrap();
+}
+
+/// An admin call: `(status, JSON body or null, headers)`.
+async fn admin(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+    let mut request = reqwest::Client::new().request(method, server.admin_url(path));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, response.json().await.unwrap_or_default(), headers)
+}
+
+/// Every endpoint of the admin API's table (`admin/mod.rs`), each with what
+/// it answers when it works and a status that says what went wrong when it
+/// does not.
+#[tokio::test]
+async fn every_admin_endpoint_answers_with_its_status() {
+    use reqwest::Method;
+    let server = start_server(&[]).await;
+    let (status, body, _) = admin(&server, Method::GET, "/v1/apps", None).await;
+    assert_eq!(
+        (status, body["apps"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+
+    let (status, body) = deploy(&server, "app", r#"{"route": "/"}"#).await;
+    assert_eq!(status, 201, "{body}");
+    let v1 = body["current_version"].as_str().unwrap().to_string();
+    let (status, body, _) = admin(&server, Method::GET, "/v1/apps/app", None).await;
+    assert_eq!(
+        (status, body["current_version"].as_str()),
+        (200, Some(&*v1))
+    );
+    assert_eq!(body["source"], "deployed");
+
+    // The same bytes again: one version, nothing older to roll back to.
+    let (status, body, _) = admin(&server, Method::POST, "/v1/apps/app/rollback", None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no version older"),
+        "{body}"
+    );
+
+    let (status, body) = deploy_wasm(&server, "app", variant(1), "{}").await;
+    assert_eq!(status, 201, "{body}");
+    let canary = serde_json::json!({"version": v1, "weight": 20});
+    let (status, body, _) = admin(&server, Method::PUT, "/v1/apps/app/canary", Some(canary)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["canary"]["weight"], 20);
+    let (status, body, _) = admin(&server, Method::DELETE, "/v1/apps/app/canary", None).await;
+    assert_eq!(
+        (status, &body["canary"]),
+        (200, &serde_json::Value::Null),
+        "{body}"
+    );
+    let (status, body, _) = admin(&server, Method::POST, "/v1/apps/app/canary/promote", None).await;
+    assert_eq!(status, 409, "no canary to promote: {body}");
+    let bad = serde_json::json!({"version": v1, "weight": 101});
+    let (status, body, _) = admin(&server, Method::PUT, "/v1/apps/app/canary", Some(bad)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("0 to 100"),
+        "{body}"
+    );
+
+    let (status, _, headers) = admin(&server, Method::PATCH, "/v1/apps/app", None).await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "GET, DELETE");
+    let (status, body, _) = admin(&server, Method::GET, "/v1/nothing", None).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _, _) = admin(&server, Method::GET, "/v1/apps/other", None).await;
+    assert_eq!(status, 404);
+
+    let page = reqwest::Client::new()
+        .delete(server.admin_url("/v1/apps/app"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 403, "a web page cannot delete apps");
+    let (status, body, _) = admin(&server, Method::DELETE, "/v1/apps/app", None).await;
+    assert_eq!((status, body["deleted"].as_str()), (200, Some("app")));
+    let (status, _, _) = admin(&server, Method::DELETE, "/v1/apps/app", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(reqwest::get(server.url("/")).await.unwrap().status(), 404);
+
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        let response = reqwest::get(server.admin_url(open)).await.unwrap();
+        assert_eq!(response.status(), 200, "{open}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_a_token_only_its_bearer_may_call_the_admin_api() {
+    let dir = std::env::temp_dir().join(format!("host-token-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "s3cret-token-of-some-length\n").unwrap();
+    let server = start_server(&["--admin-token-file", file.to_str().unwrap()]).await;
+    let client = reqwest::Client::new();
+    let url = server.admin_url("/v1/apps");
+    let missing = client.get(&url).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    let wrong = client.get(&url).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .get(&url)
+        .bearer_auth("s3cret-token-of-some-length")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let probe = client
+        .get(server.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200, "probes need no token");
+    server.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,9 +1,18 @@
 //! The one error vocabulary of the deploy path: why a change to the apps
-//! was refused. The admin API maps each kind to an HTTP status
-//! ([`crate::admin`]); nothing here speaks HTTP.
+//! was refused, or why the host could not make it. Every module of `apps`
+//! returns [`AppError`]; the layers below it have small typed errors of
+//! their own ([`InvalidRoute`], [`InvalidOutbound`]) that convert into
+//! it, and the state directory's [`StorageError`] is one of its kinds. The admin API maps each kind to an HTTP status
+//! ([`crate::admin`]), startup reports it as it is; nothing here speaks
+//! HTTP.
 
-/// Why a change to the apps was refused. The admin API maps each kind to a
-/// status; the message says what to fix.
+use std::path::PathBuf;
+
+use crate::routing::InvalidRoute;
+use crate::runtime::outbound::InvalidOutbound;
+
+/// Why a change to the apps was refused or failed. The message says what
+/// to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A name, setting or request that can never succeed as given.
@@ -18,14 +27,58 @@ pub enum AppError {
     /// unknown imports, compile too slow).
     #[error("{0}")]
     Unservable(String),
-    /// The host failed (disk, a bug); details are in its log.
-    #[error("the host could not complete the operation; see its log")]
-    Internal(#[source] anyhow::Error),
+    /// The state directory failed (disk full, permissions, a file this
+    /// host did not write).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The host failed otherwise (a task that panicked: a bug).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl AppError {
-    pub(crate) fn internal(err: anyhow::Error) -> AppError {
-        tracing::error!(error = ?err, "app operation failed");
-        AppError::Internal(err)
+    /// The same error with `what` said first (`what: message`); a storage
+    /// error stays as it is, naming its file.
+    pub(crate) fn context(self, what: impl std::fmt::Display) -> AppError {
+        match self {
+            AppError::Invalid(m) => AppError::Invalid(format!("{what}: {m}")),
+            AppError::NotFound(m) => AppError::NotFound(format!("{what}: {m}")),
+            AppError::Conflict(m) => AppError::Conflict(format!("{what}: {m}")),
+            AppError::Unservable(m) => AppError::Unservable(format!("{what}: {m}")),
+            AppError::Internal(m) => AppError::Internal(format!("{what}: {m}")),
+            AppError::Storage(err) => AppError::Storage(err),
+        }
+    }
+
+    /// The host's own failure, not the request's: the caller cannot fix it
+    /// by changing the request.
+    pub fn is_host_failure(&self) -> bool {
+        matches!(self, AppError::Storage(_) | AppError::Internal(_))
+    }
+}
+
+/// A file of the state directory that could not be read or written, or
+/// whose contents are not what this host wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("failed to {action} {}: {error}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{} {why}", path.display())]
+    Corrupt { path: PathBuf, why: String },
+}
+
+impl From<InvalidRoute> for AppError {
+    fn from(err: InvalidRoute) -> AppError {
+        AppError::Invalid(err.to_string())
+    }
+}
+
+impl From<InvalidOutbound> for AppError {
+    fn from(err: InvalidOutbound) -> AppError {
+        AppError::Invalid(err.to_string())
     }
 }

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::apps::compiler::blocking;
 use crate::apps::records::AppRecord;
-use crate::apps::registry::{Inner, Registry, blocking};
+use crate::apps::registry::{Inner, Registry};
 
 /// How long the garbage collector waits after a change before it runs, so a
 /// burst of deploys costs one pass.
@@ -21,7 +22,7 @@ impl Registry {
     /// One garbage-collection pass: delete stored components and cache
     /// entries that no record names. The directory listing happens without
     /// the lock; deletion re-checks under it.
-    async fn collect_garbage(&self) {
+    pub(crate) async fn collect_garbage(&self) {
         let live = |inner: &Inner, storing: &HashMap<String, usize>| -> Option<HashSet<String>> {
             if inner.unreadable > 0 || !inner.restored {
                 return None;
@@ -38,7 +39,7 @@ impl Registry {
                     .collect(),
             )
         };
-        let state = self.compiler.state.clone();
+        let state = self.state().clone();
         let Ok(candidates) = blocking(move || Ok(state.stored_digests())).await else {
             return;
         };
@@ -57,7 +58,7 @@ impl Registry {
         if doomed.is_empty() {
             return;
         }
-        let state = self.compiler.state.clone();
+        let state = self.state().clone();
         // Deleting under the lock: a deploy registers its digest in
         // `storing` before it stores it, so nothing it stores is removed.
         let removed = blocking(move || Ok(state.remove_digests(&doomed))).await;

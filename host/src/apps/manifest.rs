@@ -19,9 +19,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::apps::error::AppError;
 use crate::apps::settings::AppSettings;
 use crate::routing::Route;
 
@@ -52,25 +52,26 @@ pub struct ManifestApp {
     pub settings: AppSettings,
 }
 
-pub fn load(path: &Path) -> Result<Vec<ManifestApp>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read manifest {}", path.display()))?;
+pub fn load(path: &Path) -> Result<Vec<ManifestApp>, AppError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        AppError::Invalid(format!("failed to read manifest {}: {e}", path.display()))
+    })?;
     parse(&text, path.parent().unwrap_or(Path::new(".")))
-        .with_context(|| format!("invalid manifest {}", path.display()))
+        .map_err(|e| AppError::Invalid(format!("invalid manifest {}: {e}", path.display())))
 }
 
 /// Parse manifest `text`, component paths relative to `base`.
-pub fn parse(text: &str, base: &Path) -> Result<Vec<ManifestApp>> {
-    let manifest: Manifest = toml::from_str(text)?;
+pub fn parse(text: &str, base: &Path) -> Result<Vec<ManifestApp>, AppError> {
+    let manifest: Manifest = toml::from_str(text).map_err(|e| AppError::Invalid(e.to_string()))?;
     if manifest.app.is_empty() {
-        bail!("it declares no [[app]]");
+        return Err(AppError::Invalid("it declares no [[app]]".into()));
     }
     manifest
         .app
         .into_iter()
         .map(|app| {
             let route = Route::new(&app.route, app.host.as_deref())
-                .map_err(|e| anyhow::anyhow!("app {}: {e}", app.name))?;
+                .map_err(|e| AppError::Invalid(format!("app {}: {e}", app.name)))?;
             Ok(ManifestApp {
                 component: base.join(&app.component),
                 name: app.name,
@@ -122,6 +123,7 @@ mod tests {
         assert!(
             parse("", Path::new("."))
                 .unwrap_err()
+                .to_string()
                 .to_string()
                 .contains("no [[app]]")
         );

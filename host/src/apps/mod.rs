@@ -1,17 +1,20 @@
 //! The deploy path: the apps this host serves and every change to them,
 //! with no HTTP types. An admin request becomes a call on the
 //! [`registry::Registry`], which validates it ([`settings`], [`secrets`]),
-//! plans the app's next record ([`plan`], on [`records`]), obtains code
-//! ([`compiler`]: the cache or the compiler), stores the record
-//! ([`state_dir`]) and publishes the new routing table; [`gc`] removes
-//! what no record names any more. Failures are
-//! [`error::AppError`]s, which the admin API maps to statuses.
+//! plans the app's next record ([`plan`], on [`records`]), makes what the
+//! record serves ([`provision`]: code from [`compiler`], the cache or a
+//! compile; secrets), stores the record ([`state_dir`]) and publishes the
+//! new routing table, all through one commit path; [`gc`] removes what no
+//! record names any more. [`views`] is what the admin API shows. Every
+//! failure is an [`error::AppError`], which the admin API maps to a
+//! status.
 
 pub mod compiler;
 pub mod error;
 pub mod gc;
 pub mod manifest;
 pub mod plan;
+pub mod provision;
 pub mod records;
 pub mod registry;
 pub mod secrets;

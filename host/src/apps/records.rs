@@ -27,6 +27,21 @@ pub struct AppRecord {
     pub versions: Vec<VersionRecord>,
 }
 
+/// An app declared on the command line or in the manifest: never stored,
+/// read-only at run time.
+#[derive(Debug, Clone)]
+pub(crate) struct StaticApp {
+    pub(crate) route: Route,
+    pub(crate) version: VersionRecord,
+}
+
+/// A deployed app on disk that is not being served, and why.
+#[derive(Debug, Clone)]
+pub(crate) struct FailedApp {
+    pub(crate) record: AppRecord,
+    pub(crate) reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryRecord {
@@ -66,13 +81,13 @@ pub struct VersionRecord {
 
 impl VersionRecord {
     /// Settings that only one world can apply are refused for the other.
-    pub(crate) fn check_world(&self) -> Result<(), String> {
+    pub(crate) fn check_world(&self) -> Result<(), AppError> {
         match self.settings.instance_concurrency {
-            Some(n) if n > 1 && self.world == World::Http02 => Err(format!(
+            Some(n) if n > 1 && self.world == World::Http02 => Err(AppError::Invalid(format!(
                 "instance_concurrency {n} applies to WASI 0.3 components (wasi:http@0.3) only, and this \
                  one serves wasi:http@0.2, whose instances take one request at a time: remove the \
                  setting or set it to 1"
-            )),
+            ))),
             _ => Ok(()),
         }
     }
@@ -217,7 +232,7 @@ mod tests {
     fn instance_concurrency_is_for_wasi_0_3_only() {
         let mut p2 = version(5);
         p2.settings.instance_concurrency = Some(4);
-        let err = p2.check_world().unwrap_err();
+        let err = p2.check_world().unwrap_err().to_string();
         assert!(err.contains("wasi:http@0.2"), "{err}");
         p2.settings.instance_concurrency = Some(1);
         assert!(p2.check_world().is_ok());

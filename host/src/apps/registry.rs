@@ -2,26 +2,30 @@
 //!
 //! Two kinds of app: *static* ones declared on the command line or in the
 //! manifest (read-only at run time), and *deployed* ones managed through the
-//! admin API and persisted in the state directory. Every change of a
-//! deployed app's versions (deploy, rollback, canary, promote, abort) takes
-//! the same path ([`Registry::commit`]); removing an app, and loading
-//! static and stored apps at start, have paths of their own:
+//! admin API and persisted in the state directory. Every change takes the
+//! same three steps, whatever it is (deploy, rollback, canary, promote,
+//! abort, remove, a static app at start, a stored app restored at start):
 //!
-//! 1. under the lock, plan the app's new record from its current one (pure
-//!    functions on [`AppRecord`], validated);
-//! 2. without the lock, make what the new record serves: load or compile
-//!    the code (off the serving threads, within `--compile-timeout-ms`),
-//!    read secrets, store the upload;
-//! 3. under the lock again, check the record did not change meanwhile (else
-//!    409), write it to disk crash-safely and publish the routing table in
-//!    one atomic swap.
+//! 1. under the lock, take the app's record and what serves it now, and
+//!    plan the change (pure functions on [`AppRecord`] in
+//!    [`crate::apps::plan`], validated);
+//! 2. without the lock, make what the new record serves
+//!    ([`crate::apps::provision`]: load or compile the code off the serving
+//!    threads within `--compile-timeout-ms`, read secrets) and store an
+//!    upload;
+//! 3. [`Registry::commit`] the [`Change`]: under the lock again, check the
+//!    app's record is still the one the change started from (else 409),
+//!    that no static app owns the name and no other app the route, write or
+//!    remove the record crash-safely, and publish the routing table in one
+//!    atomic swap.
 //!
 //! A rejected change leaves what is served and every record exactly as
-//! they were (an upload stored before a 409 is collected later). Unused components and compiled code are removed by a
-//! background collector, never on the request path, and never while any
+//! they were (an upload stored before a 409 is collected later). Unused
+//! components and compiled code are removed by a background collector
+//! ([`crate::apps::gc`]), never on the request path, and never while any
 //! record on disk (served, failed or unreadable) may still name them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,31 +33,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{Mutex, Notify};
 
-use crate::apps::compiler::{CodeSource, Compiler};
+use crate::apps::compiler::{CodeSource, Compiler, blocking};
 use crate::apps::error::AppError;
 use crate::apps::plan;
-use crate::apps::records::{AppRecord, VersionRecord, validate_name, version_settings_key};
+use crate::apps::provision::{Provisioner, Served, Serving};
+use crate::apps::records::{AppRecord, FailedApp, StaticApp, VersionRecord, validate_name};
 use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::{AppSettings, Ceilings};
 use crate::apps::state_dir::{StateDir, sha256_hex};
-use crate::apps::views::{AppView, DeployRequest, VersionView};
+use crate::apps::views::{AppView, DeployRequest};
 use crate::metrics::metrics;
-use crate::routing::{Canary, LiveApp, Route, Routes, RoutingTable};
+use crate::routing::{LiveApp, Route, Routes, RoutingTable};
 use crate::runtime::component::{self, Pre, World};
 use crate::runtime::engine::Engines;
 use crate::runtime::instance::AppShare;
 use crate::runtime::limits::{Limits, MemoryBudget};
-use crate::runtime::outbound::OutboundPolicy;
-use crate::runtime::served::{Identity, ServedVersion};
 
 /// The name of the implicit default guest; no deployed app may take it.
 pub const DEFAULT_APP: &str = "default";
-/// Longest the host waits for an app's secrets to be read.
-const SECRET_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Compiles at once (each uses every core). A compile past its time bound
-/// is answered 422 but cannot be stopped: it keeps its slot until it ends,
-/// so abandoned compiles cannot pile up.
-const MAX_CONCURRENT_COMPILES: usize = 2;
 
 /// Settings of the registry that come from the command line.
 #[derive(Debug, Clone)]
@@ -67,27 +64,6 @@ pub struct RegistryConfig {
     pub compile_timeout: Duration,
     /// `http://ADDR` of the public listener, for the URLs shown to users.
     pub public_base: String,
-}
-
-pub(crate) struct StaticApp {
-    pub(crate) route: Route,
-    pub(crate) version: VersionRecord,
-}
-
-/// A deployed app on disk that is not being served.
-pub(crate) struct FailedApp {
-    pub(crate) record: AppRecord,
-    pub(crate) reason: String,
-}
-
-/// What serves one app: its current version and its canary, if any.
-struct Served {
-    current: Arc<ServedVersion>,
-    canary: Option<Canary>,
-    /// Code to keep in memory, by digest.
-    code: Vec<(String, Pre)>,
-    sources: Vec<CodeSource>,
-    share: Arc<AppShare>,
 }
 
 #[derive(Default)]
@@ -111,9 +87,104 @@ pub(crate) struct Inner {
     pub(crate) restored: bool,
 }
 
+impl Inner {
+    /// The record on disk for app `name`, served or failed.
+    fn stored(&self, name: &str) -> Option<&AppRecord> {
+        self.records
+            .get(name)
+            .or_else(|| self.failed.get(name).map(|f| &f.record))
+    }
+
+    /// The app other than `except` that serves `route`, if any.
+    fn route_owner(&self, route: &Route, except: &str) -> Option<&str> {
+        self.live
+            .values()
+            .find(|app| &app.route == route && &*app.name != except)
+            .map(|app| &*app.name)
+    }
+
+    /// Can a deployed app `name` take `route` (if given)? Static apps are
+    /// changed where they are declared, and one route serves one app.
+    fn admits(&self, name: &str, route: Option<&Route>) -> Result<(), AppError> {
+        if self.statics.contains_key(name) {
+            return Err(AppError::Conflict(format!(
+                "app {name} is declared on the command line or in the manifest; change it there"
+            )));
+        }
+        if let Some(route) = route
+            && let Some(other) = self.route_owner(route, name)
+        {
+            return Err(AppError::Conflict(format!(
+                "route {route} is already served by app {other}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The record of deployed app `name`, as a change starts from it.
+    fn deployed(&self, name: &str) -> Result<&AppRecord, AppError> {
+        self.admits(name, None)?;
+        if let Some(failed) = self.failed.get(name) {
+            return Err(AppError::Conflict(format!(
+                "app {name} is not being served ({}); deploy it again, or fix that and restart the host",
+                failed.reason
+            )));
+        }
+        self.records
+            .get(name)
+            .ok_or_else(|| AppError::NotFound(format!("no app named {name}")))
+    }
+
+    /// What serves app `name` now, with the code in memory that `record`
+    /// names: where making `record`'s versions starts from.
+    fn serving(&self, name: &str, record: &AppRecord) -> Serving {
+        Serving {
+            live: self.live.get(name).cloned(),
+            share: self.shares.get(name).cloned(),
+            compiled: record
+                .digests()
+                .filter_map(|d| Some((d.to_string(), self.compiled.get(d)?.clone())))
+                .collect(),
+        }
+    }
+}
+
+/// One change to one app, ready to commit: what it started from and what
+/// the app becomes.
+pub(crate) enum Change {
+    /// Serve `record`, written to disk first (deploy, rollback, canary,
+    /// promote, abort). `before` is the record the change was planned on.
+    Save {
+        before: Option<AppRecord>,
+        record: AppRecord,
+        served: Served,
+    },
+    /// Stop serving a deployed app and remove its record (a failed one
+    /// too).
+    Remove { before: AppRecord },
+    /// Serve a record read from disk at start.
+    Restore { record: AppRecord, served: Served },
+    /// Keep a record read from disk at start that cannot be served, listed
+    /// as failed with the reason.
+    Fail { record: AppRecord, reason: String },
+    /// Serve a static app (never stored).
+    Static {
+        route: Route,
+        version: VersionRecord,
+        served: Served,
+    },
+}
+
+impl Change {
+    fn saves(&self) -> bool {
+        matches!(self, Change::Save { .. } | Change::Remove { .. })
+    }
+}
+
 pub struct Registry {
-    pub(crate) compiler: Compiler,
-    config: RegistryConfig,
+    pub(crate) provision: Provisioner,
+    keep_versions: usize,
+    public_base: String,
     routes: Arc<Routes>,
     pub(crate) inner: Mutex<Inner>,
     /// Components being stored by deploys in progress, by digest (count):
@@ -121,8 +192,6 @@ pub struct Registry {
     pub(crate) storing: std::sync::Mutex<HashMap<String, usize>>,
     /// Wakes the garbage collector ([`crate::apps::gc`]).
     pub(crate) collect: Arc<Notify>,
-    /// Slots for compiles, held until a compile really ends.
-    compiles: Arc<tokio::sync::Semaphore>,
     /// Failed apps and why, for `/readyz` without taking the lock.
     failed_now: std::sync::Mutex<Arc<Vec<(String, String)>>>,
 }
@@ -140,6 +209,23 @@ fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The version record of component `wasm` with `settings`: its digest and
+/// what the host learns from its bytes.
+fn version_of(wasm: &[u8], settings: AppSettings) -> Result<VersionRecord, AppError> {
+    let digest = sha256_hex(wasm);
+    let version = VersionRecord {
+        version: digest[..12].to_string(),
+        digest,
+        size: wasm.len() as u64,
+        deployed_at: now_secs(),
+        settings,
+        world: World::of(wasm),
+        memory_image_bytes: component::memory_image_bytes(wasm),
+    };
+    version.check_world()?;
+    Ok(version)
 }
 
 /// Keeps a digest in the registry's `storing` set while a deploy stores it.
@@ -173,15 +259,6 @@ impl Drop for Storing<'_> {
     }
 }
 
-/// Run blocking `work` on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| anyhow::anyhow!("a blocking task failed: {e}"))?
-}
-
 impl Registry {
     pub fn new(
         engines: Arc<Engines>,
@@ -190,202 +267,157 @@ impl Registry {
         config: RegistryConfig,
     ) -> Arc<Registry> {
         Arc::new(Registry {
-            compiler: Compiler {
-                engines,
-                state: Arc::new(state),
+            provision: Provisioner {
+                compiler: Compiler::new(engines, state, config.compile_timeout),
+                defaults: config.defaults,
+                ceilings: config.ceilings,
+                secrets: config.secrets,
+                budget: config.budget,
             },
-            config,
+            keep_versions: config.keep_versions,
+            public_base: config.public_base,
             routes,
             inner: Mutex::new(Inner::default()),
             storing: std::sync::Mutex::new(HashMap::new()),
             collect: Arc::new(Notify::new()),
-            compiles: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_COMPILES)),
             failed_now: std::sync::Mutex::new(Arc::new(Vec::new())),
         })
     }
 
-    /// Obtain code for `digest` on a blocking thread, within the compile
-    /// time bound unless `bounded` is false (static apps at startup: the
-    /// operator's own files, and the host cannot start without them).
-    async fn obtain(
-        &self,
-        digest: &str,
-        wasm: Option<Bytes>,
-        (world, image): (World, (u64, u64)),
-        bounded: bool,
-    ) -> Result<(Pre, CodeSource), AppError> {
-        if let Some(pre) = self.inner.lock().await.compiled.get(digest).cloned() {
-            metrics().code_load("memory");
-            return Ok((pre, CodeSource::Memory));
-        }
-        let compiler = self.compiler.clone();
-        let owned = digest.to_string();
-        let limit = if bounded {
-            self.config.compile_timeout
-        } else {
-            Duration::MAX
-        };
-        let compiles = self.compiles.clone();
-        let work = async move {
-            let slot = compiles
-                .acquire_owned()
-                .await
-                .map_err(|_| anyhow::anyhow!("the compiler is shut down"))?;
-            blocking(move || {
-                let _slot = slot;
-                compiler.obtain(&owned, wasm.as_deref(), world, image)
-            })
-            .await
-        };
-        match tokio::time::timeout(limit, work).await {
-            Err(_) => Err(AppError::Unservable(format!(
-                "compiling the component took longer than the limit of {} ms",
-                limit.as_millis()
-            ))),
-            Ok(Err(err)) => Err(AppError::Unservable(format!("{err:#}"))),
-            Ok(Ok(code)) => Ok(code),
-        }
+    /// The state directory the registry stores records and components in.
+    pub(crate) fn state(&self) -> &Arc<StateDir> {
+        &self.provision.compiler.state
     }
 
-    /// Read `settings`' secrets off the serving threads, within a bound.
-    async fn resolve_config(
-        &self,
-        settings: &AppSettings,
-    ) -> Result<Vec<(String, String)>, AppError> {
-        let settings = settings.clone();
-        let policy = self.config.secrets.clone();
-        let work = blocking(move || settings.resolve_config(&policy).map_err(anyhow::Error::msg));
-        match tokio::time::timeout(SECRET_READ_TIMEOUT, work).await {
-            Err(_) => Err(AppError::Invalid(format!(
-                "reading the app's secrets took over {} s",
-                SECRET_READ_TIMEOUT.as_secs()
-            ))),
-            Ok(result) => result.map_err(|e| AppError::Invalid(e.to_string())),
-        }
-    }
-
-    /// A servable version: its code (from `wasm`, memory, the cache or the
-    /// stored component) and everything its requests need.
-    async fn serve_version(
+    /// The one commit path: check that `change` still applies to app
+    /// `name` (its record is what the change started from, no static app
+    /// owns the name, no other app the route), write or remove its record,
+    /// serve it and publish. The app as it is now, unless it is gone.
+    pub(crate) async fn commit(
         &self,
         name: &str,
-        version: &VersionRecord,
-        wasm: Option<Bytes>,
-        bounded: bool,
-        share: &Arc<AppShare>,
-    ) -> Result<(Arc<ServedVersion>, Pre, CodeSource), AppError> {
-        let settings = &version.settings;
-        // Again at every use, not only at deploy: the host's ceilings and
-        // secret rules may have changed since (a restart with other flags,
-        // a smaller pod), and a setting that cannot be applied is refused,
-        // never silently capped.
-        settings
-            .validate(&self.config.ceilings, &self.config.secrets)
-            .map_err(|e| AppError::Invalid(format!("version {}: {e}", version.version)))?;
-        let (pre, source) = self
-            .obtain(
-                &version.digest,
-                wasm,
-                (version.world, (version.memory_image_bytes, version.size)),
-                bounded,
-            )
-            .await?;
-        let config = self
-            .resolve_config(settings)
-            .await
-            .map_err(|e| AppError::Invalid(format!("version {}: {e}", version.version)))?;
-        let outbound =
-            OutboundPolicy::parse(&settings.allow_outbound).map_err(AppError::Invalid)?;
-        let served = Arc::new(ServedVersion::new(
-            Identity {
-                app: name.into(),
-                version: version.version.as_str().into(),
-                digest: version.digest.as_str().into(),
-                settings_key: version_settings_key(version),
-            },
-            pre.clone(),
-            settings.limits(&self.config.defaults),
-            settings
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            config,
-            outbound,
-            share.clone(),
-        ));
-        Ok((served, pre, source))
-    }
-
-    /// The share of app `name` for versions with `limits`: the one its
-    /// served versions use, unless the caps changed.
-    async fn share_for(&self, name: &str, limits: &Limits) -> Arc<AppShare> {
-        let inner = self.inner.lock().await;
-        match inner.shares.get(name) {
-            Some(share) if share.caps == (limits.max_concurrent, limits.max_outbound_app) => {
-                share.clone()
+        change: Change,
+    ) -> Result<Option<AppView>, AppError> {
+        let mut inner = self.inner.lock().await;
+        let changed = || {
+            AppError::Conflict(format!(
+                "app {name} changed while this change was being prepared; retry it"
+            ))
+        };
+        match &change {
+            Change::Save { before, record, .. } => {
+                if inner.stored(name) != before.as_ref() {
+                    return Err(changed());
+                }
+                inner.admits(name, Some(&record.route))?;
             }
-            _ => AppShare::new(limits, &self.config.budget),
+            Change::Remove { before } => {
+                if inner.stored(name) != Some(before) {
+                    return Err(changed());
+                }
+            }
+            Change::Restore { record, .. } => {
+                if inner.statics.contains_key(name) {
+                    return Err(AppError::Conflict(format!(
+                        "an app named {name} is also declared on the command line or in the manifest"
+                    )));
+                }
+                if inner.stored(name).is_some() {
+                    return Err(AppError::Conflict(format!(
+                        "app {name} was deployed again while the host was starting"
+                    )));
+                }
+                inner.admits(name, Some(&record.route))?;
+            }
+            Change::Fail { .. } => {}
+            Change::Static { route, .. } => {
+                if inner.live.contains_key(name) {
+                    return Err(AppError::Invalid(format!("app {name} is declared twice")));
+                }
+                if let Some(other) = inner.route_owner(route, name) {
+                    return Err(AppError::Invalid(format!(
+                        "app {name}: route {route} is already served by app {other}"
+                    )));
+                }
+            }
         }
+        let state = self.state().clone();
+        match &change {
+            Change::Save { record, .. } => {
+                let record = record.clone();
+                blocking(move || Ok(state.save_record(&record)?)).await?;
+            }
+            Change::Remove { .. } => {
+                let owned = name.to_string();
+                blocking(move || Ok(state.remove_record(&owned)?)).await?;
+            }
+            _ => {}
+        }
+        let saves = change.saves();
+        match change {
+            Change::Save { record, served, .. } | Change::Restore { record, served } => {
+                Self::install(&mut inner, record, served)
+            }
+            Change::Remove { .. } => {
+                inner.records.remove(name);
+                inner.failed.remove(name);
+                // A failed record may share its name with a static app:
+                // that one stays served.
+                if !inner.statics.contains_key(name) {
+                    inner.live.remove(name);
+                }
+            }
+            Change::Fail { record, reason } => {
+                inner
+                    .failed
+                    .insert(name.to_string(), FailedApp { record, reason });
+            }
+            Change::Static {
+                route,
+                version,
+                served,
+            } => {
+                inner.compiled.extend(served.code);
+                inner.shares.insert(name.to_string(), served.share);
+                inner.live.insert(
+                    name.to_string(),
+                    Arc::new(LiveApp {
+                        name: name.into(),
+                        route: route.clone(),
+                        current: served.current,
+                        canary: None,
+                    }),
+                );
+                inner
+                    .statics
+                    .insert(name.to_string(), StaticApp { route, version });
+            }
+        }
+        self.publish(&mut inner);
+        let view = self.view(&inner, name);
+        drop(inner);
+        if saves {
+            self.collect.notify_one();
+        }
+        Ok(view)
     }
 
-    /// Everything `record` serves. Versions already served by `live` are
-    /// reused as they are (their warm instances and limiters too); the rest
-    /// are loaded or compiled now. Runs without the lock.
-    async fn serve_record(
-        &self,
-        record: &AppRecord,
-        live: Option<&LiveApp>,
-        upload: Option<(&str, Bytes)>,
-    ) -> Result<Served, AppError> {
-        let mut code = Vec::new();
-        let mut sources = Vec::new();
-        // Every version the record serves shares the current one's caps.
-        let current_limits = record
-            .version(&record.current)?
-            .settings
-            .limits(&self.config.defaults);
-        let share = self.share_for(&record.name, &current_limits).await;
-        let mut make = async |id: &str| -> Result<Arc<ServedVersion>, AppError> {
-            let served_now = live.and_then(|app| {
-                std::iter::once(&app.current)
-                    .chain(app.canary.as_ref().map(|c| &c.version))
-                    .find(|d| &*d.version == id)
-            });
-            let version = record.version(id)?;
-            if let Some(served) = served_now
-                && served.settings_key == version_settings_key(version)
-                && Arc::ptr_eq(served.share(), &share)
-            {
-                return Ok(served.clone());
-            }
-            let wasm = upload
-                .as_ref()
-                .filter(|(digest, _)| *digest == version.digest)
-                .map(|(_, wasm)| wasm.clone());
-            let (served, pre, source) = self
-                .serve_version(&record.name, version, wasm, true, &share)
-                .await?;
-            code.push((version.digest.clone(), pre));
-            sources.push(source);
-            Ok(served)
-        };
-        let current = make(&record.current).await?;
-        let canary = match &record.canary {
-            Some(c) => Some(Canary {
-                version: make(&c.version).await?,
-                weight: c.weight,
-                sticky: c.sticky,
+    /// Put `record` and what serves it into `inner` (not yet published).
+    fn install(inner: &mut Inner, record: AppRecord, served: Served) {
+        let name = record.name.clone();
+        inner.compiled.extend(served.code);
+        inner.shares.insert(name.clone(), served.share);
+        inner.live.insert(
+            name.clone(),
+            Arc::new(LiveApp {
+                name: name.as_str().into(),
+                route: record.route.clone(),
+                current: served.current,
+                canary: served.canary,
             }),
-            None => None,
-        };
-        Ok(Served {
-            current,
-            canary,
-            code,
-            sources,
-            share,
-        })
+        );
+        inner.failed.remove(&name);
+        inner.records.insert(name, record);
     }
 
     /// Publish the live apps to the front, and drop code no longer served.
@@ -416,60 +448,24 @@ impl Registry {
         }
     }
 
-    fn route_taken(inner: &Inner, route: &Route, except: &str) -> Option<String> {
-        inner
-            .live
-            .values()
-            .find(|app| &app.route == route && &*app.name != except)
-            .map(|app| app.name.to_string())
-    }
-
     fn view(&self, inner: &Inner, name: &str) -> Option<AppView> {
-        if let Some(s) = inner.statics.get(name) {
-            return Some(AppView {
-                name: name.to_string(),
-                route: s.route.prefix.clone(),
-                host: s.route.host.clone(),
-                url: self.url(&s.route),
-                source: "static",
-                current_version: s.version.version.clone(),
-                canary: None,
-                versions: vec![VersionView::new(s.version.clone(), true)],
-                failed: None,
-            });
+        if let Some(app) = inner.statics.get(name) {
+            return Some(AppView::of_static(name, app, &self.public_base));
         }
-        let (r, failed) = match (inner.records.get(name), inner.failed.get(name)) {
-            (Some(r), _) => (r, None),
-            (None, Some(f)) => (&f.record, Some(f.reason.clone())),
-            (None, None) => return None,
-        };
-        Some(AppView {
-            name: r.name.clone(),
-            route: r.route.prefix.clone(),
-            host: r.route.host.clone(),
-            url: self.url(&r.route),
-            source: "deployed",
-            current_version: r.current.clone(),
-            canary: r.canary.clone(),
-            versions: r
-                .versions
-                .iter()
-                .map(|v| VersionView::new(v.clone(), v.version == r.current))
-                .collect(),
-            failed,
-        })
+        match (inner.records.get(name), inner.failed.get(name)) {
+            (Some(record), _) => Some(AppView::of_deployed(record, None, &self.public_base)),
+            (None, Some(failed)) => Some(AppView::of_deployed(
+                &failed.record,
+                Some(failed.reason.clone()),
+                &self.public_base,
+            )),
+            (None, None) => None,
+        }
     }
 
-    /// Where the app answers, as a URL a user can curl.
-    pub fn url(&self, route: &Route) -> String {
-        let base = &self.config.public_base;
-        match &route.host {
-            None => format!("{base}{}", route.prefix),
-            Some(host) => {
-                let port = base.rsplit(':').next().unwrap_or("80");
-                format!("http://{host}:{port}{}", route.prefix)
-            }
-        }
+    /// The view of app `name` after a change that keeps it.
+    fn kept(name: &str, view: Option<AppView>) -> Result<AppView, AppError> {
+        view.ok_or_else(|| AppError::Internal(format!("app {name} vanished during a change")))
     }
 
     /// Declare a static app (command line or manifest). Errors here stop the
@@ -480,63 +476,57 @@ impl Registry {
         path: &Path,
         route: Route,
         settings: AppSettings,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), AppError> {
         validate_name(name)?;
-        settings
-            .validate(&self.config.ceilings, &self.config.secrets)
-            .map_err(|e| anyhow::anyhow!("app {name}: {e}"))?;
+        self.provision
+            .validate(&settings)
+            .map_err(|e| e.context(format_args!("app {name}")))?;
+        let cannot = |e: AppError| {
+            e.context(format_args!(
+                "cannot serve {} as app {name}",
+                path.display()
+            ))
+        };
         let owned = path.to_path_buf();
         let bytes = Bytes::from(
             blocking(move || {
                 std::fs::read(&owned).map_err(|e| {
-                    anyhow::anyhow!("failed to read component {}: {e}", owned.display())
+                    AppError::Invalid(format!("failed to read component {}: {e}", owned.display()))
                 })
             })
             .await?,
         );
-        let digest = sha256_hex(&bytes);
-        let version = VersionRecord {
-            version: digest[..12].to_string(),
-            digest: digest.clone(),
-            size: bytes.len() as u64,
-            deployed_at: now_secs(),
-            settings,
-            world: World::of(&bytes),
-            memory_image_bytes: component::memory_image_bytes(&bytes),
-        };
-        version
-            .check_world()
-            .map_err(|e| anyhow::anyhow!("cannot serve {} as app {name}: {e}", path.display()))?;
-        let share = AppShare::new(
-            &version.settings.limits(&self.config.defaults),
-            &self.config.budget,
-        );
-        let (served, pre, _) = self
-            .serve_version(name, &version, Some(bytes), false, &share)
+        let version = version_of(&bytes, settings).map_err(cannot)?;
+        let limits = self.provision.limits(&version.settings);
+        let share = self.provision.share(None, &limits);
+        let in_memory = self
+            .inner
+            .lock()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot serve {} as app {name}: {e}", path.display()))?;
-        let mut inner = self.inner.lock().await;
-        if inner.live.contains_key(name) {
-            anyhow::bail!("app {name} is declared twice");
-        }
-        if let Some(other) = Self::route_taken(&inner, &route, name) {
-            anyhow::bail!("app {name}: route {route} is already served by app {other}");
-        }
-        inner.compiled.insert(digest, pre);
-        inner.shares.insert(name.to_string(), share);
-        inner.live.insert(
-            name.to_string(),
-            Arc::new(LiveApp {
-                name: name.into(),
-                route: route.clone(),
-                current: served,
-                canary: None,
-            }),
-        );
-        inner
-            .statics
-            .insert(name.to_string(), StaticApp { route, version });
-        self.publish(&mut inner);
+            .compiled
+            .get(&version.digest)
+            .cloned();
+        let (current, pre, source) = self
+            .provision
+            .version(name, &version, (Some(bytes), in_memory), false, &share)
+            .await
+            .map_err(cannot)?;
+        let served = Served {
+            current,
+            canary: None,
+            code: vec![(version.digest.clone(), pre)],
+            sources: vec![source],
+            share,
+        };
+        self.commit(
+            name,
+            Change::Static {
+                route,
+                version,
+                served,
+            },
+        )
+        .await?;
         Ok(())
     }
 
@@ -549,10 +539,10 @@ impl Registry {
     /// Bring back every deployed app from the state directory. A record that
     /// cannot be read or served is reported, kept on disk, listed as failed
     /// and skipped.
-    pub async fn restore(&self) -> anyhow::Result<Restored> {
+    pub async fn restore(&self) -> Result<Restored, AppError> {
         let mut summary = Restored::default();
-        let state = self.compiler.state.clone();
-        let records = blocking(move || state.load_records()).await?;
+        let state = self.state().clone();
+        let records = blocking(move || Ok(state.load_records()?)).await?;
         for record in records {
             let record = match record {
                 Ok(record) => record,
@@ -563,7 +553,8 @@ impl Registry {
                     continue;
                 }
             };
-            match self.restore_one(&record).await {
+            let name = record.name.clone();
+            match self.restore_one(record).await {
                 Ok(sources) => {
                     summary.apps += 1;
                     for source in sources {
@@ -573,16 +564,11 @@ impl Registry {
                         }
                     }
                 }
-                Err(err) => {
+                Err((record, err)) => {
                     let reason = err.to_string();
-                    tracing::error!(app = %record.name, error = %reason, "failed to restore app; it is not served until it is deployed again or the host restarts with the problem fixed");
+                    tracing::error!(app = %name, error = %reason, "failed to restore app; it is not served until it is deployed again or the host restarts with the problem fixed");
                     summary.failed += 1;
-                    let name = record.name.clone();
-                    self.inner
-                        .lock()
-                        .await
-                        .failed
-                        .insert(name, FailedApp { record, reason });
+                    self.commit(&name, Change::Fail { record, reason }).await?;
                 }
             }
         }
@@ -594,56 +580,41 @@ impl Registry {
         Ok(summary)
     }
 
-    async fn restore_one(&self, record: &AppRecord) -> Result<Vec<CodeSource>, AppError> {
-        validate_name(&record.name)?;
-        let served = self.serve_record(record, None, None).await?;
-        let mut inner = self.inner.lock().await;
-        if inner.statics.contains_key(&record.name) {
-            return Err(AppError::Conflict(format!(
-                "an app named {} is also declared on the command line or in the manifest",
-                record.name
-            )));
+    /// Serve one stored record, or give it back with why it cannot be.
+    async fn restore_one(
+        &self,
+        record: AppRecord,
+    ) -> Result<Vec<CodeSource>, (AppRecord, AppError)> {
+        if let Err(err) = validate_name(&record.name) {
+            return Err((record, err));
         }
-        if inner.live.contains_key(&record.name) {
-            return Err(AppError::Conflict(format!(
-                "app {} was deployed again while the host was starting",
-                record.name
-            )));
-        }
-        if let Some(other) = Self::route_taken(&inner, &record.route, &record.name) {
-            return Err(AppError::Conflict(format!(
-                "route {} is already served by app {other}",
-                record.route
-            )));
-        }
-        tracing::info!(app = %record.name, version = %record.current, source = ?served.sources.first(), "restored app");
+        let serving = Serving {
+            live: None,
+            ..self.inner.lock().await.serving(&record.name, &record)
+        };
+        let served = match self.provision.record(&record, serving, None).await {
+            Ok(served) => served,
+            Err(err) => return Err((record, err)),
+        };
         let sources = served.sources.clone();
-        self.install(&mut inner, record.clone(), served);
-        Ok(sources)
-    }
-
-    /// Put `record` and what serves it into `inner` (not yet published).
-    fn install(&self, inner: &mut Inner, record: AppRecord, served: Served) {
         let name = record.name.clone();
-        inner.compiled.extend(served.code);
-        inner.shares.insert(name.clone(), served.share);
-        inner.live.insert(
-            name.clone(),
-            Arc::new(LiveApp {
-                name: name.as_str().into(),
-                route: record.route.clone(),
-                current: served.current,
-                canary: served.canary,
-            }),
-        );
-        inner.failed.remove(&name);
-        inner.records.insert(name, record);
+        let current = record.current.clone();
+        let change = Change::Restore {
+            record: record.clone(),
+            served,
+        };
+        match self.commit(&name, change).await {
+            Ok(_) => {
+                tracing::info!(app = %name, version = %current, source = ?sources.first(), "restored app");
+                Ok(sources)
+            }
+            Err(err) => Err((record, err)),
+        }
     }
 
     pub async fn list(&self) -> Vec<AppView> {
         let inner = self.inner.lock().await;
-        let names: std::collections::BTreeSet<&String> =
-            inner.live.keys().chain(inner.failed.keys()).collect();
+        let names: BTreeSet<&String> = inner.live.keys().chain(inner.failed.keys()).collect();
         names
             .into_iter()
             .filter_map(|name| self.view(&inner, name))
@@ -665,67 +636,6 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// The record of deployed app `name`, as a change starts from it.
-    fn deployed<'a>(inner: &'a Inner, name: &str) -> Result<&'a AppRecord, AppError> {
-        if inner.statics.contains_key(name) {
-            return Err(AppError::Conflict(format!(
-                "app {name} is declared on the command line or in the manifest; change it there"
-            )));
-        }
-        if let Some(failed) = inner.failed.get(name) {
-            return Err(AppError::Conflict(format!(
-                "app {name} is not being served ({}); deploy it again, or fix that and restart the host",
-                failed.reason
-            )));
-        }
-        inner
-            .records
-            .get(name)
-            .ok_or_else(|| AppError::NotFound(format!("no app named {name}")))
-    }
-
-    /// The one commit path: check that app `name`'s record is still
-    /// `before` (no other change slipped in while `after` was prepared),
-    /// write `after` to disk, serve it, publish.
-    async fn commit(
-        &self,
-        before: Option<&AppRecord>,
-        after: AppRecord,
-        served: Served,
-    ) -> Result<AppView, AppError> {
-        let mut inner = self.inner.lock().await;
-        let name = after.name.clone();
-        let now = inner
-            .records
-            .get(&name)
-            .or_else(|| inner.failed.get(&name).map(|f| &f.record));
-        if now != before {
-            return Err(AppError::Conflict(format!(
-                "app {name} changed while this change was being prepared; retry it"
-            )));
-        }
-        if inner.statics.contains_key(&name) {
-            return Err(AppError::Conflict(format!(
-                "app {name} is declared on the command line or in the manifest; change it there"
-            )));
-        }
-        if let Some(other) = Self::route_taken(&inner, &after.route, &name) {
-            return Err(AppError::Conflict(format!(
-                "route {} is already served by app {other}",
-                after.route
-            )));
-        }
-        let state = self.compiler.state.clone();
-        let record = after.clone();
-        blocking(move || state.save_record(&record))
-            .await
-            .map_err(AppError::internal)?;
-        self.install(&mut inner, after, served);
-        self.publish(&mut inner);
-        self.view(&inner, &name)
-            .ok_or_else(|| AppError::internal(anyhow::anyhow!("app {name} vanished")))
-    }
-
     /// Deploy `wasm` as the new current version of app `name`.
     pub async fn deploy(
         &self,
@@ -735,9 +645,6 @@ impl Registry {
     ) -> Result<AppView, AppError> {
         let result = self.try_deploy(name, wasm, request).await;
         metrics().deploy(if result.is_ok() { "ok" } else { "rejected" });
-        if result.is_ok() {
-            self.collect.notify_one();
-        }
         result
     }
 
@@ -748,82 +655,69 @@ impl Registry {
         request: DeployRequest,
     ) -> Result<AppView, AppError> {
         validate_name(name)?;
-        let settings = request.settings;
-        settings
-            .validate(&self.config.ceilings, &self.config.secrets)
-            .map_err(AppError::Invalid)?;
+        self.provision.validate(&request.settings)?;
         let host = request.host.as_deref();
         let requested_route = match &request.route {
-            Some(prefix) => Some(Route::new(prefix, host).map_err(AppError::Invalid)?),
+            Some(prefix) => Some(Route::new(prefix, host)?),
             None => None,
         };
-        let digest = sha256_hex(&wasm);
-        let (existing, _storing) = {
+        // Hashing and parsing a large component takes milliseconds: off the
+        // serving threads.
+        let bytes = wasm.clone();
+        let settings = request.settings;
+        let version = blocking(move || version_of(&bytes, settings)).await?;
+        let digest = version.digest.clone();
+        let (before, after, serving, _storing) = {
             let inner = self.inner.lock().await;
-            if inner.statics.contains_key(name) {
-                return Err(AppError::Conflict(format!(
-                    "app {name} is declared on the command line or in the manifest; change it there"
+            inner.admits(name, None)?;
+            let before = inner.stored(name).cloned();
+            if name == DEFAULT_APP && before.is_none() {
+                return Err(AppError::Invalid(format!(
+                    "the app name `{DEFAULT_APP}` is reserved for the host's default guest; pick another name"
                 )));
             }
-            let existing = inner
-                .records
-                .get(name)
-                .or_else(|| inner.failed.get(name).map(|f| &f.record))
-                .cloned();
+            let route = match (requested_route, &before) {
+                (Some(route), _) => route,
+                (None, Some(record)) if host.is_some() => Route::new(&record.route.prefix, host)?,
+                (None, Some(record)) => record.route.clone(),
+                (None, None) => {
+                    return Err(AppError::Invalid(format!(
+                        "app {name} is new: its first deploy needs a route (e.g. /{name})"
+                    )));
+                }
+            };
+            inner.admits(name, Some(&route))?;
+            let after = plan::deploy(
+                before.as_ref(),
+                name,
+                route,
+                version.clone(),
+                self.keep_versions,
+            );
+            // A deploy serves fresh versions, even of code served now.
+            let serving = Serving {
+                live: None,
+                ..inner.serving(name, &after)
+            };
             // From here until the record naming it is on disk (or the
             // deploy failed) the collector keeps the component. Registered
             // under the lock the collector deletes under, so it either sees
             // this digest or has finished deleting.
-            (existing, Storing::new(&self.storing, &digest))
+            let storing = Storing::new(&self.storing, &digest);
+            (before, after, serving, storing)
         };
-        if name == DEFAULT_APP && existing.is_none() {
-            return Err(AppError::Invalid(format!(
-                "the app name `{DEFAULT_APP}` is reserved for the host's default guest; pick another name"
-            )));
-        }
-        let route = match (requested_route, &existing) {
-            (Some(route), _) => route,
-            (None, Some(record)) if host.is_some() => {
-                Route::new(&record.route.prefix, host).map_err(AppError::Invalid)?
-            }
-            (None, Some(record)) => record.route.clone(),
-            (None, None) => {
-                return Err(AppError::Invalid(format!(
-                    "app {name} is new: its first deploy needs a route (e.g. /{name})"
-                )));
-            }
-        };
-        if let Some(other) = Self::route_taken(&*self.inner.lock().await, &route, name) {
-            return Err(AppError::Conflict(format!(
-                "route {route} is already served by app {other}"
-            )));
-        }
-
-        let version = VersionRecord {
-            version: digest[..12].to_string(),
-            digest: digest.clone(),
-            size: wasm.len() as u64,
-            deployed_at: now_secs(),
-            settings,
-            world: World::of(&wasm),
-            memory_image_bytes: component::memory_image_bytes(&wasm),
-        };
-        version.check_world().map_err(AppError::Invalid)?;
-        let after = plan::deploy(
-            existing.as_ref(),
-            name,
-            route,
-            version.clone(),
-            self.config.keep_versions,
-        );
         let served = self
-            .serve_record(&after, None, Some((&digest, wasm.clone())))
+            .provision
+            .record(&after, serving, Some((&digest, wasm.clone())))
             .await?;
-        let state = self.compiler.state.clone();
-        blocking(move || state.save_component(&digest, &wasm))
-            .await
-            .map_err(AppError::internal)?;
-        let view = self.commit(existing.as_ref(), after, served).await?;
+        let state = self.state().clone();
+        blocking(move || Ok(state.save_component(&digest, &wasm)?)).await?;
+        let change = Change::Save {
+            before,
+            record: after,
+            served,
+        };
+        let view = Self::kept(name, self.commit(name, change).await?)?;
         tracing::info!(app = name, version = %version.version, "deployed");
         Ok(view)
     }
@@ -835,14 +729,20 @@ impl Registry {
         what: &str,
         plan: impl FnOnce(&AppRecord) -> Result<AppRecord, AppError>,
     ) -> Result<AppView, AppError> {
-        let (before, live) = {
+        let (before, after, serving) = {
             let inner = self.inner.lock().await;
-            let record = Self::deployed(&inner, name)?.clone();
-            (record, inner.live.get(name).cloned())
+            let before = inner.deployed(name)?.clone();
+            let after = plan(&before)?;
+            let serving = inner.serving(name, &after);
+            (before, after, serving)
         };
-        let after = plan(&before)?;
-        let served = self.serve_record(&after, live.as_deref(), None).await?;
-        let view = self.commit(Some(&before), after, served).await?;
+        let served = self.provision.record(&after, serving, None).await?;
+        let change = Change::Save {
+            before: Some(before),
+            record: after,
+            served,
+        };
+        let view = Self::kept(name, self.commit(name, change).await?)?;
         tracing::info!(app = name, version = %view.current_version, canary = ?view.canary, "{what}");
         Ok(view)
     }
@@ -879,26 +779,21 @@ impl Registry {
 
     /// Stop serving app `name` and forget it (a failed one too).
     pub async fn remove(&self, name: &str) -> Result<(), AppError> {
-        let mut inner = self.inner.lock().await;
-        if !inner.failed.contains_key(name) {
-            Self::deployed(&inner, name)?;
-        }
-        let state = self.compiler.state.clone();
-        let owned = name.to_string();
-        blocking(move || state.remove_record(&owned))
-            .await
-            .map_err(AppError::internal)?;
-        inner.records.remove(name);
-        inner.failed.remove(name);
-        // A failed record may share its name with a static app: that one
-        // stays served.
-        if !inner.statics.contains_key(name) {
-            inner.live.remove(name);
-        }
-        self.publish(&mut inner);
-        drop(inner);
-        self.collect.notify_one();
+        let before = {
+            let inner = self.inner.lock().await;
+            match inner.stored(name) {
+                Some(record) => record.clone(),
+                None => {
+                    inner.admits(name, None)?;
+                    return Err(AppError::NotFound(format!("no app named {name}")));
+                }
+            }
+        };
+        self.commit(name, Change::Remove { before }).await?;
         tracing::info!(app = name, "removed");
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,6 +19,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::apps::error::AppError;
+
 /// Largest secret value, in bytes.
 pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
@@ -35,21 +37,23 @@ pub enum SecretSource {
 }
 
 impl SecretSource {
-    pub fn parse(s: &str) -> Result<SecretSource, String> {
+    pub fn parse(s: &str) -> Result<SecretSource, AppError> {
         let source = match s.split_once(':') {
             Some(("env", var)) => SecretSource::Env(var.to_string()),
             Some(("file", path)) => SecretSource::File(PathBuf::from(path)),
             Some(_) => {
-                return Err(format!(
+                return Err(AppError::Invalid(format!(
                     "secret source {s:?} must be `env:VAR`, `file:NAME` or a bare variable name"
-                ));
+                )));
             }
             None => SecretSource::Env(s.to_string()),
         };
         match &source {
-            SecretSource::Env(var) if var.is_empty() || var.contains(['=', '\0']) => Err(format!(
-                "secret source {s:?} names no valid environment variable"
-            )),
+            SecretSource::Env(var) if var.is_empty() || var.contains(['=', '\0']) => {
+                Err(AppError::Invalid(format!(
+                    "secret source {s:?} names no valid environment variable"
+                )))
+            }
             SecretSource::File(path)
                 if path.as_os_str().is_empty()
                     || path
@@ -59,10 +63,10 @@ impl SecretSource {
                         .any(|segment| segment == b"." || segment == b"..")
                     || path.as_os_str().as_encoded_bytes().contains(&0) =>
             {
-                Err(format!(
+                Err(AppError::Invalid(format!(
                     "secret file {:?} must be a plain name in the host's secrets directory (no `.` or `..`)",
                     path.display().to_string()
-                ))
+                )))
             }
             _ => Ok(source),
         }
@@ -104,23 +108,26 @@ pub struct SecretPolicy {
 impl SecretPolicy {
     /// Check the operator's settings: the directory must exist, prefixes
     /// must be non-empty.
-    pub fn new(dir: Option<&Path>, env_prefixes: Vec<String>) -> Result<SecretPolicy, String> {
+    pub fn new(dir: Option<&Path>, env_prefixes: Vec<String>) -> Result<SecretPolicy, AppError> {
         if let Some(empty) = env_prefixes.iter().find(|p| p.trim().is_empty()) {
-            return Err(format!(
+            return Err(AppError::Invalid(format!(
                 "--secret-env-prefix {empty:?} is empty: it would hand every environment variable of the host to apps"
-            ));
+            )));
         }
         let dir = match dir {
             None => None,
             Some(dir) => {
                 let canonical = dir.canonicalize().map_err(|e| {
-                    format!("--secrets-dir {} cannot be opened: {e}", dir.display())
+                    AppError::Invalid(format!(
+                        "--secrets-dir {} cannot be opened: {e}",
+                        dir.display()
+                    ))
                 })?;
                 if !canonical.is_dir() {
-                    return Err(format!(
+                    return Err(AppError::Invalid(format!(
                         "--secrets-dir {} is not a directory",
                         dir.display()
-                    ));
+                    )));
                 }
                 Some((dir.to_path_buf(), canonical))
             }
@@ -137,7 +144,7 @@ impl SecretPolicy {
     }
 
     /// Is `source` one this host hands out? The message names the rule.
-    pub fn check(&self, source: &SecretSource) -> Result<(), String> {
+    pub fn check(&self, source: &SecretSource) -> Result<(), AppError> {
         match source {
             SecretSource::Env(var) => {
                 if self
@@ -147,14 +154,14 @@ impl SecretPolicy {
                 {
                     Ok(())
                 } else if self.env_prefixes.is_empty() {
-                    Err(format!(
+                    Err(AppError::Invalid(format!(
                         "env:{var} is not allowed: this host hands out no environment variables as secrets (the operator sets --secret-env-prefix)"
-                    ))
+                    )))
                 } else {
-                    Err(format!(
+                    Err(AppError::Invalid(format!(
                         "env:{var} is not allowed: secrets from the environment must start with {} (the host's --secret-env-prefix)",
                         self.env_prefixes.join(" or ")
-                    ))
+                    )))
                 }
             }
             SecretSource::File(path) => self.relative(path).map(drop),
@@ -162,22 +169,22 @@ impl SecretPolicy {
     }
 
     /// A file source as a path relative to the secrets directory.
-    fn relative<'a>(&self, path: &'a Path) -> Result<&'a Path, String> {
+    fn relative<'a>(&self, path: &'a Path) -> Result<&'a Path, AppError> {
         let Some((given, canonical)) = &self.dir else {
-            return Err(format!(
+            return Err(AppError::Invalid(format!(
                 "file:{} is not allowed: file secrets are off on this host (the operator sets --secrets-dir)",
                 path.display()
-            ));
+            )));
         };
         let relative = if path.is_absolute() {
             path.strip_prefix(given)
                 .or_else(|_| path.strip_prefix(canonical))
                 .map_err(|_| {
-                    format!(
+                    AppError::Invalid(format!(
                         "file:{} is not allowed: secret files must be inside the host's secrets directory {}",
                         path.display(),
                         given.display()
-                    )
+                    ))
                 })?
         } else {
             path
@@ -187,30 +194,33 @@ impl SecretPolicy {
                 .components()
                 .all(|c| matches!(c, Component::Normal(_)))
         {
-            return Err(format!(
+            return Err(AppError::Invalid(format!(
                 "file:{} must name a file inside the host's secrets directory",
                 path.display()
-            ));
+            )));
         }
         Ok(relative)
     }
 
     /// Read a secret's value (a trailing newline is dropped). Errors name
     /// the source, never a value. Blocking: call off the serving threads.
-    pub fn read(&self, source: &SecretSource) -> Result<String, String> {
+    pub fn read(&self, source: &SecretSource) -> Result<String, AppError> {
         self.check(source)?;
         match source {
-            SecretSource::Env(var) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set on the host")),
+            SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+                AppError::Invalid(format!("environment variable {var} is not set on the host"))
+            }),
             SecretSource::File(path) => {
                 let relative = self.relative(path)?;
                 let Some((_, dir)) = &self.dir else {
                     unreachable!("relative() succeeded, so there is a secrets directory");
                 };
-                let file = open_beneath(dir, relative)
-                    .map_err(|e| format!("cannot open file:{}: {e}", path.display()))?;
-                read_secret_file(file)
-                    .map_err(|e| format!("cannot read file:{}: {e}", path.display()))
+                let file = open_beneath(dir, relative).map_err(|e| {
+                    AppError::Invalid(format!("cannot open file:{}: {e}", path.display()))
+                })?;
+                read_secret_file(file).map_err(|e| {
+                    AppError::Invalid(format!("cannot read file:{}: {e}", path.display()))
+                })
             }
         }
     }
@@ -351,11 +361,13 @@ mod tests {
         );
         let err = policy
             .check(&SecretSource::Env("HOST_ADMIN_TOKEN".into()))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--secret-env-prefix"), "{err}");
         let err = SecretPolicy::none()
             .check(&SecretSource::Env("X".into()))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no environment variables"), "{err}");
         assert!(SecretPolicy::new(None, vec![String::new()]).is_err());
     }
@@ -382,23 +394,30 @@ mod tests {
             read(&format!("file:{}", dir.0.join("token").display())).unwrap(),
             "s3cr3t"
         );
-        let outside = read("file:link-outside").unwrap_err();
+        let outside = read("file:link-outside").unwrap_err().to_string();
         assert!(outside.contains("outside"), "{outside}");
         assert!(
             read("file:/proc/self/environ")
                 .unwrap_err()
+                .to_string()
                 .contains("inside")
         );
         assert!(
             read("file:fifo")
                 .unwrap_err()
+                .to_string()
                 .contains("not a regular file")
         );
-        assert!(read("file:big").unwrap_err().contains("limit"));
-        assert!(read("file:sub").unwrap_err().contains("not a regular file"));
+        assert!(read("file:big").unwrap_err().to_string().contains("limit"));
+        assert!(
+            read("file:sub")
+                .unwrap_err()
+                .to_string()
+                .contains("not a regular file")
+        );
         assert!(read("file:missing").is_err());
 
         let off = SecretPolicy::none().check(&SecretSource::File("token".into()));
-        assert!(off.unwrap_err().contains("--secrets-dir"));
+        assert!(off.unwrap_err().to_string().contains("--secrets-dir"));
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::apps::error::AppError;
 use crate::apps::secrets::{SecretPolicy, SecretSource};
 use crate::runtime::limits::{Limits, MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE};
 use crate::runtime::outbound::OutboundPolicy;
@@ -65,74 +66,78 @@ pub struct AppSettings {
 impl AppSettings {
     /// Check every value against the host's ceilings and the operator's
     /// secret rules; the message says which one and how to fix it.
-    pub fn validate(&self, ceilings: &Ceilings, secrets: &SecretPolicy) -> Result<(), String> {
+    pub fn validate(&self, ceilings: &Ceilings, secrets: &SecretPolicy) -> Result<(), AppError> {
         for (key, value) in &self.env {
             if key.is_empty() || key.contains(['=', '\0']) {
-                return Err(format!(
+                return Err(AppError::Invalid(format!(
                     "env var name {key:?} must be non-empty, without `=`"
-                ));
+                )));
             }
             if value.contains('\0') {
-                return Err(format!("env var {key} contains a NUL byte"));
+                return Err(AppError::Invalid(format!(
+                    "env var {key} contains a NUL byte"
+                )));
             }
         }
         for key in self.config.keys().chain(self.secrets.keys()) {
             if key.is_empty() {
-                return Err("config and secret names must be non-empty".into());
+                return Err(AppError::Invalid(
+                    "config and secret names must be non-empty".into(),
+                ));
             }
         }
         if let Some(key) = self.secrets.keys().find(|k| self.config.contains_key(*k)) {
-            return Err(format!(
+            return Err(AppError::Invalid(format!(
                 "{key} is both a config value and a secret; both are read through wasi:config, pick one"
-            ));
+            )));
         }
         for (name, source) in &self.secrets {
             secrets
                 .check(source)
-                .map_err(|e| format!("secret {name}: {e}"))?;
+                .map_err(|e| AppError::Invalid(format!("secret {name}: {e}")))?;
         }
         OutboundPolicy::parse(&self.allow_outbound)?;
         if let Some(mib) = self.memory_mib
             && !(1..=ceilings.memory_mib).contains(&mib)
         {
-            return Err(format!(
+            return Err(AppError::Invalid(format!(
                 "memory_mib must be between 1 and the host's ceiling of {} (its --max-app-memory-mib, or --memory-budget-mib if lower), got {mib}",
                 ceilings.memory_mib
-            ));
+            )));
         }
         if let Some(ms) = self.timeout_ms
             && !(1..=MAX_APP_TIMEOUT_MS).contains(&ms)
         {
-            return Err(format!(
+            return Err(AppError::Invalid(format!(
                 "timeout_ms must be between 1 and {MAX_APP_TIMEOUT_MS}, got {ms}"
-            ));
+            )));
         }
         if let Some(n) = self.max_concurrent
             && !(1..=ceilings.max_concurrent).contains(&n)
         {
-            return Err(format!(
+            return Err(AppError::Invalid(format!(
                 "max_concurrent must be between 1 and the host's {} (its --max-concurrent), got {n}",
                 ceilings.max_concurrent
-            ));
+            )));
         }
         if let Some(n) = self.instance_reuse
             && !(1..=MAX_INSTANCE_REUSE).contains(&n)
         {
-            return Err(format!(
+            return Err(AppError::Invalid(format!(
                 "instance_reuse must be between 1 (a fresh instance per request) and {MAX_INSTANCE_REUSE}, got {n}"
-            ));
+            )));
         }
         if let Some(n) = self.instance_concurrency {
             if !(1..=MAX_INSTANCE_CONCURRENCY).contains(&n) {
-                return Err(format!(
+                return Err(AppError::Invalid(format!(
                     "instance_concurrency must be between 1 (one request after another) and {MAX_INSTANCE_CONCURRENCY}, got {n}"
-                ));
+                )));
             }
             if n > 1 && self.instance_reuse.is_none_or(|reuse| reuse < 2) {
-                return Err(format!(
+                return Err(AppError::Invalid(format!(
                     "instance_concurrency {n} shares instances between requests, which needs instance_reuse \
                      above 1 in the same settings"
-                ));
+                )));
             }
         }
         Ok(())
@@ -160,7 +165,10 @@ impl AppSettings {
 
     /// `wasi:config` values: config plus secrets, secrets read now.
     /// Blocking (secret files): call off the serving threads.
-    pub fn resolve_config(&self, secrets: &SecretPolicy) -> Result<Vec<(String, String)>, String> {
+    pub fn resolve_config(
+        &self,
+        secrets: &SecretPolicy,
+    ) -> Result<Vec<(String, String)>, AppError> {
         let mut values: Vec<(String, String)> = self
             .config
             .iter()
@@ -169,7 +177,7 @@ impl AppSettings {
         for (name, source) in &self.secrets {
             let value = secrets
                 .read(source)
-                .map_err(|e| format!("secret {name}: {e}"))?;
+                .map_err(|e| AppError::Invalid(format!("secret {name}: {e}")))?;
             values.push((name.clone(), value));
         }
         Ok(values)
@@ -177,10 +185,10 @@ impl AppSettings {
 }
 
 /// Parse `K=V` (for `--env`, `--config`, `--secret`).
-pub fn parse_pair(s: &str) -> Result<(String, String), String> {
+pub fn parse_pair(s: &str) -> Result<(String, String), AppError> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+        _ => Err(AppError::Invalid(format!("expected KEY=VALUE, got {s:?}"))),
     }
 }
 
@@ -189,22 +197,7 @@ mod tests {
     use super::*;
 
     fn host() -> Limits {
-        Limits {
-            memory_bytes: 128 << 20,
-            timeout: Duration::from_secs(30),
-            max_concurrent: 100,
-            max_body_bytes: 1 << 20,
-            body_read_timeout: Duration::from_secs(10),
-            body_min_rate: 1024,
-            body_min_rate_grace: Duration::from_secs(5),
-            rate_limit_rps: 0,
-            client_rate_limit_rps: 0,
-            instance_reuse: 1,
-            instance_concurrency: 1,
-            max_resources: 1024,
-            max_outbound: 16,
-            max_outbound_app: 256,
-        }
+        Limits::fixture()
     }
 
     const CEILINGS: Ceilings = Ceilings {
@@ -222,13 +215,14 @@ mod tests {
         assert!(
             s.validate(&CEILINGS, &none)
                 .unwrap_err()
+                .to_string()
                 .contains("memory_mib")
         );
         let s = AppSettings {
             memory_mib: Some(513),
             ..Default::default()
         };
-        let err = s.validate(&CEILINGS, &none).unwrap_err();
+        let err = s.validate(&CEILINGS, &none).unwrap_err().to_string();
         assert!(err.contains("--max-app-memory-mib"), "{err}");
         let s = AppSettings {
             max_concurrent: Some(1000),
@@ -237,6 +231,7 @@ mod tests {
         assert!(
             s.validate(&CEILINGS, &none)
                 .unwrap_err()
+                .to_string()
                 .contains("max_concurrent")
         );
         let mut s = AppSettings::default();
@@ -245,12 +240,13 @@ mod tests {
         assert!(
             s.validate(&CEILINGS, &none)
                 .unwrap_err()
+                .to_string()
                 .contains("both a config value and a secret")
         );
         let mut s = AppSettings::default();
         s.secrets
             .insert("k".into(), SecretSource::Env("HOST_ADMIN_TOKEN".into()));
-        let err = s.validate(&CEILINGS, &none).unwrap_err();
+        let err = s.validate(&CEILINGS, &none).unwrap_err().to_string();
         assert!(
             err.contains("secret k") && err.contains("not allowed"),
             "{err}"
@@ -268,7 +264,7 @@ mod tests {
             SecretSource::Env("HOST_TEST_SURELY_UNSET_VAR".into()),
         );
         let policy = SecretPolicy::new(None, vec!["HOST_TEST_".into()]).unwrap();
-        let err = s.resolve_config(&policy).unwrap_err();
+        let err = s.resolve_config(&policy).unwrap_err().to_string();
         assert!(
             err.contains("secret db") && err.contains("HOST_TEST_SURELY_UNSET_VAR"),
             "{err}"

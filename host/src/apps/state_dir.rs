@@ -20,10 +20,29 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
+use crate::apps::error::StorageError;
 use crate::apps::records::AppRecord;
+
+type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Name the file and what was being done to it on an I/O error.
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |error| StorageError::Io {
+        action,
+        path,
+        error,
+    }
+}
+
+fn corrupt(path: &Path, why: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
+}
 
 /// First bytes of a cache file, before the checksum and the code.
 const CACHE_MAGIC: &[u8] = b"host-precompiled-v1\n";
@@ -43,8 +62,7 @@ impl StateDir {
     pub fn open(root: &Path) -> Result<StateDir> {
         for sub in ["apps", "components", "cache"] {
             let dir = root.join(sub);
-            fs::create_dir_all(&dir)
-                .with_context(|| format!("failed to create state directory {}", dir.display()))?;
+            fs::create_dir_all(&dir).map_err(io("create state directory", &dir))?;
         }
         Ok(StateDir {
             root: root.to_path_buf(),
@@ -76,13 +94,12 @@ impl StateDir {
 
     pub fn read_component(&self, digest: &str) -> Result<Vec<u8>> {
         let path = self.component_path(digest);
-        let bytes =
-            fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        let bytes = fs::read(&path).map_err(io("read", &path))?;
         if sha256_hex(&bytes) != digest {
-            bail!(
-                "{} is corrupt: its contents do not match its digest",
-                path.display()
-            );
+            return Err(corrupt(
+                &path,
+                "is corrupt: its contents do not match its digest",
+            ));
         }
         Ok(bytes)
     }
@@ -103,24 +120,24 @@ impl StateDir {
         let mut bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => {
-                return Err(err).with_context(|| format!("failed to read {}", path.display()));
-            }
+            Err(err) => return Err(io("read", &path)(err)),
         };
         let header = CACHE_MAGIC.len() + 32;
         if bytes.len() < header || !bytes.starts_with(CACHE_MAGIC) {
-            bail!("cache entry {} has no valid header", path.display());
+            return Err(corrupt(&path, "is a cache entry with no valid header"));
         }
         let code = &bytes[header..];
         if Sha256::digest(code).as_slice() != &bytes[CACHE_MAGIC.len()..header] {
-            bail!("cache entry {} fails its checksum", path.display());
+            return Err(corrupt(&path, "is a cache entry that fails its checksum"));
         }
         bytes.drain(..header);
         Ok(Some(bytes))
     }
 
     pub fn save_record(&self, record: &AppRecord) -> Result<()> {
-        let json = serde_json::to_vec_pretty(record).context("failed to encode app record")?;
+        let path = self.record_path(&record.name);
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| corrupt(&path, format!("could not be encoded: {e}")))?;
         write_atomic(&self.record_path(&record.name), &json)
     }
 
@@ -129,16 +146,16 @@ impl StateDir {
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(err).with_context(|| format!("failed to remove {}", path.display())),
+            Err(err) => Err(io("remove", &path)(err)),
         }
     }
 
     /// Every app record on disk; unreadable ones come back as errors naming
     /// the file, so one bad record never hides the others.
-    pub fn load_records(&self) -> Result<Vec<Result<AppRecord, String>>> {
+    pub fn load_records(&self) -> Result<Vec<Result<AppRecord>>> {
         let dir = self.root.join("apps");
         let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
-            .with_context(|| format!("failed to list {}", dir.display()))?
+            .map_err(io("list", &dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
             .collect();
@@ -146,18 +163,17 @@ impl StateDir {
         Ok(paths
             .into_iter()
             .map(|path| {
-                let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let bytes = fs::read(&path).map_err(io("read", &path))?;
                 let record: AppRecord = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|e| corrupt(&path, format!("is not a valid app record: {e}")))?;
                 let expected = path
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .unwrap_or_default();
                 if record.name != expected {
-                    return Err(format!(
-                        "{}: names app {:?}, not {expected:?}",
-                        path.display(),
-                        record.name
+                    return Err(corrupt(
+                        &path,
+                        format!("names app {:?}, not {expected:?}", record.name),
                     ));
                 }
                 Ok(record)
@@ -219,7 +235,7 @@ fn file_digest(name: &str) -> Option<&str> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
-        .context("state file has no parent directory")?;
+        .ok_or_else(|| corrupt(path, "has no parent directory"))?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
@@ -234,7 +250,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(err) = result {
         let _ = fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("failed to write {}", path.display()));
+        return Err(io("write", path)(err));
     }
     sync_dir(dir)
 }
@@ -242,7 +258,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("failed to sync directory {}", dir.display()))
+        .map_err(io("sync directory", dir))
 }
 
 #[cfg(test)]
@@ -295,7 +311,7 @@ mod tests {
             .load_records()
             .unwrap()
             .into_iter()
-            .map(|r| r.map(|r| r.name))
+            .map(|r| r.map(|r| r.name).map_err(|e| e.to_string()))
             .collect()
     }
 

@@ -1,11 +1,13 @@
 //! What the admin API reads and shows of apps: the deploy request's fields
-//! besides the component, and each app and version as listed. Secrets
-//! appear as where they are read from, never as values.
+//! besides the component, and each app and version as listed, with the URL
+//! it answers at. Secrets appear as where they are read from, never as
+//! values.
 
 use serde::{Deserialize, Serialize};
 
-use crate::apps::records::{CanaryRecord, VersionRecord};
+use crate::apps::records::{AppRecord, CanaryRecord, StaticApp, VersionRecord};
 use crate::apps::settings::AppSettings;
+use crate::routing::Route;
 use crate::runtime::component::World;
 
 /// What a deploy asks for besides the component.
@@ -38,6 +40,59 @@ pub struct AppView {
     /// start); absent for served apps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+}
+
+impl AppView {
+    /// A static app as listed; `public_base` is `http://ADDR` of the public
+    /// listener.
+    pub(crate) fn of_static(name: &str, app: &StaticApp, public_base: &str) -> AppView {
+        AppView {
+            name: name.to_string(),
+            route: app.route.prefix.clone(),
+            host: app.route.host.clone(),
+            url: url(public_base, &app.route),
+            source: "static",
+            current_version: app.version.version.clone(),
+            canary: None,
+            versions: vec![VersionView::new(app.version.clone(), true)],
+            failed: None,
+        }
+    }
+
+    /// A deployed app as listed, with why it is not served if it failed to
+    /// restore.
+    pub(crate) fn of_deployed(
+        record: &AppRecord,
+        failed: Option<String>,
+        public_base: &str,
+    ) -> AppView {
+        AppView {
+            name: record.name.clone(),
+            route: record.route.prefix.clone(),
+            host: record.route.host.clone(),
+            url: url(public_base, &record.route),
+            source: "deployed",
+            current_version: record.current.clone(),
+            canary: record.canary.clone(),
+            versions: record
+                .versions
+                .iter()
+                .map(|v| VersionView::new(v.clone(), v.version == record.current))
+                .collect(),
+            failed,
+        }
+    }
+}
+
+/// Where an app at `route` answers, as a URL a user can curl.
+pub(crate) fn url(public_base: &str, route: &Route) -> String {
+    match &route.host {
+        None => format!("{public_base}{}", route.prefix),
+        Some(host) => {
+            let port = public_base.rsplit(':').next().unwrap_or("80");
+            format!("http://{host}:{port}{}", route.prefix)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,5 +143,14 @@ mod tests {
         assert_eq!(back, p3);
         let view = serde_json::to_string(&VersionView::new(p3, false)).unwrap();
         assert_eq!(view.matches("\"world\"").count(), 1, "{view}");
+    }
+
+    #[test]
+    fn urls_name_the_public_port_and_the_app_host() {
+        let base = "http://127.0.0.1:8080";
+        let plain = Route::new("/api", None).unwrap();
+        assert_eq!(url(base, &plain), "http://127.0.0.1:8080/api");
+        let hosted = Route::new("/", Some("App.Example.com")).unwrap();
+        assert_eq!(url(base, &hosted), "http://app.example.com:8080/");
     }
 }

@@ -252,13 +252,13 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
     let pairs = |list: &[String]| -> Result<serde_json::Map<String, Value>> {
         list.iter()
             .map(|p| parse_pair(p).map(|(k, v)| (k, Value::String(v))))
-            .collect::<Result<_, String>>()
-            .map_err(anyhow::Error::msg)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::from)
     };
     let mut secrets = serde_json::Map::new();
     for pair in &args.secret {
-        let (key, source) = parse_pair(pair).map_err(anyhow::Error::msg)?;
-        SecretSource::parse(&source).map_err(anyhow::Error::msg)?;
+        let (key, source) = parse_pair(pair)?;
+        SecretSource::parse(&source)?;
         secrets.insert(key, Value::String(source));
     }
     let mut settings = serde_json::json!({

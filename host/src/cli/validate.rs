@@ -253,8 +253,7 @@ pub fn config(args: ServeArgs) -> Result<Config> {
         }
         _ => None,
     };
-    let secrets = SecretPolicy::new(args.secrets_dir.as_deref(), args.secret_env_prefixes)
-        .map_err(anyhow::Error::msg)?;
+    let secrets = SecretPolicy::new(args.secrets_dir.as_deref(), args.secret_env_prefixes)?;
 
     let admin_token = admin_token(args.admin_token_file.as_deref())?;
     if admin_token.is_none() && !args.admin_listen.ip().is_loopback() {

@@ -3,30 +3,27 @@
 //! the host-wide concurrency cap and access logs; then the served version
 //! takes the request.
 //!
-//! Paths are normalised before routing, the way a proxy in front would
-//! (RFC 3986 §6, like nginx and Envoy's `normalize_path` +
-//! `merge_slashes`): percent-encoded unreserved characters are decoded,
-//! `.` and `..` segments are resolved and repeated slashes merged; a
-//! percent-encoded `/` or `\`, or a broken `%` escape, is refused with 400.
-//! The app sees the normalised path, so what it serves is what was routed
-//! to it. Host names are matched without a trailing dot.
+//! [`path`] reads where a request goes (host name and normalised path;
+//! a path that cannot be normalised is refused with 400); [`access`] gives
+//! it an id and writes its access-log line when the response ends.
+
+pub mod access;
+pub mod path;
 
 use std::borrow::Cow;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body::Frame;
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::front::access::{AccessBody, AccessLog, InFlight, REQUEST_ID_HEADER, request_id};
+use crate::front::path::{normalize_path, request_host, set_path};
 use crate::http::response;
 use crate::http::server::{ConnInfo, Handler};
 use crate::metrics::metrics;
@@ -55,7 +52,6 @@ pub struct Router {
 
 pub const APP_HEADER: &str = "x-app-name";
 pub const VERSION_HEADER: &str = "x-app-version";
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 impl Router {
     /// A front that routes by what is published to `routes`.
@@ -211,268 +207,8 @@ impl Router {
     }
 }
 
-/// The incoming `x-request-id` if it is sane (1-128 visible ASCII
-/// characters), else a fresh random one.
-fn request_id(headers: &HeaderMap) -> String {
-    if let Some(id) = headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok())
-        && (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return id.to_string();
-    }
-    format!("{:032x}", fastrand::u128(..))
-}
-
-/// Counts a request in flight from arrival until its response body is done
-/// (or the client goes away).
-struct InFlight;
-
-impl InFlight {
-    fn enter() -> InFlight {
-        metrics().in_flight.inc();
-        InFlight
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        metrics().in_flight.dec();
-    }
-}
-
-/// One access-log line, written when the response body ends or is dropped.
-struct AccessLog {
-    id: Arc<str>,
-    served: Option<Arc<ServedVersion>>,
-    method: http::Method,
-    path: String,
-    status: u16,
-    started: Instant,
-    guest_micros: Arc<AtomicU64>,
-    bytes: u64,
-    completed: bool,
-    _in_flight: InFlight,
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        let elapsed = self.started.elapsed();
-        let (app, version) = match &self.served {
-            Some(d) => {
-                d.metrics.request(self.status, elapsed);
-                (&*d.app, &*d.version)
-            }
-            None => ("-", "-"),
-        };
-        let guest_ms = self.guest_micros.load(Ordering::Relaxed) as f64 / 1000.0;
-        tracing::info!(
-            target: "access",
-            request_id = %self.id,
-            app,
-            version,
-            method = %self.method,
-            path = %self.path,
-            status = self.status,
-            bytes = self.bytes,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            guest_ms,
-            completed = self.completed,
-            "request"
-        );
-    }
-}
-
-/// A response body that counts its bytes and carries the access log.
-struct AccessBody {
-    inner: HyperOutgoingBody,
-    /// The body's declared length, if it has one: hyper stops polling once
-    /// it has sent that many bytes, so reaching it means complete.
-    expected: Option<u64>,
-    log: AccessLog,
-}
-
-impl http_body::Body for AccessBody {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.log.bytes += data.len() as u64;
-                }
-                if this.expected == Some(this.log.bytes) || this.inner.is_end_stream() {
-                    this.log.completed = true;
-                }
-            }
-            Poll::Ready(None) => this.log.completed = true,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The request's host name, lowercased, without a port or a trailing dot.
-pub(crate) fn request_host<B>(request: &Request<B>) -> Option<String> {
-    let raw = match request.uri().host() {
-        Some(h) => h.to_string(),
-        None => {
-            let value = request.headers().get(header::HOST)?.to_str().ok()?;
-            match value.rsplit_once(':') {
-                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h.to_string(),
-                _ => value.to_string(),
-            }
-        }
-    };
-    let mut host = raw.to_ascii_lowercase();
-    if host.ends_with('.') {
-        host.pop();
-    }
-    Some(host)
-}
-
-/// Is `b` an RFC 3986 unreserved character (safe to decode from `%XX`)?
-fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-/// Normalise a request path for routing (see the module header). Borrowed
-/// when nothing changes, which is the common case and costs one scan.
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
-    let bytes = path.as_bytes();
-    let plain = !bytes.contains(&b'%')
-        && !path.contains("//")
-        && !path.contains("/./")
-        && !path.contains("/../")
-        && !path.ends_with("/.")
-        && !path.ends_with("/..");
-    if plain {
-        return Ok(Cow::Borrowed(path));
-    }
-    // Decode unreserved escapes, upper-case the others, refuse escaped
-    // separators and broken escapes.
-    let mut decoded = Vec::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'%' {
-            decoded.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        // Two hex digits, nothing else (`from_str_radix` alone would take `+1`).
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .ok_or_else(|| format!("the path {path:?} has a broken %-escape"))?;
-        if hex == b'/' || hex == b'\\' {
-            return Err(format!(
-                "the path {path:?} has an encoded `/` or `\\`, which is ambiguous: send it unencoded"
-            ));
-        }
-        if unreserved(hex) {
-            decoded.push(hex);
-        } else {
-            decoded.extend_from_slice(format!("%{hex:02X}").as_bytes());
-        }
-        i += 3;
-    }
-    // Only ASCII was replaced, by ASCII: still UTF-8.
-    let decoded =
-        String::from_utf8(decoded).map_err(|_| format!("the path {path:?} is not valid UTF-8"))?;
-    // Remove dot segments and empty segments.
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    let mut normal = String::with_capacity(decoded.len());
-    for segment in &segments {
-        normal.push('/');
-        normal.push_str(segment);
-    }
-    if normal.is_empty() || (trailing && !segments.is_empty()) {
-        normal.push('/');
-    }
-    Ok(Cow::Owned(normal))
-}
-
-/// Replace the request's path, keeping its query.
-fn set_path<B>(request: &mut Request<B>, path: &str) -> Result<(), String> {
-    let mut parts = request.uri().clone().into_parts();
-    let path_and_query = match request.uri().query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_string(),
-    };
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .map_err(|_| format!("the normalised path {path:?} is not a valid URI path"))?,
-    );
-    *request.uri_mut() =
-        http::Uri::from_parts(parts).map_err(|e| format!("cannot rewrite the path: {e}"))?;
-    Ok(())
-}
-
 impl Handler for Router {
     async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
         Router::handle(self, request).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_normalised_like_a_proxy_would() {
-        let n = |p| normalize_path(p).map(|c| c.into_owned());
-        assert!(matches!(normalize_path("/a/b?x"), Ok(Cow::Borrowed(_))));
-        assert_eq!(n("/private/../public/x").unwrap(), "/public/x");
-        assert_eq!(n("//app").unwrap(), "/app");
-        assert_eq!(n("/a//b///c").unwrap(), "/a/b/c");
-        assert_eq!(n("/a/./b/.").unwrap(), "/a/b/");
-        assert_eq!(n("/../../etc").unwrap(), "/etc");
-        assert_eq!(n("/a/..").unwrap(), "/");
-        assert_eq!(n("/%70rivate").unwrap(), "/private");
-        assert_eq!(n("/a/%2e%2e/b").unwrap(), "/b");
-        assert_eq!(n("/caf%c3%a9").unwrap(), "/caf%C3%A9");
-        assert_eq!(n("/a/").unwrap(), "/a/");
-        assert!(n("/a%2Fb").is_err());
-        assert!(n("/a%5cb").is_err());
-        assert!(n("/a%zz").is_err());
-        assert!(n("/a%2").is_err());
-        assert!(n("/a%+1").is_err());
-    }
-
-    #[test]
-    fn host_names_match_without_a_trailing_dot() {
-        let request = Request::get("http://x.example.com./a").body(()).unwrap();
-        assert_eq!(request_host(&request).as_deref(), Some("x.example.com"));
-        let request = Request::get("/a")
-            .header("host", "X.Example.COM.:8080")
-            .body(())
-            .unwrap();
-        assert_eq!(request_host(&request).as_deref(), Some("x.example.com"));
     }
 }

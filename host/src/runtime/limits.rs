@@ -58,6 +58,30 @@ pub struct Limits {
     pub max_outbound_app: u32,
 }
 
+impl Limits {
+    /// Limits for tests: 128 MiB, 30 s, 100 at once, 1 MiB bodies, a fresh
+    /// instance per request.
+    #[cfg(test)]
+    pub(crate) fn fixture() -> Limits {
+        Limits {
+            memory_bytes: 128 << 20,
+            timeout: Duration::from_secs(30),
+            max_concurrent: 100,
+            max_body_bytes: 1 << 20,
+            body_read_timeout: Duration::from_secs(10),
+            body_min_rate: 1024,
+            body_min_rate_grace: Duration::from_secs(5),
+            rate_limit_rps: 0,
+            client_rate_limit_rps: 0,
+            instance_reuse: 1,
+            instance_concurrency: 1,
+            max_resources: 1024,
+            max_outbound: 16,
+            max_outbound_app: 256,
+        }
+    }
+}
+
 /// The most requests one instance may serve with instance reuse.
 pub const MAX_INSTANCE_REUSE: u32 = 100_000;
 /// The most requests one instance may serve at once.

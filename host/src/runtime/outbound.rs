@@ -74,12 +74,19 @@ fn default_port(scheme: &str) -> u16 {
     if scheme == "https" { 443 } else { 80 }
 }
 
+/// An outbound allow-list entry that is not a valid pattern; says what to
+/// fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidOutbound(String);
+
 impl OutboundPolicy {
-    pub fn parse(list: &[String]) -> Result<OutboundPolicy, String> {
+    pub fn parse(list: &[String]) -> Result<OutboundPolicy, InvalidOutbound> {
         let patterns = list
             .iter()
             .map(|p| parse_pattern(p))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .map_err(InvalidOutbound)?;
         Ok(OutboundPolicy { patterns })
     }
 
@@ -486,7 +493,9 @@ mod tests {
             "https://*",
             "https://a.*.com",
         ] {
-            let err = OutboundPolicy::parse(&[bad.to_string()]).unwrap_err();
+            let err = OutboundPolicy::parse(&[bad.to_string()])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(bad), "{err}");
         }
         assert!(OutboundPolicy::parse(&["http://[::1]:8080".to_string()]).is_ok());
@@ -541,7 +550,11 @@ mod tests {
     async fn private_destinations_need_the_literal_ip_listed() {
         // A name that resolves to loopback is denied even when allowed by name.
         let by_name = policy(&["http://localhost:8080"]);
-        let err = by_name.check("http", "localhost", 8080).await.unwrap_err();
+        let err = by_name
+            .check("http", "localhost", 8080)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("loopback"), "{err}");
         // The literal address listed: allowed, on that scheme and port only.
         let by_ip = policy(&["http://127.0.0.1:8080"]);

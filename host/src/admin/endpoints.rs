@@ -1,0 +1,165 @@
+//! The admin endpoints under `/v1/apps`: each a call on the
+//! [`Registry`], its result as JSON, its [`AppError`] as a status
+//! ([`ApiError`]). Deploys are limited to [`MAX_CONCURRENT_DEPLOYS`] at once.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::{Deserialize, Deserializer};
+use tokio::sync::Semaphore;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::admin::body::{read_deploy, read_json};
+use crate::admin::reply::{ApiError, json};
+use crate::apps::registry::Registry;
+use crate::http::response;
+use crate::metrics::metrics;
+
+/// Deploys read and compiled at once; more are refused (503) so that
+/// uploads held in memory stay bounded by this × `--max-upload-bytes`.
+pub const MAX_CONCURRENT_DEPLOYS: usize = 2;
+
+/// The `/v1/apps` endpoints.
+pub(crate) struct Endpoints {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) max_upload_bytes: u64,
+    pub(crate) deploys: Semaphore,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    version: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryBody {
+    version: String,
+    #[serde(deserialize_with = "percent")]
+    weight: u8,
+    #[serde(default)]
+    sticky: bool,
+}
+
+/// A percentage as JSON Schema's `integer` allows it: `30` or `30.0`.
+fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let n = f64::deserialize(d)?;
+    if n.fract() == 0.0 && (0.0..=100.0).contains(&n) {
+        Ok(n as u8)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "weight must be a whole number from 0 to 100, got {n}"
+        )))
+    }
+}
+
+/// Counts a deploy in `host_deploys_in_progress` while it lives.
+struct InProgress;
+
+impl InProgress {
+    fn enter() -> InProgress {
+        metrics().deploys_in_progress.inc();
+        InProgress
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        metrics().deploys_in_progress.dec();
+    }
+}
+
+impl Endpoints {
+    pub(crate) async fn answer(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<HyperOutgoingBody>, ApiError> {
+        let path = request.uri().path().trim_end_matches('/').to_string();
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let method = request.method().clone();
+        let registry = &self.registry;
+        let allow = |methods: &'static str| {
+            let mut response = response::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{method} is not supported on {path}; use {methods}"),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(methods));
+            response
+        };
+        match (segments.as_slice(), &method) {
+            (["v1", "apps"], &Method::GET) => {
+                let apps = registry.list().await;
+                Ok(json(StatusCode::OK, &serde_json::json!({ "apps": apps })))
+            }
+            (["v1", "apps", name], &Method::GET) => {
+                Ok(json(StatusCode::OK, &registry.get(name).await?))
+            }
+            (["v1", "apps", name], &Method::DELETE) => {
+                registry.remove(name).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "deleted": name }),
+                ))
+            }
+            (["v1", "apps", name, "versions"], &Method::POST) => {
+                let name = name.to_string();
+                let Ok(_deploying) = self.deploys.try_acquire() else {
+                    let mut busy = response::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "{MAX_CONCURRENT_DEPLOYS} deploys are already in progress; retry shortly"
+                        ),
+                    );
+                    busy.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return Ok(busy);
+                };
+                let _counted = InProgress::enter();
+                let (wasm, settings) = read_deploy(request, self.max_upload_bytes).await?;
+                let app = registry.deploy(&name, wasm, settings).await?;
+                Ok(json(StatusCode::CREATED, &app))
+            }
+            (["v1", "apps", name, "rollback"], &Method::POST) => {
+                let name = name.to_string();
+                let body: Option<RollbackBody> = read_json(request, true).await?;
+                let to = body.and_then(|b| b.version);
+                Ok(json(
+                    StatusCode::OK,
+                    &registry.rollback(&name, to.as_deref()).await?,
+                ))
+            }
+            (["v1", "apps", name, "canary"], &Method::PUT) => {
+                let name = name.to_string();
+                let body: CanaryBody = read_json(request, false).await?.ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "body must be {\"version\": ..., \"weight\": 0-100}",
+                    )
+                })?;
+                let app = registry
+                    .set_canary(&name, &body.version, body.weight, body.sticky)
+                    .await?;
+                Ok(json(StatusCode::OK, &app))
+            }
+            (["v1", "apps", name, "canary"], &Method::DELETE) => {
+                Ok(json(StatusCode::OK, &registry.abort_canary(name).await?))
+            }
+            (["v1", "apps", name, "canary", "promote"], &Method::POST) => {
+                Ok(json(StatusCode::OK, &registry.promote(name).await?))
+            }
+            (["v1", "apps"], _) => Ok(allow("GET")),
+            (["v1", "apps", _], _) => Ok(allow("GET, DELETE")),
+            (["v1", "apps", _, "versions" | "rollback"], _) => Ok(allow("POST")),
+            (["v1", "apps", _, "canary"], _) => Ok(allow("PUT, DELETE")),
+            (["v1", "apps", _, "canary", "promote"], _) => Ok(allow("POST")),
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint at {path}; see api/openapi.json"),
+            )),
+        }
+    }
+}
