@@ -164,12 +164,21 @@ fuzz-nightly: $(CARGO_FUZZ)
 		fi; \
 	done
 
-# Installs wrk (Debian) and wasmtime-cli 48.0.8 (crates.io, into
-# target/bench-tools) when missing. Loopback only; stops what it starts.
-# The Python, JavaScript and WASI 0.3 apps it also measures come from
-# build-guests.
-bench: wasm-target build-guests
-	python3 scripts/bench.py
+# The bench runner (bench/src/runner, target/release/bench) measures the
+# release host, native-hello and the guests built here: the default guest,
+# the bench guests, and the Python, JavaScript and WASI 0.3 apps of
+# build-guests. It installs wrk (Debian) and wasmtime-cli 48.0.8 (crates.io,
+# into target/bench-tools) when missing; loopback only; stops what it starts.
+# ROUNDS, DURATION, APPS, FOREIGN_APPS and BENCH_ONLY are read by the runner
+# (see its doc); NO_BUILD=1 runs what is already in target/, building nothing.
+BENCH_PREBUILT := $(filter-out 0,$(NO_BUILD))
+
+bench: $(if $(BENCH_PREBUILT),,wasm-target build-guests)
+ifndef BENCH_PREBUILT
+	$(CARGO) build --release -p host -p bench
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest $(addprefix -p ,$(BENCH_GUESTS))
+endif
+	target/release/bench
 
 fmt:
 	$(CARGO) fmt --all
