@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use host::cli::args::Cli;
 use host::serve::{Listeners, run};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -239,7 +240,7 @@ async fn every_admin_endpoint_answers_with_its_status() {
     );
     assert_eq!(body["source"], "deployed");
 
-    // The same bytes again: one version, nothing older to roll back to.
+    // One version so far: nothing older to roll back to.
     let (status, body, _) = admin(&server, Method::POST, "/v1/apps/app/rollback", None).await;
     assert_eq!(status, 409, "{body}");
     assert!(
@@ -299,11 +300,13 @@ async fn every_admin_endpoint_answers_with_its_status() {
 
 #[tokio::test]
 async fn with_a_token_only_its_bearer_may_call_the_admin_api() {
-    let dir = std::env::temp_dir().join(format!("host-token-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("token");
+    // The token file lives in the server's state directory, removed with it.
+    let state = std::env::temp_dir().join(format!("host-in-process-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&state).unwrap();
+    let file = state.join("token");
     std::fs::write(&file, "s3cret-token-of-some-length\n").unwrap();
-    let server = start_server(&["--admin-token-file", file.to_str().unwrap()]).await;
+    let token_file = file.to_str().unwrap().to_string();
+    let server = start_server_in(state, &["--admin-token-file", &token_file]).await;
     let client = reqwest::Client::new();
     let url = server.admin_url("/v1/apps");
     let missing = client.get(&url).send().await.unwrap();
@@ -325,5 +328,55 @@ async fn with_a_token_only_its_bearer_may_call_the_admin_api() {
         .unwrap();
     assert_eq!(probe.status(), 200, "probes need no token");
     server.shutdown().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A client that hangs up while its deploy compiles does not stop the
+/// deploy half-way: it completes (record written and served), as it would
+/// have for a patient client.
+#[tokio::test]
+async fn a_deploy_whose_client_hangs_up_still_completes() {
+    let server = start_server(&[]).await;
+    // The whole request, then the connection closed at once: the host
+    // reads the body (it came before the close) and sees the client gone
+    // while it compiles.
+    let boundary = "in-process-boundary";
+    let mut body = format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"component\"; filename=\"a.wasm\"\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&variant(7));
+    body.extend_from_slice(
+        format!(
+            "\r\n--{boundary}\r\ncontent-disposition: form-data; name=\"settings\"\r\n\r\n{{\"route\": \"/gone\"}}\r\n--{boundary}--\r\n"
+        )
+        .as_bytes(),
+    );
+    let head = format!(
+        "POST /v1/apps/gone/versions HTTP/1.1\r\nhost: {}\r\ncontent-type: multipart/form-data; boundary={boundary}\r\ncontent-length: {}\r\n\r\n",
+        server.admin,
+        body.len()
+    );
+    let mut client = tokio::net::TcpStream::connect(server.admin).await.unwrap();
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&body).await.unwrap();
+    drop(client);
+    let mut served = false;
+    for _ in 0..600 {
+        // The app answers 404 itself for paths it does not know; the
+        // routing header says the host sent the request to it.
+        let response = reqwest::get(server.url("/gone")).await.unwrap();
+        if response
+            .headers()
+            .get("x-app-name")
+            .is_some_and(|v| v == "gone")
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the deploy was abandoned with its client");
+    let record = server.state.join("apps/gone.json");
+    assert!(record.is_file(), "{} is written", record.display());
+    server.shutdown().await.unwrap();
 }

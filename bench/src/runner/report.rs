@@ -234,7 +234,13 @@ pub fn replace_measured(old: &str, report: &str) -> String {
 
 /// Write `report` into the measured part of `path`.
 pub fn write(path: &Path, report: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
+    // Only a missing file starts empty: any other failure to read it must
+    // not replace the analysis around the measured part.
+    let old = match std::fs::read_to_string(path) {
+        Ok(old) => old,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(err) => return Err(err).with_context(|| format!("read {}", path.display())),
+    };
     std::fs::write(path, replace_measured(&old, report))
         .with_context(|| format!("write {}", path.display()))?;
     crate::log(&format!(

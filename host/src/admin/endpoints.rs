@@ -1,7 +1,13 @@
 //! The admin endpoints under `/v1/apps`: each a call on the
-//! [`Registry`], its result as JSON, its [`AppError`] as a status
-//! ([`ApiError`]). Deploys are limited to [`MAX_CONCURRENT_DEPLOYS`] at once.
+//! [`Registry`], its result as JSON, its error as a status ([`ApiError`]).
+//! Deploys are limited to [`MAX_CONCURRENT_DEPLOYS`] at once.
+//!
+//! A change runs on a task of its own, to completion: a client that hangs
+//! up once its request is read cannot stop it half-way (with its record
+//! written but not served, or a component it stores unprotected from the
+//! collector); it only misses the answer.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -12,6 +18,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::admin::body::{read_deploy, read_json};
 use crate::admin::reply::{ApiError, json};
+use crate::apps::error::AppError;
 use crate::apps::registry::Registry;
 use crate::http::response;
 use crate::metrics::metrics;
@@ -24,7 +31,18 @@ pub const MAX_CONCURRENT_DEPLOYS: usize = 2;
 pub(crate) struct Endpoints {
     pub(crate) registry: Arc<Registry>,
     pub(crate) max_upload_bytes: u64,
-    pub(crate) deploys: Semaphore,
+    pub(crate) deploys: Arc<Semaphore>,
+}
+
+/// Run a change on a task of its own and wait for it: dropping the caller
+/// does not cancel it.
+async fn to_completion<T: Send + 'static>(
+    change: impl Future<Output = Result<T, AppError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(change).await {
+        Ok(result) => Ok(result?),
+        Err(err) => Err(AppError::Internal(format!("an admin change failed: {err}")).into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -79,7 +97,7 @@ impl Endpoints {
         let path = request.uri().path().trim_end_matches('/').to_string();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let method = request.method().clone();
-        let registry = &self.registry;
+        let registry = self.registry.clone();
         let allow = |methods: &'static str| {
             let mut response = response::error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -99,7 +117,8 @@ impl Endpoints {
                 Ok(json(StatusCode::OK, &registry.get(name).await?))
             }
             (["v1", "apps", name], &Method::DELETE) => {
-                registry.remove(name).await?;
+                let owned = name.to_string();
+                to_completion(async move { registry.remove(&owned).await }).await?;
                 Ok(json(
                     StatusCode::OK,
                     &serde_json::json!({ "deleted": name }),
@@ -107,7 +126,7 @@ impl Endpoints {
             }
             (["v1", "apps", name, "versions"], &Method::POST) => {
                 let name = name.to_string();
-                let Ok(_deploying) = self.deploys.try_acquire() else {
+                let Ok(deploying) = self.deploys.clone().try_acquire_owned() else {
                     let mut busy = response::error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!(
@@ -118,19 +137,23 @@ impl Endpoints {
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                     return Ok(busy);
                 };
-                let _counted = InProgress::enter();
+                let counted = InProgress::enter();
                 let (wasm, settings) = read_deploy(request, self.max_upload_bytes).await?;
-                let app = registry.deploy(&name, wasm, settings).await?;
+                let app = to_completion(async move {
+                    let _held = (deploying, counted);
+                    registry.deploy(&name, wasm, settings).await
+                })
+                .await?;
                 Ok(json(StatusCode::CREATED, &app))
             }
             (["v1", "apps", name, "rollback"], &Method::POST) => {
                 let name = name.to_string();
                 let body: Option<RollbackBody> = read_json(request, true).await?;
                 let to = body.and_then(|b| b.version);
-                Ok(json(
-                    StatusCode::OK,
-                    &registry.rollback(&name, to.as_deref()).await?,
-                ))
+                let app =
+                    to_completion(async move { registry.rollback(&name, to.as_deref()).await })
+                        .await?;
+                Ok(json(StatusCode::OK, &app))
             }
             (["v1", "apps", name, "canary"], &Method::PUT) => {
                 let name = name.to_string();
@@ -140,16 +163,23 @@ impl Endpoints {
                         "body must be {\"version\": ..., \"weight\": 0-100}",
                     )
                 })?;
-                let app = registry
-                    .set_canary(&name, &body.version, body.weight, body.sticky)
-                    .await?;
+                let app = to_completion(async move {
+                    registry
+                        .set_canary(&name, &body.version, body.weight, body.sticky)
+                        .await
+                })
+                .await?;
                 Ok(json(StatusCode::OK, &app))
             }
             (["v1", "apps", name, "canary"], &Method::DELETE) => {
-                Ok(json(StatusCode::OK, &registry.abort_canary(name).await?))
+                let name = name.to_string();
+                let app = to_completion(async move { registry.abort_canary(&name).await }).await?;
+                Ok(json(StatusCode::OK, &app))
             }
             (["v1", "apps", name, "canary", "promote"], &Method::POST) => {
-                Ok(json(StatusCode::OK, &registry.promote(name).await?))
+                let name = name.to_string();
+                let app = to_completion(async move { registry.promote(&name).await }).await?;
+                Ok(json(StatusCode::OK, &app))
             }
             (["v1", "apps"], _) => Ok(allow("GET")),
             (["v1", "apps", _], _) => Ok(allow("GET, DELETE")),

@@ -81,7 +81,7 @@ impl Admin {
             endpoints: Endpoints {
                 registry,
                 max_upload_bytes,
-                deploys: Semaphore::new(MAX_CONCURRENT_DEPLOYS),
+                deploys: Arc::new(Semaphore::new(MAX_CONCURRENT_DEPLOYS)),
             },
             health,
         }

@@ -31,7 +31,8 @@ pub enum AppError {
     /// host did not write).
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The host failed otherwise (a task that panicked: a bug).
+    /// The host failed otherwise: an engine it could not build (memory
+    /// mappings), a task that panicked (a bug).
     #[error("{0}")]
     Internal(String),
 }

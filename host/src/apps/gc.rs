@@ -69,8 +69,6 @@ impl Registry {
     }
 }
 
-/// The background garbage collector: after each change (debounced), one
-/// pass. Ends with the registry.
 /// Start `registry`'s collector: a task that runs a pass shortly after each
 /// change, and ends with the registry.
 pub(crate) fn start(registry: &Arc<Registry>) {

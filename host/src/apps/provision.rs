@@ -1,7 +1,7 @@
 //! What a record serves, made ready outside the registry's lock: for each
 //! version it names, its settings checked again against the host's
-//! ceilings, code ([`Compiler`]: memory, the cache or a compile), secrets
-//! read, the outbound allow-list parsed, and a [`ServedVersion`] that
+//! ceilings, code (already in memory, else from [`Compiler`]: the cache or
+//! a compile), secrets read, the outbound allow-list parsed, and a [`ServedVersion`] that
 //! requests can run on. Versions the app already serves unchanged are kept
 //! as they are, warm instances and limiters too.
 

@@ -14,10 +14,14 @@
 //!    threads within `--compile-timeout-ms`, read secrets) and store an
 //!    upload;
 //! 3. [`Registry::commit`] the [`Change`]: under the lock again, check the
-//!    app's record is still the one the change started from (else 409),
-//!    that no static app owns the name and no other app the route, write or
-//!    remove the record crash-safely, and publish the routing table in one
-//!    atomic swap.
+//!    app's record is still the one the change started from, that no static
+//!    app owns the name and no other app the route (a conflict otherwise:
+//!    409 through the admin API), write or remove the record crash-safely,
+//!    and publish the routing table in one atomic swap.
+//!
+//! The admin API runs each change on a task of its own
+//! ([`crate::admin::endpoints`]), so a client that hangs up cannot stop one
+//! between writing its record and serving it.
 //!
 //! A rejected change leaves what is served and every record exactly as
 //! they were (an upload stored before a 409 is collected later). Unused
@@ -354,6 +358,8 @@ impl Registry {
             _ => {}
         }
         let saves = change.saves();
+        // The restore publishes once, when every stored app is in.
+        let restoring = matches!(change, Change::Restore { .. } | Change::Fail { .. });
         match change {
             Change::Save { record, served, .. } | Change::Restore { record, served } => {
                 Self::install(&mut inner, record, served)
@@ -393,7 +399,9 @@ impl Registry {
                     .insert(name.to_string(), StaticApp { route, version });
             }
         }
-        self.publish(&mut inner);
+        if !restoring {
+            self.publish(&mut inner);
+        }
         let view = self.view(&inner, name);
         drop(inner);
         if saves {
@@ -497,6 +505,9 @@ impl Registry {
             .await?,
         );
         let version = version_of(&bytes, settings).map_err(cannot)?;
+        // The collector may run by now (the implicit default app is added
+        // after the restore): it keeps this code until the app is served.
+        let _storing = Storing::new(&self.storing, &version.digest);
         let limits = self.provision.limits(&version.settings);
         let share = self.provision.share(None, &limits);
         let in_memory = self

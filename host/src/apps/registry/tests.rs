@@ -137,7 +137,8 @@ async fn a_change_planned_on_a_record_that_has_since_changed_is_refused_and_chan
     let second = registry.deploy("a", variant(1), at("/a")).await.unwrap();
     assert_ne!(first.current_version, second.current_version);
 
-    // A rollback prepared on the first record commits after the deploy.
+    // A change planned on the first record (making its version current
+    // again) commits after the second deploy.
     let after = crate::apps::plan::deploy(
         Some(&stale),
         "a",
@@ -189,6 +190,35 @@ async fn one_route_serves_one_app_and_a_refused_deploy_stores_no_record() {
     ));
     assert_eq!(served(&routes, "/x"), Some(("a".into(), a.current_version)));
 
+    // Two new apps planned for one free route: the second to commit is
+    // refused there, at the commit.
+    let version = registry.inner.lock().await.records["a"].versions[0].clone();
+    let plan_for = |name: &str| {
+        let route = Route::new("/z", None).unwrap();
+        crate::apps::plan::deploy(None, name, route, version.clone(), 5)
+    };
+    let (c, d) = (plan_for("c"), plan_for("d"));
+    for (name, record, expect_ok) in [("c", c, true), ("d", d, false)] {
+        let served = registry
+            .provision
+            .record(&record, Serving::default(), None)
+            .await
+            .unwrap();
+        let change = Change::Save {
+            before: None,
+            record,
+            served,
+        };
+        let result = registry.commit(name, change).await;
+        assert_eq!(result.is_ok(), expect_ok, "{name}");
+        if let Err(err) = result {
+            assert!(err.to_string().contains("already served by app c"), "{err}");
+            assert!(matches!(err, AppError::Conflict(_)), "{err}");
+        }
+    }
+    assert!(record_on_disk(&state, "d").is_none());
+    assert_eq!(served(&routes, "/z").map(|(app, _)| app), Some("c".into()));
+
     // Moving an app onto a taken route is refused the same way.
     registry.deploy("b", variant(2), at("/y")).await.unwrap();
     let err = registry
@@ -219,7 +249,7 @@ async fn every_version_change_goes_through_the_record_on_disk() {
     assert_eq!(back.current_version, v2);
     assert_eq!(record_on_disk(&state, "a").unwrap()["current"], v2.as_str());
     let err = registry.abort_canary("a").await.unwrap_err();
-    assert!(!err.is_host_failure(), "{err}");
+    assert!(matches!(err, AppError::Conflict(_)), "no canary: {err}");
 
     registry.remove("a").await.unwrap();
     assert!(record_on_disk(&state, "a").is_none());
@@ -348,5 +378,6 @@ async fn components_no_record_names_are_collected_and_named_ones_kept() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect::<Vec<_>>();
+    assert!(cached.iter().any(|f| f.starts_with(&digest2)), "{cached:?}");
     assert!(cached.iter().all(|f| f.starts_with(&digest2)), "{cached:?}");
 }
