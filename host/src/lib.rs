@@ -39,6 +39,9 @@
 //! - [`runtime`]: everything that touches wasmtime: engines, components,
 //!   the served version and its admission, instances (fresh, reused,
 //!   shared), stores, limits, guest output, outbound HTTP.
+//! - [`kv`]: apps' key-value state (the storage behind `wasi:keyvalue`,
+//!   issue 12, not linked to guests yet): per-app namespaces, limits and
+//!   quotas, the embedded redb backend.
 //! - [`http`]: serving a listener (accept, TLS, hyper, idle and head
 //!   deadlines, drain), knowing no apps; the host's own error responses.
 //! - [`metrics`]: the Prometheus metrics.
@@ -80,6 +83,7 @@ pub(crate) mod front;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod http;
+pub(crate) mod kv;
 pub(crate) mod metrics;
 pub(crate) mod routing;
 pub mod runtime;

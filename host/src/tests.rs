@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 /// settings (their types live with the layers) and only `cli` and `serve`
 /// read it.
 const LAYERS: &[&str] = &[
-    "fuzzing", "cli", "serve", "config", "admin", "front", "apps", "routing", "runtime", "http",
-    "metrics",
+    "fuzzing", "cli", "serve", "config", "admin", "front", "apps", "routing", "runtime", "kv",
+    "http", "metrics",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

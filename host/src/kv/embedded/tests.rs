@@ -1,0 +1,280 @@
+//! The embedded backend on a real file: namespaces, limits and quotas,
+//! counters and compare-and-swap under contention, paging, durability
+//! across a reopen, and deleting one app's data.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::kv::embedded::Embedded;
+use crate::kv::{Bucket, KvError, KvLimits, Usage};
+
+/// A store file in a directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "host-kv-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn open(&self, limits: KvLimits) -> Embedded {
+        Embedded::open(&self.0.join("kv.redb"), limits).unwrap()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn values_are_kept_per_app_and_store_and_survive_a_reopen() {
+    let dir = Scratch::new();
+    let (a, a2, b) = (
+        Bucket::new("a", "default"),
+        Bucket::new("a", "sessions"),
+        Bucket::new("b", "default"),
+    );
+    {
+        let kv = dir.open(KvLimits::DEFAULT);
+        kv.set(&a, "k", b"one").unwrap();
+        kv.set(&a2, "k", b"two").unwrap();
+        kv.set(&b, "k", b"three").unwrap();
+        assert_eq!(kv.get(&a, "k").unwrap().as_deref(), Some(&b"one"[..]));
+        assert!(kv.exists(&a2, "k").unwrap());
+        assert!(!kv.exists(&a, "other").unwrap());
+        kv.delete(&a2, "k").unwrap();
+        kv.delete(&a2, "k").unwrap();
+        assert_eq!(kv.get(&a2, "k").unwrap(), None);
+    }
+    let kv = dir.open(KvLimits::DEFAULT);
+    assert_eq!(kv.get(&a, "k").unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(kv.get(&b, "k").unwrap().as_deref(), Some(&b"three"[..]));
+    assert_eq!(kv.get(&a2, "k").unwrap(), None);
+    assert_eq!(
+        kv.usage("a").unwrap(),
+        Usage {
+            keys: 1,
+            bytes: 1 + 3
+        }
+    );
+}
+
+/// Whatever the key, one app's bucket never lists or reads another's:
+/// keys that look like another namespace stay inside their own.
+#[test]
+fn no_key_reaches_another_app_or_store() {
+    let dir = Scratch::new();
+    let kv = dir.open(KvLimits::DEFAULT);
+    let (a, ab, b) = (
+        Bucket::new("a", "default"),
+        Bucket::new("a", "b"),
+        Bucket::new("a-b", "default"),
+    );
+    kv.set(&b, "secret", b"x").unwrap();
+    for key in ["\0a-b\0default\0secret", "../a-b/secret", "", "\u{1}"] {
+        kv.set(&a, key, b"mine").unwrap();
+    }
+    kv.set(&ab, "z", b"y").unwrap();
+    let listed = kv.list_keys(&a, None).unwrap();
+    assert_eq!(listed.keys.len(), 4, "{listed:?}");
+    assert!(listed.keys.iter().all(|k| k != "secret"), "{listed:?}");
+    assert_eq!(kv.list_keys(&ab, None).unwrap().keys, ["z"]);
+    assert_eq!(kv.list_keys(&b, None).unwrap().keys, ["secret"]);
+    assert_eq!(kv.get(&a, "secret").unwrap(), None);
+    assert_eq!(kv.get(&b, "secret").unwrap().as_deref(), Some(&b"x"[..]));
+}
+
+#[test]
+fn keys_are_listed_in_order_a_page_at_a_time() {
+    let dir = Scratch::new();
+    let kv = dir.open(KvLimits {
+        page_keys: 3,
+        ..KvLimits::DEFAULT
+    });
+    let bucket = Bucket::new("a", "default");
+    let other = Bucket::new("a", "default2");
+    kv.set(&other, "a0", b"").unwrap();
+    for i in (0..8).rev() {
+        kv.set(&bucket, &format!("k{i}"), b"v").unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = kv.list_keys(&bucket, cursor.as_deref()).unwrap();
+        pages += 1;
+        assert!(page.keys.len() <= 3);
+        seen.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn limits_and_quotas_are_refused_naming_the_limit_and_change_nothing() {
+    let dir = Scratch::new();
+    let kv = dir.open(KvLimits {
+        max_key_bytes: 8,
+        max_value_bytes: 16,
+        max_keys: 3,
+        max_bytes: 30,
+        page_keys: 100,
+    });
+    let bucket = Bucket::new("a", "default");
+    let err = kv.set(&bucket, "a-long-key", b"v").unwrap_err();
+    assert!(
+        matches!(&err, KvError::Limit(m) if m.contains("key")),
+        "{err}"
+    );
+    let err = kv.set(&bucket, "k", &[0; 17]).unwrap_err();
+    assert!(
+        matches!(&err, KvError::Limit(m) if m.contains("value")),
+        "{err}"
+    );
+    for key in ["k1", "k2", "k3"] {
+        kv.set(&bucket, key, b"0123").unwrap();
+    }
+    let err = kv.set(&bucket, "k4", b"x").unwrap_err();
+    assert!(err.to_string().contains("quota of 3"), "{err}");
+    // Overwriting an existing key is not a new key; growing past the bytes
+    // quota is refused.
+    kv.set(&bucket, "k1", b"01234567").unwrap();
+    let err = kv.set(&bucket, "k2", &[b'x'; 16]).unwrap_err();
+    assert!(err.to_string().contains("bytes"), "{err}");
+    assert_eq!(
+        kv.usage("a").unwrap(),
+        Usage {
+            keys: 3,
+            bytes: 6 + 8 + 4 + 4
+        }
+    );
+    // The quota is the app's, whatever the store.
+    let err = kv.set(&Bucket::new("a", "other"), "k", b"x").unwrap_err();
+    assert!(matches!(err, KvError::Limit(_)), "{err}");
+    assert!(kv.set(&Bucket::new("b", "default"), "k", b"x").is_ok());
+    // A batch over quota changes none of its keys.
+    kv.delete(&bucket, "k3").unwrap();
+    let pairs = vec![
+        ("n1".to_string(), b"1".to_vec()),
+        ("n2".into(), b"2".to_vec()),
+    ];
+    assert!(kv.set_many(&bucket, &pairs).is_err());
+    assert_eq!(kv.get(&bucket, "n1").unwrap(), None);
+}
+
+#[test]
+fn counters_count_from_absent_and_refuse_what_is_not_a_number() {
+    let dir = Scratch::new();
+    let kv = dir.open(KvLimits::DEFAULT);
+    let bucket = Bucket::new("a", "default");
+    assert_eq!(kv.increment(&bucket, "n", 5).unwrap(), 5);
+    assert_eq!(kv.increment(&bucket, "n", -7).unwrap(), -2);
+    assert_eq!(kv.get(&bucket, "n").unwrap().as_deref(), Some(&b"-2"[..]));
+    kv.set(&bucket, "text", b"hello").unwrap();
+    let err = kv.increment(&bucket, "text", 1).unwrap_err();
+    assert!(matches!(err, KvError::NotANumber(_)), "{err}");
+    kv.set(&bucket, "big", i64::MAX.to_string().as_bytes())
+        .unwrap();
+    assert!(kv.increment(&bucket, "big", 1).is_err());
+    assert_eq!(
+        kv.get(&bucket, "big").unwrap().as_deref(),
+        Some(i64::MAX.to_string().as_bytes())
+    );
+}
+
+/// 8 threads × 125 increments = exactly 1000; 8 threads each adding its
+/// mark to one list by compare-and-swap, retrying on conflict, lose none.
+#[test]
+fn increments_and_swaps_under_contention_lose_no_update() {
+    let dir = Scratch::new();
+    let kv = Arc::new(dir.open(KvLimits::DEFAULT));
+    let bucket = Bucket::new("a", "default");
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let (kv, bucket) = (kv.clone(), bucket.clone());
+            std::thread::spawn(move || {
+                for _ in 0..125 {
+                    kv.increment(&bucket, "hits", 1).unwrap();
+                }
+                let mut conflicts = 0;
+                loop {
+                    let now = kv.get(&bucket, "list").unwrap();
+                    let mut next = now.clone().unwrap_or_default();
+                    next.push(b'a' + t);
+                    if kv.swap(&bucket, "list", now.as_deref(), &next).unwrap() {
+                        break conflicts;
+                    }
+                    conflicts += 1;
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(
+        kv.get(&bucket, "hits").unwrap().as_deref(),
+        Some(&b"1000"[..])
+    );
+    let mut list = kv.get(&bucket, "list").unwrap().unwrap();
+    list.sort();
+    assert_eq!(list, b"abcdefgh");
+    // A swap from a stale value changes nothing.
+    assert!(!kv.swap(&bucket, "list", Some(b"stale"), b"x").unwrap());
+    assert!(!kv.swap(&bucket, "hits", None, b"x").unwrap());
+    assert_eq!(
+        kv.get(&bucket, "hits").unwrap().as_deref(),
+        Some(&b"1000"[..])
+    );
+}
+
+#[test]
+fn batches_read_write_and_delete_many_keys() {
+    let dir = Scratch::new();
+    let kv = dir.open(KvLimits::DEFAULT);
+    let bucket = Bucket::new("a", "default");
+    let pairs: Vec<(String, Vec<u8>)> = (0..5).map(|i| (format!("k{i}"), vec![b'0' + i])).collect();
+    kv.set_many(&bucket, &pairs).unwrap();
+    let keys = vec!["k1".to_string(), "missing".into(), "k4".into()];
+    assert_eq!(
+        kv.get_many(&bucket, &keys).unwrap(),
+        vec![Some(b"1".to_vec()), None, Some(b"4".to_vec())]
+    );
+    kv.delete_many(&bucket, &keys).unwrap();
+    assert_eq!(
+        kv.list_keys(&bucket, None).unwrap().keys,
+        ["k0", "k2", "k3"]
+    );
+    assert_eq!(kv.usage("a").unwrap().keys, 3);
+}
+
+#[test]
+fn deleting_an_app_deletes_its_data_and_only_its_data() {
+    let dir = Scratch::new();
+    let kv = dir.open(KvLimits::DEFAULT);
+    kv.set(&Bucket::new("a", "default"), "k", b"1").unwrap();
+    kv.set(&Bucket::new("a", "sessions"), "k", b"22").unwrap();
+    kv.set(&Bucket::new("ab", "default"), "k", b"3").unwrap();
+    let held = kv.delete_app("a").unwrap();
+    assert_eq!(held, Usage { keys: 2, bytes: 5 });
+    assert_eq!(kv.usage("a").unwrap(), Usage::default());
+    assert_eq!(kv.get(&Bucket::new("a", "default"), "k").unwrap(), None);
+    assert_eq!(
+        kv.get(&Bucket::new("ab", "default"), "k")
+            .unwrap()
+            .as_deref(),
+        Some(&b"3"[..])
+    );
+}

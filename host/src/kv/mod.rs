@@ -1,0 +1,151 @@
+//! Key-value state for apps, the storage behind `wasi:keyvalue`: each
+//! app's data in a namespace of its own ([`Bucket`]: the app and one of
+//! the stores it declared), bounded by [`KvLimits`], in an embedded,
+//! crash-safe store in the state directory ([`embedded`]).
+//!
+//! Keys and values are bytes to the backend; a bucket's keys are listed in
+//! order, a page at a time, with the last key of a page as the cursor.
+//! `increment` keeps a counter as its decimal text (what Redis' `INCRBY`
+//! keeps, so a counter reads the same whatever the backend); compare and
+//! swap compares the whole value.
+//!
+//! Errors say which limit or what failed; the guest sees them as the
+//! interface's `other(...)` and the host and other apps are unaffected.
+
+// Not linked to guests yet (issue 12 continues): only the tests use it.
+#![allow(dead_code)]
+
+pub mod embedded;
+
+/// One store of one app: everything a guest's bucket may touch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Bucket {
+    pub app: String,
+    pub store: String,
+}
+
+impl Bucket {
+    /// The namespace of `store` of `app`. App names are checked at deploy
+    /// (lowercase letters, digits, `-`); store names by
+    /// [`validate_store_name`].
+    pub fn new(app: &str, store: &str) -> Bucket {
+        Bucket {
+            app: app.to_string(),
+            store: store.to_string(),
+        }
+    }
+}
+
+/// Store names an app may declare: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`.
+pub fn validate_store_name(name: &str) -> Result<(), KvError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(KvError::Invalid(format!(
+            "store name {name:?} must be 1 to 64 of a-z, 0-9, `-`, `_` and `.`"
+        )))
+    }
+}
+
+/// What one app may keep, and how much one request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLimits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Keys one app may hold, all its stores together.
+    pub max_keys: u64,
+    /// Bytes (keys and values) one app may hold, all its stores together.
+    pub max_bytes: u64,
+    /// Keys one `list-keys` page returns at most.
+    pub page_keys: usize,
+}
+
+impl KvLimits {
+    /// The defaults of the host's flags.
+    pub const DEFAULT: KvLimits = KvLimits {
+        max_key_bytes: 256,
+        max_value_bytes: 1 << 20,
+        max_keys: 100_000,
+        max_bytes: 64 << 20,
+        page_keys: 1000,
+    };
+
+    pub(crate) fn check_key(&self, key: &str) -> Result<(), KvError> {
+        if key.len() > self.max_key_bytes {
+            return Err(KvError::Limit(format!(
+                "key of {} bytes is over the limit of {} bytes",
+                key.len(),
+                self.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.max_value_bytes {
+            return Err(KvError::Limit(format!(
+                "value of {} bytes is over the limit of {} bytes",
+                value.len(),
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Would an app holding `usage` stay within its quota?
+    pub(crate) fn check_usage(&self, usage: Usage) -> Result<(), KvError> {
+        if usage.keys > self.max_keys {
+            return Err(KvError::Limit(format!(
+                "the app would hold {} keys, over its quota of {}",
+                usage.keys, self.max_keys
+            )));
+        }
+        if usage.bytes > self.max_bytes {
+            return Err(KvError::Limit(format!(
+                "the app would hold {} bytes, over its quota of {}",
+                usage.bytes, self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What an app holds, all its stores together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub keys: u64,
+    /// Bytes of its keys and values.
+    pub bytes: u64,
+}
+
+/// A page of keys and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    pub keys: Vec<String>,
+    /// The cursor of the next page; `None` after the last.
+    pub cursor: Option<String>,
+}
+
+/// Why a key-value operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// A name or argument that can never be used.
+    #[error("{0}")]
+    Invalid(String),
+    /// A key, value or quota limit; the message names it.
+    #[error("{0}")]
+    Limit(String),
+    /// A value `increment` cannot count from (not a decimal integer), or a
+    /// count past the integer range.
+    #[error("{0}")]
+    NotANumber(String),
+    /// The backend failed (disk, a lost connection); the message says how.
+    #[error("{0}")]
+    Backend(String),
+}
