@@ -576,8 +576,15 @@ impl Registry {
                     }
                 }
                 Err((record, err)) => {
-                    let reason = err.to_string();
-                    tracing::error!(app = %name, error = %reason, "failed to restore app; it is not served until it is deployed again or the host restarts with the problem fixed");
+                    tracing::error!(app = %name, error = %err, "failed to restore app; it is not served until it is deployed again or the host restarts with the problem fixed");
+                    // The reason is shown by `/readyz` (open to anyone) and
+                    // the API: a host failure names files and OS errors,
+                    // which only the log gets.
+                    let reason = if err.is_host_failure() {
+                        "its stored files could not be read or used; the host's log says which and why".to_string()
+                    } else {
+                        err.to_string()
+                    };
                     summary.failed += 1;
                     self.commit(&name, Change::Fail { record, reason }).await?;
                 }

@@ -319,6 +319,19 @@ async fn a_restart_restores_what_it_can_and_lists_the_rest_as_failed() {
         registry.deploy("b", variant(1), at("/b")).await.unwrap();
     }
     std::fs::write(state.0.join("apps/broken.json"), b"{not json").unwrap();
+    // An app whose stored component and compiled code are gone.
+    let gone = {
+        let (registry, _) = registry(&state, 5);
+        let view = registry.deploy("c", variant(5), at("/c")).await.unwrap();
+        view.versions[0].record.digest.clone()
+    };
+    for sub in ["components", "cache"] {
+        for entry in std::fs::read_dir(state.0.join(sub)).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&gone) {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
     // A stored record whose route a static app now takes.
     let dir = Scratch::new();
     let path = component_file(&dir, variant(9));
@@ -334,16 +347,21 @@ async fn a_restart_restores_what_it_can_and_lists_the_rest_as_failed() {
         .await
         .unwrap();
     let restored = registry.restore().await.unwrap();
-    assert_eq!((restored.apps, restored.failed), (1, 2), "{restored:?}");
+    assert_eq!((restored.apps, restored.failed), (1, 3), "{restored:?}");
     assert_eq!(served(&routes, "/a").map(|(app, _)| app), Some("a".into()));
     assert_eq!(served(&routes, "/b").map(|(app, _)| app), Some("s".into()));
     let failed = registry.failed();
-    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed.len(), 2, "{failed:?}");
     assert_eq!(failed[0].0, "b");
     assert!(
         failed[0].1.contains("already served by app s"),
         "{failed:?}"
     );
+    // A host failure is told without the state dir's paths (`/readyz`
+    // shows it to anyone); the log has them.
+    assert_eq!(failed[1].0, "c");
+    assert!(failed[1].1.contains("host's log"), "{failed:?}");
+    assert!(!failed[1].1.contains('/'), "{failed:?}");
     let b = registry.get("b").await.unwrap();
     assert!(b.failed.is_some());
     // A failed app cannot be changed, only deployed again or removed.
@@ -351,7 +369,7 @@ async fn a_restart_restores_what_it_can_and_lists_the_rest_as_failed() {
     assert!(err.to_string().contains("not being served"), "{err}");
     registry.remove("b").await.unwrap();
     assert!(record_on_disk(&state, "b").is_none());
-    assert!(registry.failed().is_empty());
+    assert_eq!(registry.failed().len(), 1, "c is left");
     assert!(
         state.0.join("apps/broken.json").is_file(),
         "kept for the operator"
