@@ -31,7 +31,7 @@ GUEST_WIT := $(wildcard guests/wit/*.wit guests/wit/deps/*.wit)
 JS_WIT := target/js-wit
 KUBE_VALIDATE := $(TOOLS)/bin/kubernetes-validate
 
-.PHONY: help wasm-target build-guest build-guests build run test tools lint fuzz fuzz-nightly bench fmt clean
+.PHONY: help wasm-target build-guest build-guests build run test tools redis-server lint fuzz fuzz-nightly bench fmt clean
 
 help:
 	@echo "build-guest   build the default guest (target/$(WASM_TARGET)/release/guest.wasm)"
@@ -100,7 +100,18 @@ $(KUBE_VALIDATE): | $(TOOLS)/bin/pip
 $(SCHEMATHESIS): | $(TOOLS)/bin/pip
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check schemathesis==4.32.5
 
-tools: $(KUBE_VALIDATE) $(SCHEMATHESIS)
+# The key-value tests (host/src/kv/tests.rs) run a real redis-server, each
+# its own on a free loopback port, stopped when the test ends. Debian's, when
+# it is missing (as root, or through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server from Debian (the key-value tests run it)"; \
+		$(SUDO) apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }; }
+
+tools: $(KUBE_VALIDATE) $(SCHEMATHESIS) redis-server
 
 test: build-guests tools
 	$(CARGO) build -p host

@@ -41,7 +41,7 @@
 //!   shared), stores, limits, guest output, outbound HTTP.
 //! - [`kv`]: apps' key-value state (the storage behind `wasi:keyvalue`,
 //!   issue 12, not linked to guests yet): per-app namespaces, limits and
-//!   quotas, the embedded redb backend.
+//!   quotas, the embedded redb backend and the Redis one.
 //! - [`http`]: serving a listener (accept, TLS, hyper, idle and head
 //!   deadlines, drain), knowing no apps; the host's own error responses.
 //! - [`metrics`]: the Prometheus metrics.

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::kv::{Bucket, KeyPage, KvError, KvLimits, Usage};
+use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
@@ -78,10 +78,6 @@ impl Embedded {
         Ok(Embedded { db, limits })
     }
 
-    pub fn limits(&self) -> &KvLimits {
-        &self.limits
-    }
-
     /// Run `change` on the data and usage tables in one write transaction,
     /// committed only if it succeeds.
     fn write<T>(
@@ -100,8 +96,14 @@ impl Embedded {
         txn.commit().map_err(backend)?;
         Ok(out)
     }
+}
 
-    pub fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
+impl Backend for Embedded {
+    fn limits(&self) -> &KvLimits {
+        &self.limits
+    }
+
+    fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
         self.limits.check_key(key)?;
         let txn = self.db.begin_read().map_err(backend)?;
         let data = txn.open_table(DATA).map_err(backend)?;
@@ -111,23 +113,22 @@ impl Embedded {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    pub fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
+    fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
         Ok(self.get(bucket, key)?.is_some())
     }
 
-    pub fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
+    fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
         self.limits.check_key(key)?;
         self.limits.check_value(value)?;
         self.write(|data, usage| put(&self.limits, bucket, key, value, data, usage))
     }
 
-    pub fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
+    fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
         self.limits.check_key(key)?;
         self.write(|data, usage| remove(bucket, key, data, usage))
     }
 
-    /// Up to a page of `bucket`'s keys after `cursor`, in order.
-    pub fn list_keys(&self, bucket: &Bucket, cursor: Option<&str>) -> Result<KeyPage> {
+    fn list_keys(&self, bucket: &Bucket, cursor: Option<&str>) -> Result<KeyPage> {
         let start = prefix(bucket);
         let end = after(&start);
         let from = match cursor {
@@ -159,9 +160,7 @@ impl Embedded {
         Ok(KeyPage { keys, cursor })
     }
 
-    /// Add `delta` to the counter at `key` (absent counts as 0); the new
-    /// count.
-    pub fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
+    fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
         self.limits.check_key(key)?;
         self.write(|data, usage| {
             let now = match data
@@ -188,9 +187,7 @@ impl Embedded {
         })
     }
 
-    /// Set `key` to `value` if it still holds `expected` (`None`: absent);
-    /// `false` if it does not, and nothing changed.
-    pub fn swap(
+    fn swap(
         &self,
         bucket: &Bucket,
         key: &str,
@@ -212,7 +209,7 @@ impl Embedded {
         })
     }
 
-    pub fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+    fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         for key in keys {
             self.limits.check_key(key)?;
         }
@@ -228,8 +225,7 @@ impl Embedded {
             .collect()
     }
 
-    /// Set every pair, all or none (one transaction).
-    pub fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
+    fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
         for (key, value) in pairs {
             self.limits.check_key(key)?;
             self.limits.check_value(value)?;
@@ -242,7 +238,7 @@ impl Embedded {
         })
     }
 
-    pub fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
+    fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
         for key in keys {
             self.limits.check_key(key)?;
         }
@@ -254,15 +250,13 @@ impl Embedded {
         })
     }
 
-    /// What app `app` holds, all its stores together.
-    pub fn usage(&self, app: &str) -> Result<Usage> {
+    fn usage(&self, app: &str) -> Result<Usage> {
         let txn = self.db.begin_read().map_err(backend)?;
         let usage = txn.open_table(USAGE).map_err(backend)?;
         read_usage(&usage, app)
     }
 
-    /// Delete everything app `app` holds; what it held.
-    pub fn delete_app(&self, app: &str) -> Result<Usage> {
+    fn delete_app(&self, app: &str) -> Result<Usage> {
         let mut start = app.as_bytes().to_vec();
         start.push(0);
         let end = after(&start);
@@ -356,6 +350,3 @@ fn remove(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

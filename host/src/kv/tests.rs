@@ -1,41 +1,132 @@
-//! The embedded backend on a real file: namespaces, limits and quotas,
+//! One suite for both backends, each test run against the embedded store
+//! (a real file) and against a real `redis-server` started on a free
+//! loopback port (`make tools` installs it): namespaces, limits and quotas,
 //! counters and compare-and-swap under contention, paging, durability
 //! across a reopen, and deleting one app's data.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::kv::embedded::Embedded;
-use crate::kv::{Bucket, KvError, KvLimits, Usage};
+use crate::kv::redis::Redis;
+use crate::kv::{Backend, Bucket, KvError, KvLimits, Usage};
 
-/// A store file in a directory removed when dropped.
-struct Scratch(PathBuf);
+/// Where a backend keeps its data for one test; removed (or stopped) when
+/// dropped.
+enum Fixture {
+    Embedded(PathBuf),
+    Redis { server: Child, url: String },
+}
 
-impl Scratch {
-    fn new() -> Scratch {
+impl Fixture {
+    fn embedded() -> Fixture {
         let dir = std::env::temp_dir().join(format!(
             "host-kv-test-{}-{}",
             std::process::id(),
             fastrand::u64(..)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        Fixture::Embedded(dir)
     }
 
-    fn open(&self, limits: KvLimits) -> Embedded {
-        Embedded::open(&self.0.join("kv.redb"), limits).unwrap()
+    /// A `redis-server` of its own on a free loopback port, nothing saved.
+    fn redis() -> Fixture {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Fixture::redis_on(port, None)
+    }
+
+    /// The same on `port`, with `password` if given (in the URL too).
+    fn redis_on(port: u16, password: Option<&str>) -> Fixture {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some(password) = password {
+            command.args(["--requirepass", password]);
+        }
+        let server = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server: {e}; `make tools` installs it"));
+        let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+        let url = format!("redis://{auth}127.0.0.1:{port}/0");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let started = Instant::now();
+        while client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Fixture::Redis { server, url }
+    }
+
+    /// The backend on this fixture's data (again: a reopen).
+    fn open(&self, limits: KvLimits) -> Arc<dyn Backend> {
+        match self {
+            Fixture::Embedded(dir) => {
+                Arc::new(Embedded::open(&dir.join("kv.redb"), limits).unwrap())
+            }
+            Fixture::Redis { url, .. } => Arc::new(Redis::open(url, limits).unwrap()),
+        }
     }
 }
 
-impl Drop for Scratch {
+impl Drop for Fixture {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        match self {
+            Fixture::Embedded(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Fixture::Redis { server, .. } => {
+                let _ = server.kill();
+                let _ = server.wait();
+            }
+        }
     }
 }
 
-#[test]
-fn values_are_kept_per_app_and_store_and_survive_a_reopen() {
-    let dir = Scratch::new();
+/// Each test of the suite, once per backend.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[test]
+            fn embedded() {
+                super::$name(super::Fixture::embedded());
+            }
+
+            #[test]
+            fn redis() {
+                super::$name(super::Fixture::redis());
+            }
+        })*
+    };
+}
+
+on_both!(
+    values_are_kept_per_app_and_store_and_survive_a_reopen,
+    no_key_reaches_another_app_or_store,
+    keys_are_listed_in_order_a_page_at_a_time,
+    limits_and_quotas_are_refused_naming_the_limit_and_change_nothing,
+    counters_count_from_absent_and_refuse_what_is_not_a_number,
+    increments_and_swaps_under_contention_lose_no_update,
+    batches_read_write_and_delete_many_keys,
+    deleting_an_app_deletes_its_data_and_only_its_data,
+);
+
+fn values_are_kept_per_app_and_store_and_survive_a_reopen(dir: Fixture) {
     let (a, a2, b) = (
         Bucket::new("a", "default"),
         Bucket::new("a", "sessions"),
@@ -68,9 +159,7 @@ fn values_are_kept_per_app_and_store_and_survive_a_reopen() {
 
 /// Whatever the key, one app's bucket never lists or reads another's:
 /// keys that look like another namespace stay inside their own.
-#[test]
-fn no_key_reaches_another_app_or_store() {
-    let dir = Scratch::new();
+fn no_key_reaches_another_app_or_store(dir: Fixture) {
     let kv = dir.open(KvLimits::DEFAULT);
     let (a, ab, b) = (
         Bucket::new("a", "default"),
@@ -91,9 +180,7 @@ fn no_key_reaches_another_app_or_store() {
     assert_eq!(kv.get(&b, "secret").unwrap().as_deref(), Some(&b"x"[..]));
 }
 
-#[test]
-fn keys_are_listed_in_order_a_page_at_a_time() {
-    let dir = Scratch::new();
+fn keys_are_listed_in_order_a_page_at_a_time(dir: Fixture) {
     let kv = dir.open(KvLimits {
         page_keys: 3,
         ..KvLimits::DEFAULT
@@ -122,9 +209,7 @@ fn keys_are_listed_in_order_a_page_at_a_time() {
     assert_eq!(seen, expected);
 }
 
-#[test]
-fn limits_and_quotas_are_refused_naming_the_limit_and_change_nothing() {
-    let dir = Scratch::new();
+fn limits_and_quotas_are_refused_naming_the_limit_and_change_nothing(dir: Fixture) {
     let kv = dir.open(KvLimits {
         max_key_bytes: 8,
         max_value_bytes: 16,
@@ -174,9 +259,7 @@ fn limits_and_quotas_are_refused_naming_the_limit_and_change_nothing() {
     assert_eq!(kv.get(&bucket, "n1").unwrap(), None);
 }
 
-#[test]
-fn counters_count_from_absent_and_refuse_what_is_not_a_number() {
-    let dir = Scratch::new();
+fn counters_count_from_absent_and_refuse_what_is_not_a_number(dir: Fixture) {
     let kv = dir.open(KvLimits::DEFAULT);
     let bucket = Bucket::new("a", "default");
     assert_eq!(kv.increment(&bucket, "n", 5).unwrap(), 5);
@@ -196,10 +279,8 @@ fn counters_count_from_absent_and_refuse_what_is_not_a_number() {
 
 /// 8 threads × 125 increments = exactly 1000; 8 threads each adding its
 /// mark to one list by compare-and-swap, retrying on conflict, lose none.
-#[test]
-fn increments_and_swaps_under_contention_lose_no_update() {
-    let dir = Scratch::new();
-    let kv = Arc::new(dir.open(KvLimits::DEFAULT));
+fn increments_and_swaps_under_contention_lose_no_update(dir: Fixture) {
+    let kv = dir.open(KvLimits::DEFAULT);
     let bucket = Bucket::new("a", "default");
     let threads: Vec<_> = (0..8u8)
         .map(|t| {
@@ -240,9 +321,7 @@ fn increments_and_swaps_under_contention_lose_no_update() {
     );
 }
 
-#[test]
-fn batches_read_write_and_delete_many_keys() {
-    let dir = Scratch::new();
+fn batches_read_write_and_delete_many_keys(dir: Fixture) {
     let kv = dir.open(KvLimits::DEFAULT);
     let bucket = Bucket::new("a", "default");
     let pairs: Vec<(String, Vec<u8>)> = (0..5).map(|i| (format!("k{i}"), vec![b'0' + i])).collect();
@@ -260,9 +339,7 @@ fn batches_read_write_and_delete_many_keys() {
     assert_eq!(kv.usage("a").unwrap().keys, 3);
 }
 
-#[test]
-fn deleting_an_app_deletes_its_data_and_only_its_data() {
-    let dir = Scratch::new();
+fn deleting_an_app_deletes_its_data_and_only_its_data(dir: Fixture) {
     let kv = dir.open(KvLimits::DEFAULT);
     kv.set(&Bucket::new("a", "default"), "k", b"1").unwrap();
     kv.set(&Bucket::new("a", "sessions"), "k", b"22").unwrap();
@@ -277,4 +354,43 @@ fn deleting_an_app_deletes_its_data_and_only_its_data() {
             .as_deref(),
         Some(&b"3"[..])
     );
+}
+
+/// Redis going away makes operations fail fast with an error that names
+/// it (never its password), and they work again once it is back.
+#[test]
+fn a_redis_outage_fails_fast_and_recovers() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fixture = Fixture::redis_on(port, Some("hunter2"));
+    let url = match &fixture {
+        Fixture::Redis { url, .. } => url.clone(),
+        Fixture::Embedded(_) => unreachable!(),
+    };
+    let kv = Redis::open(&url, KvLimits::DEFAULT).unwrap();
+    let bucket = Bucket::new("a", "default");
+    kv.set(&bucket, "k", b"v").unwrap();
+    drop(fixture);
+
+    let started = Instant::now();
+    let err = kv.get(&bucket, "k").unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+    assert!(matches!(err, KvError::Backend(_)), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    let wrong = Redis::open(&url.replace("hunter2", "wrong"), KvLimits::DEFAULT).unwrap();
+
+    // Back on the same port (empty: nothing was saved).
+    let _back = Fixture::redis_on(port, Some("hunter2"));
+    kv.set(&bucket, "k", b"again").unwrap();
+    assert_eq!(
+        kv.get(&bucket, "k").unwrap().as_deref(),
+        Some(&b"again"[..])
+    );
+    let refused = wrong.get(&bucket, "k").unwrap_err().to_string();
+    assert!(!refused.contains("wrong"), "{refused}");
 }

@@ -1,0 +1,484 @@
+//! The Redis key-value backend (`--kv-url redis://HOST:PORT/DB`), for
+//! hosts that share state. Every operation that writes is one Lua script,
+//! which Redis runs atomically: the value, the bucket's key index and the
+//! app's usage change together, so increments, compare-and-swap and the
+//! quota hold across every host on the same Redis.
+//!
+//! ```text
+//! kv:APP:STORE        hash: key → value
+//! kv:APP:STORE:keys   sorted set of the bucket's keys (lexicographic paging)
+//! kv:APP:usage        hash: keys, bytes (all the app's stores)
+//! ```
+//!
+//! App and store names hold no `:`, so one bucket's keys can never be
+//! another's. Connections come from a small pool, each with connect, read
+//! and write timeouts: when Redis is down an operation fails within them
+//! and says so, and the next one connects again. Blocking: call from the
+//! blocking pool. The URL's credentials are never logged or shown.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::{Client, Connection, Script, Value};
+
+use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage};
+
+type Result<T, E = KvError> = std::result::Result<T, E>;
+
+/// Idle connections kept for reuse.
+const POOL: usize = 16;
+/// Longest wait to connect, and for one reply.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Lua that writes one key within the app's quota: a function of the
+/// bucket hash, its index, the usage hash, the key, the value and the two
+/// quotas. Returns `{1}`, or `{0, keys, bytes}` when over quota.
+const PUT: &str = r#"
+local function put(hash, index, usage, key, value, max_keys, max_bytes)
+  local keys = tonumber(redis.call('HGET', usage, 'keys') or '0')
+  local bytes = tonumber(redis.call('HGET', usage, 'bytes') or '0')
+  if redis.call('HEXISTS', hash, key) == 1 then
+    bytes = bytes - redis.call('HSTRLEN', hash, key) + string.len(value)
+  else
+    keys = keys + 1
+    bytes = bytes + string.len(key) + string.len(value)
+  end
+  if keys > max_keys or bytes > max_bytes then
+    return {0, keys, bytes}
+  end
+  redis.call('HSET', hash, key, value)
+  redis.call('ZADD', index, 0, key)
+  redis.call('HSET', usage, 'keys', keys, 'bytes', bytes)
+  return {1}
+end
+"#;
+
+/// Remove one key (nothing if absent), keeping the usage right.
+const REMOVE: &str = r#"
+local function remove(hash, index, usage, key)
+  if redis.call('HEXISTS', hash, key) == 1 then
+    local len = redis.call('HSTRLEN', hash, key)
+    redis.call('HDEL', hash, key)
+    redis.call('ZREM', index, key)
+    redis.call('HINCRBY', usage, 'keys', -1)
+    redis.call('HINCRBY', usage, 'bytes', -(string.len(key) + len))
+  end
+end
+"#;
+
+/// The Redis store.
+pub struct Redis {
+    client: Client,
+    /// Where it is, without credentials, for messages.
+    shown: String,
+    idle: Mutex<Vec<Connection>>,
+    limits: KvLimits,
+    set: Script,
+    swap: Script,
+    increment: Script,
+    delete: Script,
+    set_many: Script,
+    delete_many: Script,
+}
+
+/// `redis://user:password@host:port/db` → `redis://host:port/db`.
+fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => "the Redis URL".to_string(),
+    }
+}
+
+impl Redis {
+    /// A store on the Redis at `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`).
+    /// Nothing is connected until the first operation.
+    pub fn open(url: &str, limits: KvLimits) -> Result<Redis> {
+        let shown = without_credentials(url);
+        let client = Client::open(url)
+            .map_err(|e| KvError::Invalid(format!("{shown} is not a usable Redis URL: {e}")))?;
+        Ok(Redis {
+            client,
+            shown,
+            idle: Mutex::new(Vec::new()),
+            limits,
+            set: Script::new(&format!(
+                "{PUT} local r = put(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])) return r"
+            )),
+            swap: Script::new(&format!(
+                "{PUT}
+                 local now = redis.call('HGET', KEYS[1], ARGV[1])
+                 if ARGV[5] == '0' then
+                   if now then return {{2}} end
+                 elseif now ~= ARGV[6] then
+                   return {{2}}
+                 end
+                 return put(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))"
+            )),
+            increment: Script::new(&format!(
+                "{PUT}
+                 local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
+                 local before = redis.call('HGET', KEYS[1], ARGV[1])
+                 local ok, err = pcall(redis.call, 'HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+                 if not ok then
+                   if string.find(tostring(err), 'overflow') then return {{-2}} end
+                   return {{-1}}
+                 end
+                 local after = redis.call('HGET', KEYS[1], ARGV[1])
+                 -- Put the old value back and write the new one through the
+                 -- quota check.
+                 if existed == 1 then
+                   redis.call('HSET', KEYS[1], ARGV[1], before)
+                 else
+                   redis.call('HDEL', KEYS[1], ARGV[1])
+                 end
+                 local r = put(KEYS[1], KEYS[2], KEYS[3], ARGV[1], after, tonumber(ARGV[3]), tonumber(ARGV[4]))
+                 if r[1] == 1 then return {{1, after}} end
+                 return r"
+            )),
+            delete: Script::new(&format!("{REMOVE} remove(KEYS[1], KEYS[2], KEYS[3], ARGV[1]) return 1")),
+            set_many: Script::new(&format!(
+                "{PUT}
+                 -- All or none: check the whole batch first.
+                 local keys = tonumber(redis.call('HGET', KEYS[3], 'keys') or '0')
+                 local bytes = tonumber(redis.call('HGET', KEYS[3], 'bytes') or '0')
+                 local seen = {{}}
+                 for i = 3, #ARGV, 2 do
+                   local key, value = ARGV[i], ARGV[i + 1]
+                   local old = seen[key]
+                   if old == nil and redis.call('HEXISTS', KEYS[1], key) == 1 then
+                     old = redis.call('HSTRLEN', KEYS[1], key)
+                   end
+                   if old == nil then
+                     keys = keys + 1
+                     bytes = bytes + string.len(key) + string.len(value)
+                   else
+                     bytes = bytes - old + string.len(value)
+                   end
+                   seen[key] = string.len(value)
+                 end
+                 if keys > tonumber(ARGV[1]) or bytes > tonumber(ARGV[2]) then
+                   return {{0, keys, bytes}}
+                 end
+                 for i = 3, #ARGV, 2 do
+                   put(KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[i + 1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+                 end
+                 return {{1}}"
+            )),
+            delete_many: Script::new(&format!(
+                "{REMOVE} for i = 1, #ARGV do remove(KEYS[1], KEYS[2], KEYS[3], ARGV[i]) end return 1"
+            )),
+        })
+    }
+
+    /// What went wrong talking to Redis, said without credentials.
+    fn failed(&self, err: redis::RedisError) -> KvError {
+        KvError::Backend(format!(
+            "the Redis key-value store at {} failed: {}",
+            self.shown, err
+        ))
+    }
+
+    /// Run `work` on a pooled connection; a connection that failed is
+    /// dropped, not pooled.
+    fn with<T>(&self, work: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut connection = match pooled {
+            Some(connection) => connection,
+            None => {
+                let connection = self
+                    .client
+                    .get_connection_with_timeout(TIMEOUT)
+                    .map_err(|e| self.failed(e))?;
+                connection
+                    .set_read_timeout(Some(TIMEOUT))
+                    .and_then(|()| connection.set_write_timeout(Some(TIMEOUT)))
+                    .map_err(|e| self.failed(e))?;
+                connection
+            }
+        };
+        let out = work(&mut connection).map_err(|e| self.failed(e))?;
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < POOL
+        {
+            idle.push(connection);
+        }
+        Ok(out)
+    }
+
+    fn hash(bucket: &Bucket) -> String {
+        format!("kv:{}:{}", bucket.app, bucket.store)
+    }
+
+    fn keys(bucket: &Bucket) -> [String; 3] {
+        let hash = Self::hash(bucket);
+        let index = format!("{hash}:keys");
+        [hash, index, format!("kv:{}:usage", bucket.app)]
+    }
+
+    /// A script's `{0, keys, bytes}` as the quota error it is.
+    fn over_quota(&self, reply: &[Value]) -> KvError {
+        let number = |i: usize| match reply.get(i) {
+            Some(Value::Int(n)) => *n as u64,
+            _ => 0,
+        };
+        let usage = Usage {
+            keys: number(1),
+            bytes: number(2),
+        };
+        self.limits
+            .check_usage(usage)
+            .err()
+            .unwrap_or_else(|| KvError::Limit("over the app's quota".into()))
+    }
+}
+
+fn status(reply: &[Value]) -> i64 {
+    match reply.first() {
+        Some(Value::Int(n)) => *n,
+        _ => 0,
+    }
+}
+
+impl Backend for Redis {
+    fn limits(&self) -> &KvLimits {
+        &self.limits
+    }
+
+    fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
+        self.limits.check_key(key)?;
+        self.with(|c| redis::cmd("HGET").arg(Self::hash(bucket)).arg(key).query(c))
+    }
+
+    fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
+        self.limits.check_key(key)?;
+        self.with(|c| {
+            redis::cmd("HEXISTS")
+                .arg(Self::hash(bucket))
+                .arg(key)
+                .query(c)
+        })
+    }
+
+    fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
+        self.limits.check_key(key)?;
+        self.limits.check_value(value)?;
+        let reply: Vec<Value> = self.with(|c| {
+            self.set
+                .key(&Self::keys(bucket)[..])
+                .arg(key)
+                .arg(value)
+                .arg(self.limits.max_keys)
+                .arg(self.limits.max_bytes)
+                .invoke(c)
+        })?;
+        match status(&reply) {
+            1 => Ok(()),
+            _ => Err(self.over_quota(&reply)),
+        }
+    }
+
+    fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
+        self.limits.check_key(key)?;
+        self.with(|c| {
+            self.delete
+                .key(&Self::keys(bucket)[..])
+                .arg(key)
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn list_keys(&self, bucket: &Bucket, cursor: Option<&str>) -> Result<KeyPage> {
+        let from = match cursor {
+            Some(cursor) => {
+                let mut from = b"(".to_vec();
+                from.extend_from_slice(cursor.as_bytes());
+                from
+            }
+            None => b"-".to_vec(),
+        };
+        let page = self.limits.page_keys;
+        let mut keys: Vec<Vec<u8>> = self.with(|c| {
+            redis::cmd("ZRANGEBYLEX")
+                .arg(format!("{}:keys", Self::hash(bucket)))
+                .arg(from)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(page + 1)
+                .query(c)
+        })?;
+        let more = keys.len() > page;
+        keys.truncate(page);
+        let keys: Vec<String> = keys
+            .into_iter()
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect();
+        let cursor = if more { keys.last().cloned() } else { None };
+        Ok(KeyPage { keys, cursor })
+    }
+
+    fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
+        self.limits.check_key(key)?;
+        let reply: Vec<Value> = self.with(|c| {
+            self.increment
+                .key(&Self::keys(bucket)[..])
+                .arg(key)
+                .arg(delta)
+                .arg(self.limits.max_keys)
+                .arg(self.limits.max_bytes)
+                .invoke(c)
+        })?;
+        match status(&reply) {
+            1 => {
+                let text = match reply.get(1) {
+                    Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                    _ => String::new(),
+                };
+                text.parse()
+                    .map_err(|_| KvError::Backend(format!("Redis answered {text:?} for a counter")))
+            }
+            -1 => Err(KvError::NotANumber(format!(
+                "the value of {key} is not a decimal integer, so it cannot be incremented"
+            ))),
+            -2 => Err(KvError::NotANumber(format!(
+                "incrementing {key} by {delta} would leave the 64-bit range"
+            ))),
+            _ => Err(self.over_quota(&reply)),
+        }
+    }
+
+    fn swap(
+        &self,
+        bucket: &Bucket,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool> {
+        self.limits.check_key(key)?;
+        self.limits.check_value(value)?;
+        let reply: Vec<Value> = self.with(|c| {
+            self.swap
+                .key(&Self::keys(bucket)[..])
+                .arg(key)
+                .arg(value)
+                .arg(self.limits.max_keys)
+                .arg(self.limits.max_bytes)
+                .arg(if expected.is_some() { "1" } else { "0" })
+                .arg(expected.unwrap_or_default())
+                .invoke(c)
+        })?;
+        match status(&reply) {
+            1 => Ok(true),
+            2 => Ok(false),
+            _ => Err(self.over_quota(&reply)),
+        }
+    }
+
+    fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        for key in keys {
+            self.limits.check_key(key)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            redis::cmd("HMGET")
+                .arg(Self::hash(bucket))
+                .arg(keys)
+                .query(c)
+        })
+    }
+
+    fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
+        for (key, value) in pairs {
+            self.limits.check_key(key)?;
+            self.limits.check_value(value)?;
+        }
+        let reply: Vec<Value> = self.with(|c| {
+            let mut call = self.set_many.key(&Self::keys(bucket)[..]);
+            call.arg(self.limits.max_keys).arg(self.limits.max_bytes);
+            for (key, value) in pairs {
+                call.arg(key).arg(value.as_slice());
+            }
+            call.invoke(c)
+        })?;
+        match status(&reply) {
+            1 => Ok(()),
+            _ => Err(self.over_quota(&reply)),
+        }
+    }
+
+    fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
+        for key in keys {
+            self.limits.check_key(key)?;
+        }
+        self.with(|c| {
+            self.delete_many
+                .key(&Self::keys(bucket)[..])
+                .arg(keys)
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn usage(&self, app: &str) -> Result<Usage> {
+        let (keys, bytes): (Option<u64>, Option<u64>) = self.with(|c| {
+            redis::cmd("HMGET")
+                .arg(format!("kv:{app}:usage"))
+                .arg("keys")
+                .arg("bytes")
+                .query(c)
+        })?;
+        Ok(Usage {
+            keys: keys.unwrap_or(0),
+            bytes: bytes.unwrap_or(0),
+        })
+    }
+
+    fn delete_app(&self, app: &str) -> Result<Usage> {
+        let held = self.usage(app)?;
+        let pattern = format!("kv:{app}:*");
+        self.with(|c| {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK").arg(&keys).query::<i64>(c)?;
+                }
+                if next == 0 {
+                    return Ok(());
+                }
+                cursor = next;
+            }
+        })?;
+        Ok(held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn credentials_are_never_shown() {
+        assert_eq!(
+            without_credentials("redis://user:p@ss@db.example:6379/2"),
+            "redis://db.example:6379/2"
+        );
+        assert_eq!(
+            without_credentials("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(without_credentials("nonsense"), "the Redis URL");
+    }
+}
