@@ -11,12 +11,13 @@
 //! ```
 //!
 //! App and store names hold no `:`, so one bucket's keys can never be
-//! another's. Connections come from a small pool, each with connect, read
-//! and write timeouts: when Redis is down an operation fails within them
+//! another's. Connections come from a pool bounded at [`MAX_CONNECTIONS`]
+//! (a call past it waits, then fails), each with connect, read and write
+//! timeouts: when Redis is down an operation fails within them
 //! and says so, and the next one connects again. Blocking: call from the
 //! blocking pool. The URL's credentials are never logged or shown.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use redis::{Client, Connection, Script, Value};
@@ -25,6 +26,9 @@ use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage};
 
 type Result<T, E = KvError> = std::result::Result<T, E>;
 
+/// Connections open at once, at most (each call holds one); a call past
+/// it waits for one to come back, up to [`TIMEOUT`].
+const MAX_CONNECTIONS: usize = 64;
 /// Idle connections kept for reuse.
 const POOL: usize = 16;
 /// Longest wait to connect, and for one reply.
@@ -72,6 +76,8 @@ pub struct Redis {
     /// Where it is, without credentials, for messages.
     shown: String,
     idle: Mutex<Vec<Connection>>,
+    /// Connections in use, and a wake-up when one comes back.
+    busy: (Mutex<usize>, Condvar),
     limits: KvLimits,
     set: Script,
     swap: Script,
@@ -103,6 +109,7 @@ impl Redis {
             client,
             shown,
             idle: Mutex::new(Vec::new()),
+            busy: (Mutex::new(0), Condvar::new()),
             limits,
             set: Script::new(&format!(
                 "{PUT} local r = put(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])) return r"
@@ -184,6 +191,7 @@ impl Redis {
     /// Run `work` on a pooled connection; a connection that failed is
     /// dropped, not pooled.
     fn with<T>(&self, work: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T> {
+        let _slot = self.slot()?;
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut connection = match pooled {
             Some(connection) => connection,
@@ -206,6 +214,26 @@ impl Redis {
             idle.push(connection);
         }
         Ok(out)
+    }
+
+    /// One of the [`MAX_CONNECTIONS`], held until dropped.
+    fn slot(&self) -> Result<Slot<'_>> {
+        let (count, freed) = &self.busy;
+        fn broken<E>(_: E) -> KvError {
+            KvError::Backend("the Redis connection pool failed".into())
+        }
+        let count = count.lock().map_err(broken)?;
+        let (mut count, waited) = freed
+            .wait_timeout_while(count, TIMEOUT, |n| *n >= MAX_CONNECTIONS)
+            .map_err(broken)?;
+        if waited.timed_out() && *count >= MAX_CONNECTIONS {
+            return Err(KvError::Backend(format!(
+                "all {MAX_CONNECTIONS} connections to the Redis key-value store at {} are busy",
+                self.shown
+            )));
+        }
+        *count += 1;
+        Ok(Slot(&self.busy))
     }
 
     fn hash(bucket: &Bucket) -> String {
@@ -232,6 +260,19 @@ impl Redis {
             .check_usage(usage)
             .err()
             .unwrap_or_else(|| KvError::Limit("over the app's quota".into()))
+    }
+}
+
+/// A connection slot in use; frees it when dropped.
+struct Slot<'a>(&'a (Mutex<usize>, Condvar));
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        if let Ok(mut count) = count.lock() {
+            *count = count.saturating_sub(1);
+        }
+        freed.notify_one();
     }
 }
 
