@@ -121,12 +121,7 @@ fn guest() -> Vec<u8> {
 /// The guest with a custom section naming `n`: another digest, so
 /// another version of the same app.
 fn variant(n: u8) -> Vec<u8> {
-    let mut wasm = guest();
-    let name = b"test-variant";
-    wasm.extend_from_slice(&[0, (name.len() + 2) as u8, name.len() as u8]);
-    wasm.extend_from_slice(name);
-    wasm.push(n);
-    wasm
+    tests::variant(&guest(), n.into())
 }
 
 async fn deploy(server: &Server, name: &str, settings: &str) -> (u16, serde_json::Value) {

@@ -8,11 +8,13 @@
 //! and a client for a host's admin API.
 
 mod admin;
+mod component;
 mod paths;
 mod process;
 mod tempdir;
 
 pub use admin::*;
+pub use component::*;
 pub use paths::*;
 pub use process::*;
 pub use tempdir::*;

@@ -14,10 +14,11 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use crate::config::{CONCURRENCY, RESTART_APPS};
-use crate::servers::{Running, cli_deploy, host, variant};
+use crate::servers::{Running, cli_deploy, host};
 use crate::tools::file_size;
 use crate::wrk::{self, Measured};
 use crate::{Bench, log};
+use tests::variant;
 
 /// Medians per (server, concurrency), servers in the order started.
 pub struct Throughput {

@@ -53,13 +53,7 @@ fn guest() -> Bytes {
 /// The guest with a custom section naming `n`: the same app, another
 /// digest (another version).
 fn variant(n: u8) -> Bytes {
-    let mut wasm = guest().to_vec();
-    let name = b"test-variant";
-    let payload_len = 1 + name.len() + 1;
-    wasm.extend_from_slice(&[0, payload_len as u8, name.len() as u8]);
-    wasm.extend_from_slice(name);
-    wasm.push(n);
-    Bytes::from(wasm)
+    Bytes::from(::tests::variant(&guest(), n.into()))
 }
 
 /// `wasm` as `app.wasm` in `dir`, as an operator would declare it.
