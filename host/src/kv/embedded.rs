@@ -170,11 +170,9 @@ impl Backend for Embedded {
                 Some(value) => parse_count(key, value.value())?,
                 None => 0,
             };
-            let next = now.checked_add(delta).ok_or_else(|| {
-                KvError::NotANumber(format!(
-                    "incrementing {key} by {delta} would leave the 64-bit range"
-                ))
-            })?;
+            let next = now
+                .checked_add(delta)
+                .ok_or_else(|| KvError::overflow(key, delta))?;
             put(
                 &self.limits,
                 bucket,
@@ -292,11 +290,7 @@ fn parse_count(key: &str, value: &[u8]) -> Result<i64> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|text| text.trim().parse().ok())
-        .ok_or_else(|| {
-            KvError::NotANumber(format!(
-                "the value of {key} is not a decimal integer, so it cannot be incremented"
-            ))
-        })
+        .ok_or_else(|| KvError::not_a_number(key))
 }
 
 /// Write `key` = `value` in `bucket`, within the app's quota.

@@ -172,6 +172,22 @@ pub struct KeyPage {
     pub cursor: Option<String>,
 }
 
+impl KvError {
+    /// The value at `key` is not a counter.
+    pub(crate) fn not_a_number(key: &str) -> KvError {
+        KvError::NotANumber(format!(
+            "the value of {key} is not a decimal integer, so it cannot be incremented"
+        ))
+    }
+
+    /// Adding `delta` to the counter at `key` would overflow.
+    pub(crate) fn overflow(key: &str, delta: i64) -> KvError {
+        KvError::NotANumber(format!(
+            "incrementing {key} by {delta} would leave the 64-bit range"
+        ))
+    }
+}
+
 /// Why a key-value operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {

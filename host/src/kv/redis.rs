@@ -236,6 +236,21 @@ impl Redis {
         Ok(Slot(&self.busy))
     }
 
+    /// Run `script` on `bucket`'s keys (its hash, index and the app's
+    /// usage) with the arguments `args` gives it.
+    fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        bucket: &Bucket,
+        args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<T> {
+        self.with(|c| {
+            let mut call = script.key(&Self::keys(bucket)[..]);
+            args(&mut call);
+            call.invoke(c)
+        })
+    }
+
     fn hash(bucket: &Bucket) -> String {
         format!("kv:{}:{}", bucket.app, bucket.store)
     }
@@ -306,14 +321,11 @@ impl Backend for Redis {
     fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
         self.limits.check_key(key)?;
         self.limits.check_value(value)?;
-        let reply: Vec<Value> = self.with(|c| {
-            self.set
-                .key(&Self::keys(bucket)[..])
-                .arg(key)
+        let reply: Vec<Value> = self.run(&self.set, bucket, |call| {
+            call.arg(key)
                 .arg(value)
                 .arg(self.limits.max_keys)
-                .arg(self.limits.max_bytes)
-                .invoke(c)
+                .arg(self.limits.max_bytes);
         })?;
         match status(&reply) {
             1 => Ok(()),
@@ -323,11 +335,8 @@ impl Backend for Redis {
 
     fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
         self.limits.check_key(key)?;
-        self.with(|c| {
-            self.delete
-                .key(&Self::keys(bucket)[..])
-                .arg(key)
-                .invoke::<i64>(c)
+        self.run::<i64>(&self.delete, bucket, |call| {
+            call.arg(key);
         })?;
         Ok(())
     }
@@ -364,14 +373,11 @@ impl Backend for Redis {
 
     fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
         self.limits.check_key(key)?;
-        let reply: Vec<Value> = self.with(|c| {
-            self.increment
-                .key(&Self::keys(bucket)[..])
-                .arg(key)
+        let reply: Vec<Value> = self.run(&self.increment, bucket, |call| {
+            call.arg(key)
                 .arg(delta)
                 .arg(self.limits.max_keys)
-                .arg(self.limits.max_bytes)
-                .invoke(c)
+                .arg(self.limits.max_bytes);
         })?;
         match status(&reply) {
             1 => {
@@ -382,12 +388,8 @@ impl Backend for Redis {
                 text.parse()
                     .map_err(|_| KvError::Backend(format!("Redis answered {text:?} for a counter")))
             }
-            -1 => Err(KvError::NotANumber(format!(
-                "the value of {key} is not a decimal integer, so it cannot be incremented"
-            ))),
-            -2 => Err(KvError::NotANumber(format!(
-                "incrementing {key} by {delta} would leave the 64-bit range"
-            ))),
+            -1 => Err(KvError::not_a_number(key)),
+            -2 => Err(KvError::overflow(key, delta)),
             _ => Err(self.over_quota(&reply)),
         }
     }
@@ -401,16 +403,13 @@ impl Backend for Redis {
     ) -> Result<bool> {
         self.limits.check_key(key)?;
         self.limits.check_value(value)?;
-        let reply: Vec<Value> = self.with(|c| {
-            self.swap
-                .key(&Self::keys(bucket)[..])
-                .arg(key)
+        let reply: Vec<Value> = self.run(&self.swap, bucket, |call| {
+            call.arg(key)
                 .arg(value)
                 .arg(self.limits.max_keys)
                 .arg(self.limits.max_bytes)
                 .arg(if expected.is_some() { "1" } else { "0" })
-                .arg(expected.unwrap_or_default())
-                .invoke(c)
+                .arg(expected.unwrap_or_default());
         })?;
         match status(&reply) {
             1 => Ok(true),
@@ -439,13 +438,11 @@ impl Backend for Redis {
             self.limits.check_key(key)?;
             self.limits.check_value(value)?;
         }
-        let reply: Vec<Value> = self.with(|c| {
-            let mut call = self.set_many.key(&Self::keys(bucket)[..]);
+        let reply: Vec<Value> = self.run(&self.set_many, bucket, |call| {
             call.arg(self.limits.max_keys).arg(self.limits.max_bytes);
             for (key, value) in pairs {
                 call.arg(key).arg(value.as_slice());
             }
-            call.invoke(c)
         })?;
         match status(&reply) {
             1 => Ok(()),
@@ -457,11 +454,8 @@ impl Backend for Redis {
         for key in keys {
             self.limits.check_key(key)?;
         }
-        self.with(|c| {
-            self.delete_many
-                .key(&Self::keys(bucket)[..])
-                .arg(keys)
-                .invoke::<i64>(c)
+        self.run::<i64>(&self.delete_many, bucket, |call| {
+            call.arg(keys);
         })?;
         Ok(())
     }
