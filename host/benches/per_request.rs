@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -67,20 +66,8 @@ fn per_request(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let limits = Limits {
-        memory_bytes: 128 << 20,
-        timeout: Duration::from_secs(30),
         max_concurrent: 16,
-        max_body_bytes: 1 << 20,
-        body_read_timeout: Duration::from_secs(10),
-        body_min_rate: 1024,
-        body_min_rate_grace: Duration::from_secs(5),
-        rate_limit_rps: 0,
-        client_rate_limit_rps: 0,
-        instance_reuse: 1,
-        instance_concurrency: 1,
-        max_resources: 1024,
-        max_outbound: 16,
-        max_outbound_app: 256,
+        ..Limits::fixture()
     };
     let permits = Arc::new(Semaphore::new(16));
     let mut group = c.benchmark_group("per_request");

@@ -59,10 +59,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits for tests: 128 MiB, 30 s, 100 at once, 1 MiB bodies, a fresh
-    /// instance per request.
-    #[cfg(test)]
-    pub(crate) fn fixture() -> Limits {
+    /// Limits for tests and the in-process bench: 128 MiB, 30 s, 100 at
+    /// once, 1 MiB bodies, a fresh instance per request.
+    #[doc(hidden)]
+    pub fn fixture() -> Limits {
         Limits {
             memory_bytes: 128 << 20,
             timeout: Duration::from_secs(30),
