@@ -12,8 +12,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use host::runtime::instance::{AppShare, RequestContext};
 use host::runtime::limits::{Limits, MemoryBudget};
-use host::runtime::outbound::OutboundPolicy;
-use host::runtime::served::{Identity, ServedVersion};
+use host::runtime::served::{Grants, Identity, ServedVersion};
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -53,9 +52,7 @@ fn served_version(limits: Limits) -> ServedVersion {
         },
         pre,
         limits,
-        Vec::new(),
-        Vec::new(),
-        OutboundPolicy::parse(&[]).expect("empty allow-list"),
+        Grants::none(&"bench".into()),
         AppShare::new(&limits, &MemoryBudget::new(64 << 30)),
     )
 }

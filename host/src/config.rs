@@ -10,6 +10,8 @@ use std::time::Duration;
 use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::Ceilings;
 use crate::front::FrontConfig;
+use crate::kv::KvLimits;
+use crate::kv::redis::without_credentials;
 use crate::runtime::engine::{MemoryReset, PoolShape};
 use crate::runtime::limits::Limits;
 
@@ -22,6 +24,37 @@ pub enum DefaultApp {
     Explicit(PathBuf),
     /// The built default guest: served only if no other app serves `/`.
     Implicit(PathBuf),
+}
+
+/// Where apps' key-value data lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KvBackend {
+    /// The embedded store, this file in the state directory.
+    Embedded(PathBuf),
+    /// A Redis (`--kv-url`); the URL may hold credentials, so it is never
+    /// shown whole (not even by `Debug`).
+    Redis(String),
+}
+
+impl std::fmt::Debug for KvBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvBackend::Embedded(path) => f.debug_tuple("Embedded").field(path).finish(),
+            KvBackend::Redis(url) => f
+                .debug_tuple("Redis")
+                .field(&without_credentials(url))
+                .finish(),
+        }
+    }
+}
+
+/// Apps' key-value state: where, and its limits.
+#[derive(Debug, Clone)]
+pub struct KvConfig {
+    pub backend: KvBackend,
+    pub limits: KvLimits,
+    /// Operations one request may make.
+    pub max_ops: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +81,7 @@ pub struct Config {
     /// How memory slots are reset between instances.
     pub memory_reset: MemoryReset,
     pub secrets: SecretPolicy,
+    pub kv: KvConfig,
     pub front: FrontConfig,
     pub drain_timeout: Duration,
     pub shutdown_delay: Duration,

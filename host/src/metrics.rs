@@ -57,6 +57,26 @@ pub struct OutboundLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvLabels {
+    pub app: String,
+    /// `open`, `get`, `set`, `delete`, `exists`, `list_keys`, `increment`,
+    /// `cas`, `swap`, `get_many`, `set_many`, `delete_many`, and `admin_*`
+    /// for the admin API's calls.
+    pub op: String,
+    /// `ok`, `denied` (undeclared store), `limit` (a key, value, quota or
+    /// per-request limit), `invalid`, `error` (the backend failed),
+    /// `timeout` (the request's deadline passed).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvOpLabels {
+    /// `embedded` or `redis`.
+    pub backend: String,
+    pub op: String,
+}
+
 pub struct Metrics {
     registry: MetricRegistry,
     pub requests: Family<RequestLabels, Counter>,
@@ -78,6 +98,13 @@ pub struct Metrics {
     pub memory_budget_used: Gauge,
     /// Deploys being uploaded or compiled now.
     pub deploys_in_progress: Gauge,
+    /// Key-value operations by app, operation and result.
+    pub kv_operations: Family<KvLabels, Counter>,
+    /// Time a key-value operation took in the backend, by backend and op.
+    pub kv_duration: Family<KvOpLabels, Histogram>,
+    /// Keys and bytes each app holds (read from the store at each scrape).
+    pub kv_keys: Family<AppLabel, Gauge>,
+    pub kv_bytes: Family<AppLabel, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -104,6 +131,10 @@ impl Metrics {
             apps_failed: Gauge::default(),
             memory_budget_used: Gauge::default(),
             deploys_in_progress: Gauge::default(),
+            kv_operations: Family::default(),
+            kv_duration: Family::new_with_constructor(latency_histogram),
+            kv_keys: Family::default(),
+            kv_bytes: Family::default(),
             registry: MetricRegistry::default(),
         };
         registry.register(
@@ -181,6 +212,26 @@ impl Metrics {
             "Guest memory (linear memories and tables) held by all instances, charged to --memory-budget-mib",
             m.memory_budget_used.clone(),
         );
+        registry.register(
+            "kv_operations",
+            "Key-value operations by app, operation and result",
+            m.kv_operations.clone(),
+        );
+        registry.register(
+            "kv_duration_seconds",
+            "Time a key-value operation took in its backend, by backend and operation",
+            m.kv_duration.clone(),
+        );
+        registry.register(
+            "kv_keys",
+            "Keys each app holds in the key-value store (read at each scrape)",
+            m.kv_keys.clone(),
+        );
+        registry.register(
+            "kv_bytes",
+            "Bytes of keys and values each app holds in the key-value store (read at each scrape)",
+            m.kv_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -225,6 +276,46 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// One key-value operation of `app` and how it ended.
+    pub fn kv_operation(&self, app: &str, op: &str, result: &str) {
+        self.kv_operations
+            .get_or_create(&KvLabels {
+                app: app.to_string(),
+                op: op.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// How long one key-value operation took in `backend`.
+    pub fn kv_time(&self, backend: &str, op: &str, time: Duration) {
+        self.kv_duration
+            .get_or_create(&KvOpLabels {
+                backend: backend.to_string(),
+                op: op.to_string(),
+            })
+            .observe(time.as_secs_f64());
+    }
+
+    /// What `app` holds in the key-value store now.
+    pub fn kv_usage(&self, app: &str, keys: u64, bytes: u64) {
+        let label = AppLabel {
+            app: app.to_string(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.kv_keys.get_or_create(&label).set(gauge(keys));
+        self.kv_bytes.get_or_create(&label).set(gauge(bytes));
+    }
+
+    /// `app` is gone: drop its key-value usage series.
+    pub fn kv_forget(&self, app: &str) {
+        let label = AppLabel {
+            app: app.to_string(),
+        };
+        self.kv_keys.remove(&label);
+        self.kv_bytes.remove(&label);
     }
 
     pub fn deploy(&self, result: &str) {

@@ -22,10 +22,11 @@ use crate::admin::Admin;
 use crate::apps::manifest;
 use crate::apps::registry::{DEFAULT_APP, Registry, RegistryConfig};
 use crate::apps::state_dir::StateDir;
-use crate::config::{Config, DefaultApp};
+use crate::config::{Config, DefaultApp, KvBackend, KvConfig};
 use crate::front::Router;
 use crate::http::server::{self, ConnOptions, Health};
 use crate::http::tls::CertStore;
+use crate::kv::service::KvService;
 use crate::routing::{Route, Routes};
 use crate::runtime::engine::{EngineSpec, Engines, EpochTicker};
 use crate::runtime::limits::MemoryBudget;
@@ -132,6 +133,7 @@ pub async fn run(
         .context("failed to read the bound admin address")?;
 
     let state = StateDir::open(&config.state_dir)?;
+    let kv = open_kv(&config.kv)?;
     let routes = Arc::new(Routes::default());
     let router = Arc::new(Router::new(config.front, routes.clone()));
     let shown = if public_addr.ip().is_unspecified() {
@@ -153,6 +155,8 @@ pub async fn run(
             keep_versions: config.keep_versions,
             compile_timeout: config.compile_timeout,
             public_base: format!("{scheme}://{shown}"),
+            kv: kv.clone(),
+            kv_max_ops: config.kv.max_ops,
         },
     );
     crate::apps::gc::start(&registry);
@@ -297,4 +301,21 @@ fn conn_options(config: &Config, public: bool) -> ConnOptions {
         h2_max_local_error_resets: config.h2_max_local_error_resets,
         public,
     }
+}
+
+/// Open the apps' key-value store: the embedded file (created if missing)
+/// or the Redis client (which connects on first use, so a Redis that is
+/// down does not stop the start: KV calls fail until it returns).
+fn open_kv(config: &KvConfig) -> Result<KvService> {
+    let kv = match &config.backend {
+        KvBackend::Embedded(path) => KvService::embedded(path, config.limits),
+        KvBackend::Redis(url) => KvService::redis(url, config.limits),
+    }
+    .context("failed to open the key-value store")?;
+    tracing::info!(
+        backend = kv.kind(),
+        store = kv.shown(),
+        "key-value store open"
+    );
+    Ok(kv)
 }

@@ -77,6 +77,26 @@ pub fn path(request: &IncomingRequest) -> String {
     }
 }
 
+/// The request body, up to `max` bytes (`None`: longer, or it failed).
+pub fn read_body(request: IncomingRequest, max: usize) -> Option<Vec<u8>> {
+    let body = request.consume().ok()?;
+    let stream = body.stream().ok()?;
+    let mut out = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => {
+                out.extend_from_slice(&chunk);
+                if out.len() > max {
+                    return None;
+                }
+            }
+            Err(StreamError::Closed) => break,
+            Err(_) => return None,
+        }
+    }
+    Some(out)
+}
+
 /// The value of query parameter `name`, if present.
 pub fn query_param(request: &IncomingRequest, name: &str) -> Option<String> {
     let full = request.path_with_query()?;

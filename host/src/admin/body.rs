@@ -181,3 +181,20 @@ pub(crate) async fn read_json<T: for<'de> Deserialize<'de>>(
         .map(Some)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
+
+/// A raw body of at most `max` bytes (a key-value value); longer is 413.
+pub(crate) async fn read_value(
+    request: Request<Incoming>,
+    max: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let body = http_body_util::Limited::new(request.into_body(), max);
+    body.collect()
+        .await
+        .map(|collected| collected.to_bytes().to_vec())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the value is over the limit of {max} bytes (--kv-max-value-bytes)"),
+            )
+        })
+}

@@ -1,4 +1,5 @@
-//! The admin endpoints under `/v1/apps`: each a call on the
+//! The admin endpoints under `/v1/apps` (the apps, and their key-value
+//! data under `/v1/apps/{name}/kv`): each a call on the
 //! [`Registry`], its result as JSON, its error as a status ([`ApiError`]).
 //! Deploys are limited to [`MAX_CONCURRENT_DEPLOYS`] at once.
 //!
@@ -7,6 +8,7 @@
 //! written but not served, or a component it stores unprotected from the
 //! collector); it only misses the answer.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -16,12 +18,14 @@ use serde::{Deserialize, Deserializer};
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::admin::body::{read_deploy, read_json};
-use crate::admin::reply::{ApiError, json};
+use crate::admin::body::{read_deploy, read_json, read_value};
+use crate::admin::reply::{ApiError, bytes, json};
 use crate::apps::error::AppError;
 use crate::apps::registry::Registry;
 use crate::http::response;
+use crate::kv::validate_store_name;
 use crate::metrics::metrics;
+use crate::runtime::keyvalue::DEFAULT_STORE;
 
 /// Deploys read and compiled at once; more are refused (503) so that
 /// uploads held in memory stay bounded by this × `--max-upload-bytes`.
@@ -73,6 +77,29 @@ fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     }
 }
 
+/// The store a key-value request names (`?store=`, `default` when absent).
+fn kv_store(query: &HashMap<String, String>) -> Result<String, ApiError> {
+    let store = query.get("store").map_or(DEFAULT_STORE, String::as_str);
+    validate_store_name(store)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(store.to_string())
+}
+
+/// The key of `/v1/apps/{name}/kv/{key}`: the rest of the path,
+/// percent-decoded (so a key may hold `/` and any UTF-8).
+fn kv_key(path: &str) -> Result<String, ApiError> {
+    let raw = path.splitn(6, '/').nth(5).unwrap_or_default();
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|key| key.into_owned())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the key must be percent-encoded UTF-8",
+            )
+        })
+}
+
 /// Counts a deploy in `host_deploys_in_progress` while it lives.
 struct InProgress;
 
@@ -95,6 +122,10 @@ impl Endpoints {
         request: Request<Incoming>,
     ) -> Result<Response<HyperOutgoingBody>, ApiError> {
         let path = request.uri().path().trim_end_matches('/').to_string();
+        let query: HashMap<String, String> =
+            form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let method = request.method().clone();
         let registry = self.registry.clone();
@@ -118,11 +149,84 @@ impl Endpoints {
             }
             (["v1", "apps", name], &Method::DELETE) => {
                 let owned = name.to_string();
-                to_completion(async move { registry.remove(&owned).await }).await?;
+                let keep_data = match query.get("keep_data").map(String::as_str) {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("keep_data must be true or false, got {other:?}"),
+                        ));
+                    }
+                };
+                let removed =
+                    to_completion(async move { registry.remove(&owned, keep_data).await }).await?;
+                let data = match removed.data {
+                    Some(usage) => serde_json::json!({
+                        "deleted": true, "keys": usage.keys, "bytes": usage.bytes,
+                    }),
+                    None => serde_json::json!({ "deleted": false }),
+                };
                 Ok(json(
                     StatusCode::OK,
-                    &serde_json::json!({ "deleted": name }),
+                    &serde_json::json!({ "deleted": name, "kv_data": data }),
                 ))
+            }
+            (["v1", "apps", name, "kv"], &Method::GET) => {
+                let store = kv_store(&query)?;
+                let prefix = query.get("prefix").cloned().unwrap_or_default();
+                let cursor = query.get("cursor").cloned();
+                let page = registry
+                    .kv_list(name, &store, prefix.clone(), cursor)
+                    .await?;
+                let usage = registry.kv_usage(name).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "app": name,
+                        "store": store,
+                        "prefix": prefix,
+                        "keys": page.keys,
+                        "cursor": page.cursor,
+                        "usage": { "keys": usage.keys, "bytes": usage.bytes },
+                    }),
+                ))
+            }
+            (["v1", "apps", name, "kv", _, ..], method)
+                if matches!(*method, Method::GET | Method::PUT | Method::DELETE) =>
+            {
+                let store = kv_store(&query)?;
+                let key = kv_key(&path)?;
+                let (name, method) = (name.to_string(), method.clone());
+                match method {
+                    Method::GET => {
+                        let value = registry.kv_get(&name, &store, key).await?;
+                        Ok(bytes(StatusCode::OK, value))
+                    }
+                    Method::PUT => {
+                        let max = registry.kv().limits().max_value_bytes;
+                        let value = read_value(request, max).await?;
+                        let size = value.len();
+                        let shown = key.clone();
+                        to_completion(
+                            async move { registry.kv_set(&name, &store, key, value).await },
+                        )
+                        .await?;
+                        Ok(json(
+                            StatusCode::OK,
+                            &serde_json::json!({ "key": shown, "bytes": size }),
+                        ))
+                    }
+                    _ => {
+                        let shown = key.clone();
+                        to_completion(async move { registry.kv_delete(&name, &store, key).await })
+                            .await?;
+                        Ok(json(
+                            StatusCode::OK,
+                            &serde_json::json!({ "deleted": shown }),
+                        ))
+                    }
+                }
             }
             (["v1", "apps", name, "versions"], &Method::POST) => {
                 let name = name.to_string();
@@ -186,6 +290,8 @@ impl Endpoints {
             (["v1", "apps", _, "versions" | "rollback"], _) => Ok(allow("POST")),
             (["v1", "apps", _, "canary"], _) => Ok(allow("PUT, DELETE")),
             (["v1", "apps", _, "canary", "promote"], _) => Ok(allow("POST")),
+            (["v1", "apps", _, "kv"], _) => Ok(allow("GET")),
+            (["v1", "apps", _, "kv", _, ..], _) => Ok(allow("GET, PUT, DELETE")),
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint at {path}; see api/openapi.json"),

@@ -10,7 +10,9 @@
 //! | PUT | `/v1/apps/{name}/canary` | set a canary (`{"version","weight","sticky"}`) |
 //! | POST | `/v1/apps/{name}/canary/promote` | make the canary current |
 //! | DELETE | `/v1/apps/{name}/canary` | abort the canary |
-//! | DELETE | `/v1/apps/{name}` | delete the app |
+//! | DELETE | `/v1/apps/{name}` | delete the app and its key-value data (`?keep_data=true` keeps it) |
+//! | GET | `/v1/apps/{name}/kv` | list keys (`?store=`, `prefix=`, `cursor=`) and usage |
+//! | GET, PUT, DELETE | `/v1/apps/{name}/kv/{key}` | read, write (raw body), delete a key (`?store=`) |
 //! | GET | `/healthz` | liveness (no token needed) |
 //! | GET | `/readyz` | readiness: apps loaded and not draining (no token needed) |
 //! | GET | `/metrics` | Prometheus metrics (no token needed) |
@@ -91,7 +93,7 @@ impl Admin {
 impl Handler for Admin {
     async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
         if (request.method() == Method::GET || request.method() == Method::HEAD)
-            && let Some(response) = self.probes.answer(request.uri().path())
+            && let Some(response) = self.probes.answer(request.uri().path()).await
         {
             return response;
         }

@@ -2,6 +2,7 @@
 //! anyone without a token, read-only, for probes and scrapers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Response, StatusCode};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -11,6 +12,9 @@ use crate::apps::registry::Registry;
 use crate::http::server::Health;
 use crate::metrics::metrics;
 use crate::runtime::limits::MemoryBudget;
+
+/// Longest a scrape waits to refresh the apps' key-value usage.
+const USAGE_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the open endpoints read.
 pub(crate) struct Probes {
@@ -28,7 +32,7 @@ impl Probes {
     /// restore does not make the host unready (one bad record must not take
     /// a whole fleet out of its load balancer); it is named in the body and
     /// counted by `host_apps_failed`.
-    pub(crate) fn answer(&self, path: &str) -> Option<Response<HyperOutgoingBody>> {
+    pub(crate) async fn answer(&self, path: &str) -> Option<Response<HyperOutgoingBody>> {
         match path {
             "/healthz" => Some(text(StatusCode::OK, "ok\n".into(), "text/plain")),
             "/readyz" => {
@@ -44,6 +48,10 @@ impl Probes {
             }
             "/metrics" => {
                 metrics().memory_budget_used.set(self.budget.used() as i64);
+                // A slow key-value store must not hold the scrape: the
+                // gauges keep their last values.
+                let _ = tokio::time::timeout(USAGE_READ_TIMEOUT, self.registry.kv_refresh_usage())
+                    .await;
                 Some(text(
                     StatusCode::OK,
                     metrics().encode(),

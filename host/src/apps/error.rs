@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use crate::kv::KvError;
 use crate::routing::InvalidRoute;
 use crate::runtime::outbound::InvalidOutbound;
 
@@ -27,6 +28,12 @@ pub enum AppError {
     /// unknown imports, compile too slow).
     #[error("{0}")]
     Unservable(String),
+    /// Over a limit (a key-value value or quota).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A service the change needs is down (the key-value store); retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// The state directory failed (disk full, permissions, a file this
     /// host did not write).
     #[error(transparent)]
@@ -46,6 +53,8 @@ impl AppError {
             AppError::NotFound(m) => AppError::NotFound(format!("{what}: {m}")),
             AppError::Conflict(m) => AppError::Conflict(format!("{what}: {m}")),
             AppError::Unservable(m) => AppError::Unservable(format!("{what}: {m}")),
+            AppError::TooLarge(m) => AppError::TooLarge(format!("{what}: {m}")),
+            AppError::Unavailable(m) => AppError::Unavailable(format!("{what}: {m}")),
             AppError::Internal(m) => AppError::Internal(format!("{what}: {m}")),
             AppError::Storage(err) => AppError::Storage(err),
         }
@@ -55,6 +64,16 @@ impl AppError {
     /// by changing the request.
     pub fn is_host_failure(&self) -> bool {
         matches!(self, AppError::Storage(_) | AppError::Internal(_))
+    }
+}
+
+impl From<KvError> for AppError {
+    fn from(err: KvError) -> AppError {
+        match err {
+            KvError::Invalid(m) | KvError::NotANumber(m) => AppError::Invalid(m),
+            KvError::Limit(m) => AppError::TooLarge(m),
+            KvError::Backend(m) | KvError::Timeout(m) => AppError::Unavailable(m),
+        }
     }
 }
 

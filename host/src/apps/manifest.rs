@@ -12,6 +12,7 @@
 //! config = { upstream_url = "https://api.example.com/" }
 //! secrets = { API_KEY = "env:HELLO_API_KEY" }
 //! allow_outbound = ["https://api.example.com"]
+//! key_value = ["default"]             # key-value stores it may open
 //! memory_mib = 64
 //! timeout_ms = 5000
 //! max_concurrent = 100

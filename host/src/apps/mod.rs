@@ -5,11 +5,13 @@
 //! record serves ([`provision`]: code from [`compiler`], the cache or a
 //! compile; secrets), stores the record ([`state_dir`]) and publishes the
 //! new routing table, all through one commit path; [`gc`] removes what no
-//! record names any more. [`views`] is what the admin API shows. Every
+//! record names any more. [`views`] is what the admin API shows; [`data`]
+//! is apps' key-value data as operators reach it. Every
 //! failure is an [`error::AppError`], which the admin API maps to a
 //! status.
 
 pub mod compiler;
+pub mod data;
 pub mod error;
 pub mod gc;
 pub mod manifest;

@@ -1,7 +1,8 @@
 //! What a record serves, made ready outside the registry's lock: for each
 //! version it names, its settings checked again against the host's
 //! ceilings, code (already in memory, else from [`Compiler`]: the cache or
-//! a compile), secrets read, the outbound allow-list parsed, and a [`ServedVersion`] that
+//! a compile), secrets read, the outbound allow-list parsed, the key-value
+//! stores it declared granted, and a [`ServedVersion`] that
 //! requests can run on. Versions the app already serves unchanged are kept
 //! as they are, warm instances and limiters too.
 
@@ -16,13 +17,15 @@ use crate::apps::error::AppError;
 use crate::apps::records::{AppRecord, VersionRecord, version_settings_key};
 use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::{AppSettings, Ceilings};
+use crate::kv::service::KvService;
 use crate::metrics::metrics;
 use crate::routing::{Canary, LiveApp};
 use crate::runtime::component::Pre;
 use crate::runtime::instance::AppShare;
+use crate::runtime::keyvalue::KvAccess;
 use crate::runtime::limits::{Limits, MemoryBudget};
 use crate::runtime::outbound::OutboundPolicy;
-use crate::runtime::served::{Identity, ServedVersion};
+use crate::runtime::served::{Grants, Identity, ServedVersion};
 
 /// Longest the host waits for an app's secrets to be read.
 const SECRET_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +58,9 @@ pub(crate) struct Provisioner {
     pub(crate) ceilings: Ceilings,
     pub(crate) secrets: SecretPolicy,
     pub(crate) budget: Arc<MemoryBudget>,
+    /// The host's key-value store, and the operations a request may make.
+    pub(crate) kv: KvService,
+    pub(crate) kv_max_ops: u32,
 }
 
 impl Provisioner {
@@ -129,23 +135,32 @@ impl Provisioner {
             }
         };
         let config = self.secrets(settings).await.map_err(in_version)?;
-        let outbound = OutboundPolicy::parse(&settings.allow_outbound)?;
+        let app: Arc<str> = name.into();
+        let grants = Grants {
+            env: settings
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            config,
+            outbound: OutboundPolicy::parse(&settings.allow_outbound)?,
+            kv: KvAccess::new(
+                &app,
+                self.kv.clone(),
+                settings.key_value.clone(),
+                self.kv_max_ops,
+            ),
+        };
         let served = Arc::new(ServedVersion::new(
             Identity {
-                app: name.into(),
+                app,
                 version: version.version.as_str().into(),
                 digest: version.digest.as_str().into(),
                 settings_key: version_settings_key(version),
             },
             pre.clone(),
             self.limits(settings),
-            settings
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            config,
-            outbound,
+            grants,
             share.clone(),
         ));
         Ok((served, pre, source))

@@ -46,6 +46,8 @@ use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::{AppSettings, Ceilings};
 use crate::apps::state_dir::{StateDir, sha256_hex};
 use crate::apps::views::{AppView, DeployRequest};
+use crate::kv::Usage;
+use crate::kv::service::KvService;
 use crate::metrics::metrics;
 use crate::routing::{LiveApp, Route, Routes, RoutingTable};
 use crate::runtime::component::{self, Pre, World};
@@ -68,6 +70,9 @@ pub struct RegistryConfig {
     pub compile_timeout: Duration,
     /// `http://ADDR` of the public listener, for the URLs shown to users.
     pub public_base: String,
+    /// The host's key-value store, and the operations a request may make.
+    pub kv: KvService,
+    pub kv_max_ops: u32,
 }
 
 #[derive(Default)]
@@ -277,6 +282,8 @@ impl Registry {
                 ceilings: config.ceilings,
                 secrets: config.secrets,
                 budget: config.budget,
+                kv: config.kv,
+                kv_max_ops: config.kv_max_ops,
             },
             keep_versions: config.keep_versions,
             public_base: config.public_base,
@@ -795,8 +802,11 @@ impl Registry {
         self.change(name, "canary aborted", plan::abort).await
     }
 
-    /// Stop serving app `name` and forget it (a failed one too).
-    pub async fn remove(&self, name: &str) -> Result<(), AppError> {
+    /// Stop serving app `name` and forget it (a failed one too), and
+    /// delete its key-value data unless `keep_data`: what was deleted.
+    /// Nothing is removed while the key-value store cannot be reached
+    /// (the data could not be deleted with it).
+    pub async fn remove(&self, name: &str, keep_data: bool) -> Result<Removed, AppError> {
         let before = {
             let inner = self.inner.lock().await;
             match inner.stored(name) {
@@ -807,10 +817,49 @@ impl Registry {
                 }
             }
         };
+        if !keep_data {
+            self.kv().usage(name).await.map_err(|e| {
+                AppError::from(e).context(format!(
+                    "app {name} was not removed, because its key-value data cannot be deleted now \
+                     (retry, or pass --keep-data to remove it and keep the data)"
+                ))
+            })?;
+        }
         self.commit(name, Change::Remove { before }).await?;
-        tracing::info!(app = name, "removed");
-        Ok(())
+        if keep_data {
+            tracing::info!(app = name, "removed; its key-value data is kept");
+            return Ok(Removed { data: None });
+        }
+        match self.kv().delete_app(name).await {
+            Ok(usage) => {
+                tracing::info!(
+                    app = name,
+                    keys = usage.keys,
+                    bytes = usage.bytes,
+                    "removed with its key-value data"
+                );
+                Ok(Removed { data: Some(usage) })
+            }
+            Err(err) => {
+                tracing::error!(app = name, error = %err, "removed, but its key-value data could not be deleted");
+                Err(AppError::Unavailable(format!(
+                    "app {name} was removed, but deleting its key-value data failed: {err}"
+                )))
+            }
+        }
     }
+
+    /// The host's key-value store.
+    pub(crate) fn kv(&self) -> &KvService {
+        &self.provision.kv
+    }
+}
+
+/// What removing an app deleted.
+#[derive(Debug, Clone, Copy)]
+pub struct Removed {
+    /// The key-value data deleted with it (`None`: kept).
+    pub data: Option<Usage>,
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Per-app settings: environment variables, `wasi:config` values, secrets,
-//! the outbound HTTP allow-list and limit overrides. They travel with each
+//! the outbound HTTP allow-list, the key-value stores it may open and limit
+//! overrides. They travel with each
 //! deployed version (a rollback restores the settings too), are validated
 //! before anything is compiled or stored, and never carry a secret's value:
 //! a secret is stored as where to read it from, and read at deploy and at
@@ -12,8 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::apps::error::AppError;
 use crate::apps::secrets::{SecretPolicy, SecretSource};
+use crate::kv::validate_store_name;
 use crate::runtime::limits::{Limits, MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE};
 use crate::runtime::outbound::OutboundPolicy;
+
+/// Most key-value stores one app may declare.
+pub const MAX_KV_STORES: usize = 16;
 
 /// Longest per-app timeout, in milliseconds.
 pub const MAX_APP_TIMEOUT_MS: u64 = 3_600_000;
@@ -41,6 +46,10 @@ pub struct AppSettings {
     pub secrets: BTreeMap<String, SecretSource>,
     /// `scheme://host[:port]` patterns the guest may call; `*.` for subdomains.
     pub allow_outbound: Vec<String>,
+    /// The key-value stores the guest may open through `wasi:keyvalue`
+    /// (each in the app's own namespace); any other is `access-denied`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub key_value: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +106,20 @@ impl AppSettings {
                 .map_err(|e| AppError::Invalid(format!("secret {name}: {e}")))?;
         }
         OutboundPolicy::parse(&self.allow_outbound)?;
+        if self.key_value.len() > MAX_KV_STORES {
+            return Err(AppError::Invalid(format!(
+                "key_value declares {} stores, over the limit of {MAX_KV_STORES}",
+                self.key_value.len()
+            )));
+        }
+        for (i, store) in self.key_value.iter().enumerate() {
+            validate_store_name(store).map_err(|e| AppError::Invalid(format!("key_value: {e}")))?;
+            if self.key_value[..i].contains(store) {
+                return Err(AppError::Invalid(format!(
+                    "key_value names the store {store:?} twice"
+                )));
+            }
+        }
         if let Some(mib) = self.memory_mib
             && !(1..=ceilings.memory_mib).contains(&mib)
         {

@@ -8,13 +8,14 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::cli::client;
+use crate::cli::{client, kv};
+use crate::kv::KvLimits;
 use crate::runtime::engine::{MemoryReset, PoolShape};
 
 /// Serve HTTP by running WebAssembly components: every request runs in a
 /// fresh, sandboxed instance of the component. The same binary is the
 /// client of a running host's admin API (deploy, apps, rollback, canary,
-/// remove).
+/// remove, kv).
 #[derive(Debug, Parser)]
 #[command(name = "host", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -38,8 +39,10 @@ pub enum Command {
     Rollback(client::RollbackArgs),
     /// Send a share of an app's traffic to another version; promote or abort it.
     Canary(client::CanaryArgs),
-    /// Delete an app from a running host.
+    /// Delete an app from a running host, with its key-value data.
     Remove(client::RemoveArgs),
+    /// Read and change an app's key-value data: list, get, set, delete.
+    Kv(kv::KvArgs),
 }
 
 /// Flags of `host serve`. Every flag can also be set by the environment
@@ -272,6 +275,44 @@ pub struct ServeArgs {
         default_value = crate::apps::secrets::DEFAULT_ENV_PREFIX
     )]
     pub secret_env_prefixes: Vec<String>,
+
+    /// Keep apps' key-value data in this Redis
+    /// (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS)
+    /// instead of the embedded store in the state directory: for hosts
+    /// that share state. Never logged.
+    #[arg(
+        long,
+        env = "HOST_KV_URL",
+        value_name = "URL",
+        conflicts_with = "kv_url_file",
+        hide_env_values = true
+    )]
+    pub kv_url: Option<String>,
+
+    /// Read the --kv-url from this file (a mounted secret), so credentials
+    /// stay out of the command line and the environment.
+    #[arg(long, env = "HOST_KV_URL_FILE", value_name = "FILE")]
+    pub kv_url_file: Option<PathBuf>,
+
+    /// Longest key-value key, in bytes.
+    #[arg(long, env = "HOST_KV_MAX_KEY_BYTES", default_value_t = KvLimits::DEFAULT.max_key_bytes)]
+    pub kv_max_key_bytes: usize,
+
+    /// Largest key-value value, in bytes.
+    #[arg(long, env = "HOST_KV_MAX_VALUE_BYTES", default_value_t = KvLimits::DEFAULT.max_value_bytes)]
+    pub kv_max_value_bytes: usize,
+
+    /// Keys one app may hold, all its stores together.
+    #[arg(long, env = "HOST_KV_MAX_KEYS_PER_APP", default_value_t = KvLimits::DEFAULT.max_keys)]
+    pub kv_max_keys_per_app: u64,
+
+    /// Bytes of keys and values one app may hold, all its stores together, in MiB.
+    #[arg(long, env = "HOST_KV_QUOTA_MIB", default_value_t = KvLimits::DEFAULT.max_bytes >> 20)]
+    pub kv_quota_mib: u64,
+
+    /// Key-value operations one request may make (a batch counts one per key).
+    #[arg(long, env = "HOST_KV_MAX_OPS_PER_REQUEST", default_value_t = 1000)]
+    pub kv_max_ops_per_request: u32,
 
     /// HTTP/2: concurrent streams per connection.
     #[arg(long, env = "HOST_H2_MAX_STREAMS", default_value_t = 100)]

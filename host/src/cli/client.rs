@@ -18,10 +18,15 @@ use crate::apps::settings::parse_pair;
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// The admin API of the host to talk to. Token: $HOST_ADMIN_TOKEN.
-    #[arg(long, env = "HOST_SERVER", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_SERVER",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub server: String,
     /// Print the server's JSON answer instead of a summary.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
@@ -51,6 +56,10 @@ pub struct DeployArgs {
     /// Outbound HTTP the app may make: scheme://host[:port], `*.` for subdomains (repeatable).
     #[arg(long = "allow-outbound", value_name = "PATTERN")]
     pub allow_outbound: Vec<String>,
+    /// A key-value store the app may open through wasi:keyvalue, in its own
+    /// namespace (repeatable; `default` is what `open("")` opens).
+    #[arg(long = "kv", value_name = "STORE")]
+    pub kv: Vec<String>,
     #[arg(long)]
     pub memory_mib: Option<u64>,
     #[arg(long)]
@@ -113,18 +122,22 @@ pub struct CanaryArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RemoveArgs {
     pub name: String,
+    /// Keep the app's key-value data (by default it is deleted with the
+    /// app; an app deployed later under the same name sees kept data).
+    #[arg(long)]
+    pub keep_data: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(server: &ServerArgs) -> Result<Client> {
+    pub(crate) fn new(server: &ServerArgs) -> Result<Client> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -138,7 +151,7 @@ impl Client {
         })
     }
 
-    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let builder = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
             Some(token) => builder.bearer_auth(token),
@@ -147,18 +160,29 @@ impl Client {
     }
 
     /// Send and decode; a non-2xx becomes an error carrying the server's message.
-    async fn send(&self, builder: reqwest::RequestBuilder) -> Result<Value> {
+    pub(crate) async fn send(&self, builder: reqwest::RequestBuilder) -> Result<Value> {
+        let body = self.send_raw(builder).await?;
+        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// Send and return the body as it came; a non-2xx becomes an error
+    /// carrying the server's message.
+    pub(crate) async fn send_raw(&self, builder: reqwest::RequestBuilder) -> Result<Vec<u8>> {
         let response = builder
             .send()
             .await
             .with_context(|| format!("cannot reach the host's admin API at {}", self.base))?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let body = response
+            .bytes()
+            .await
+            .with_context(|| format!("the admin API at {} stopped answering", self.base))?;
         if !status.is_success() {
-            let message = body["error"].as_str().unwrap_or("no message");
+            let error: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let message = error["error"].as_str().unwrap_or("no message");
             bail!("{message} (HTTP {})", status.as_u16());
         }
-        Ok(body)
+        Ok(body.to_vec())
     }
 }
 
@@ -235,13 +259,25 @@ pub async fn canary(args: CanaryArgs) -> Result<()> {
     })
 }
 
-/// `host remove`: Delete an app.
+/// `host remove`: Delete an app, and its key-value data unless
+/// `--keep-data`.
 pub async fn remove(args: RemoveArgs) -> Result<()> {
     let client = Client::new(&args.server)?;
-    let body = client
-        .send(client.request(Method::DELETE, &format!("/v1/apps/{}", args.name)))
-        .await?;
-    report(&args.server, &body, |_| format!("{} removed", args.name))
+    let request = client
+        .request(Method::DELETE, &format!("/v1/apps/{}", args.name))
+        .query(&[("keep_data", args.keep_data)]);
+    let body = client.send(request).await?;
+    report(&args.server, &body, |body| {
+        let data = &body["kv_data"];
+        if data["deleted"].as_bool() == Some(true) {
+            format!(
+                "{} removed with its key-value data ({} keys, {} bytes); --keep-data keeps it",
+                args.name, data["keys"], data["bytes"]
+            )
+        } else {
+            format!("{} removed; its key-value data is kept", args.name)
+        }
+    })
 }
 
 /// `host deploy`: upload a component as a new version of an app.
@@ -266,6 +302,7 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
         "config": pairs(&args.config)?,
         "secrets": secrets,
         "allow_outbound": args.allow_outbound,
+        "key_value": args.kv,
     });
     for (key, value) in [
         ("route", args.route.clone().map(Value::from)),
@@ -312,7 +349,11 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
     })
 }
 
-fn report(server: &ServerArgs, body: &Value, human: impl Fn(&Value) -> String) -> Result<()> {
+pub(crate) fn report(
+    server: &ServerArgs,
+    body: &Value,
+    human: impl Fn(&Value) -> String,
+) -> Result<()> {
     if server.json {
         print_json(body)
     } else {
@@ -323,7 +364,7 @@ fn report(server: &ServerArgs, body: &Value, human: impl Fn(&Value) -> String) -
 
 /// Output goes through `writeln!`, never `println!`: a closed pipe (`host
 /// apps | head -1`) is an error `main` ends on quietly, not a panic.
-fn print_json(body: &Value) -> Result<()> {
+pub(crate) fn print_json(body: &Value) -> Result<()> {
     writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(body)?)?;
     Ok(())
 }

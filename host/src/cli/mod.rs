@@ -1,10 +1,11 @@
 //! The command line, as clap parses it, and what it runs. `serve`'s raw
 //! values are validated into a [`crate::config::Config`] ([`validate`])
 //! before anything binds or compiles; the client subcommands talk to a
-//! running host's admin API ([`client`]).
+//! running host's admin API ([`client`], and [`kv`] for apps' data).
 
 pub mod args;
 pub mod client;
+pub mod kv;
 pub mod validate;
 
 use std::io::IsTerminal;
@@ -31,6 +32,7 @@ pub fn run() -> Result<()> {
         Some(Command::Rollback(args)) => runtime()?.block_on(crate::cli::client::rollback(args)),
         Some(Command::Canary(args)) => runtime()?.block_on(crate::cli::client::canary(args)),
         Some(Command::Remove(args)) => runtime()?.block_on(crate::cli::client::remove(args)),
+        Some(Command::Kv(args)) => runtime()?.block_on(crate::cli::kv::run(args)),
     }
 }
 

@@ -12,8 +12,10 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::Ceilings;
 use crate::cli::args::ServeArgs;
-use crate::config::{Config, DefaultApp};
+use crate::config::{Config, DefaultApp, KvBackend, KvConfig};
 use crate::front::FrontConfig;
+use crate::kv::KvLimits;
+use crate::kv::redis::without_credentials;
 use crate::runtime::engine::{self, PoolShape};
 use crate::runtime::limits::{Limits, MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE};
 
@@ -56,11 +58,12 @@ fn millis(flag: &str, value: u64, max: u64) -> Result<Duration> {
 
 /// Check every value of `serve`'s command line and make the config;
 /// the error says which flag to fix and how.
-pub fn config(args: ServeArgs) -> Result<Config> {
-    let state_dir = match args.state_dir {
+pub fn config(mut args: ServeArgs) -> Result<Config> {
+    let state_dir = match args.state_dir.take() {
         Some(dir) => dir,
         None => default_state_dir(),
     };
+    let kv = kv_config(&args, &state_dir)?;
     let default_app = match args.component {
         // --no-default-app wins, even over HOST_COMPONENT from the environment.
         _ if args.no_default_app => DefaultApp::None,
@@ -215,17 +218,17 @@ pub fn config(args: ServeArgs) -> Result<Config> {
     )?;
     // One instance at the host's own limits must fit the budget, its
     // host-side reserve included; apps may not ask for more than fits.
-    let reserve_mib = crate::runtime::state::host_reserve(&Limits {
+    let reserve_mib = (crate::runtime::state::host_reserve(&Limits {
         max_resources,
         max_outbound,
         ..Limits::default()
-    })
-    .div_ceil(1 << 20);
+    }) + crate::runtime::keyvalue::KV_HELD_BYTES)
+        .div_ceil(1 << 20);
     let app_budget_mib = memory_budget_mib / 4 * 3;
     ensure!(
         memory_mib + reserve_mib <= app_budget_mib,
         "--memory-mib {memory_mib} plus the {reserve_mib} MiB each instance reserves for host-side state \
-         (--max-guest-resources, --max-outbound-per-instance) is over an app's share of the guest memory \
+         (--max-guest-resources, --max-outbound-per-instance, key-value CAS handles) is over an app's share of the guest memory \
          budget ({app_budget_mib} MiB, three quarters of --memory-budget-mib {memory_budget_mib}): lower \
          --memory-mib or raise --memory-budget-mib"
     );
@@ -305,6 +308,7 @@ pub fn config(args: ServeArgs) -> Result<Config> {
         keep_resident_bytes: (keep_resident_mib as usize) << 20,
         memory_reset: args.memory_reset,
         secrets,
+        kv,
         front: FrontConfig {
             max_concurrent,
             version_headers: args.version_headers,
@@ -353,6 +357,58 @@ fn physical_memory() -> Option<u64> {
         )
     };
     (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
+/// Where apps' key-value data lives (`--kv-url` or the URL in
+/// `--kv-url-file`, else the embedded store in the state directory) and
+/// its limits.
+fn kv_config(args: &ServeArgs, state_dir: &Path) -> Result<KvConfig> {
+    let url = match (&args.kv_url, &args.kv_url_file) {
+        (Some(url), _) => Some(url.trim().to_string()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read the --kv-url-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let backend = match url {
+        Some(url) => {
+            ensure!(
+                url.starts_with("redis://") || url.starts_with("rediss://"),
+                "--kv-url must be a redis:// or rediss:// URL (redis://[USER:PASSWORD@]HOST:PORT[/DB]), \
+                 got {}",
+                without_credentials(&url)
+            );
+            // Parsed now, so a typo stops the start instead of every call.
+            crate::kv::redis::Redis::open(&url, KvLimits::DEFAULT)
+                .map_err(|e| anyhow::anyhow!("--kv-url: {e}"))?;
+            KvBackend::Redis(url)
+        }
+        None => KvBackend::Embedded(state_dir.join("kv.redb")),
+    };
+    let max_key_bytes = in_range("kv-max-key-bytes", args.kv_max_key_bytes, 1..=64 * 1024)?;
+    // A value travels in one host call, within its 4 MiB of hostcall fuel.
+    let max_value_bytes = in_range("kv-max-value-bytes", args.kv_max_value_bytes, 1..=3 << 20)?;
+    let max_keys = in_range("kv-max-keys-per-app", args.kv_max_keys_per_app, 1..=1 << 40)?;
+    let quota_mib = in_range("kv-quota-mib", args.kv_quota_mib, 1..=1 << 20)?;
+    let max_ops = in_range(
+        "kv-max-ops-per-request",
+        args.kv_max_ops_per_request,
+        1..=1_000_000,
+    )?;
+    Ok(KvConfig {
+        backend,
+        limits: KvLimits {
+            max_key_bytes,
+            max_value_bytes,
+            max_keys,
+            max_bytes: quota_mib << 20,
+            ..KvLimits::DEFAULT
+        },
+        max_ops,
+    })
 }
 
 /// The admin token from `--admin-token-file`, else `$HOST_ADMIN_TOKEN`.

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage};
+use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage, prefix_end};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
@@ -128,18 +128,33 @@ impl Backend for Embedded {
         self.write(|data, usage| remove(bucket, key, data, usage))
     }
 
-    fn list_keys(&self, bucket: &Bucket, cursor: Option<&str>) -> Result<KeyPage> {
+    fn list_keys(
+        &self,
+        bucket: &Bucket,
+        key_prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<KeyPage> {
         let start = prefix(bucket);
-        let end = after(&start);
+        let first = full_key(bucket, key_prefix);
+        let end = match prefix_end(key_prefix.as_bytes()) {
+            Some(end) => full_key(bucket, &String::from_utf8_lossy(&end)),
+            None => after(&start),
+        };
         let from = match cursor {
             // The smallest key after the cursor: the cursor and a NUL.
             Some(cursor) => {
                 let mut from = full_key(bucket, cursor);
                 from.push(0);
-                from
+                from.max(first)
             }
-            None => start.clone(),
+            None => first,
         };
+        if from >= end {
+            return Ok(KeyPage {
+                keys: Vec::new(),
+                cursor: None,
+            });
+        }
         let txn = self.db.begin_read().map_err(backend)?;
         let data = txn.open_table(DATA).map_err(backend)?;
         let mut keys = Vec::new();
@@ -208,22 +223,28 @@ impl Backend for Embedded {
     }
 
     fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.limits.check_batch(keys.len())?;
         for key in keys {
             self.limits.check_key(key)?;
         }
         let txn = self.db.begin_read().map_err(backend)?;
         let data = txn.open_table(DATA).map_err(backend)?;
+        let mut total = 0u64;
         keys.iter()
             .map(|key| {
                 let value = data
                     .get(full_key(bucket, key).as_slice())
                     .map_err(backend)?;
-                Ok(value.map(|v| v.value().to_vec()))
+                let Some(value) = value else { return Ok(None) };
+                total += value.value().len() as u64;
+                self.limits.check_batch_bytes(total)?;
+                Ok(Some(value.value().to_vec()))
             })
             .collect()
     }
 
     fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
+        self.limits.check_batch(pairs.len())?;
         for (key, value) in pairs {
             self.limits.check_key(key)?;
             self.limits.check_value(value)?;
@@ -237,6 +258,7 @@ impl Backend for Embedded {
     }
 
     fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
+        self.limits.check_batch(keys.len())?;
         for key in keys {
             self.limits.check_key(key)?;
         }

@@ -14,11 +14,9 @@
 //! Errors say which limit or what failed; the guest sees them as the
 //! interface's `other(...)` and the host and other apps are unaffected.
 
-// Not linked to guests yet (issue 12 continues): only the tests use it.
-#![allow(dead_code)]
-
 pub mod embedded;
 pub mod redis;
+pub mod service;
 
 #[cfg(test)]
 mod tests;
@@ -33,8 +31,14 @@ pub trait Backend: Send + Sync {
     fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<(), KvError>;
     /// Delete `key` (nothing if it is absent).
     fn delete(&self, bucket: &Bucket, key: &str) -> Result<(), KvError>;
-    /// Up to a page of the bucket's keys after `cursor`, in byte order.
-    fn list_keys(&self, bucket: &Bucket, cursor: Option<&str>) -> Result<KeyPage, KvError>;
+    /// Up to a page of the bucket's keys that start with `prefix`, after
+    /// `cursor`, in byte order.
+    fn list_keys(
+        &self,
+        bucket: &Bucket,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<KeyPage, KvError>;
     /// Add `delta` to the counter at `key` (absent counts as 0); the new
     /// count.
     fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64, KvError>;
@@ -104,6 +108,12 @@ pub struct KvLimits {
     pub max_bytes: u64,
     /// Keys one `list-keys` page returns at most.
     pub page_keys: usize,
+    /// Keys one batch call (`get-many`, `set-many`, `delete-many`) may
+    /// name.
+    pub batch_keys: usize,
+    /// Bytes of values one `get-many` may return (the values must also fit
+    /// the guest's memory, and the host holds them while copying).
+    pub batch_bytes: u64,
 }
 
 impl KvLimits {
@@ -114,7 +124,31 @@ impl KvLimits {
         max_keys: 100_000,
         max_bytes: 64 << 20,
         page_keys: 1000,
+        batch_keys: 1000,
+        batch_bytes: 4 << 20,
     };
+
+    /// Can one batch call name `count` keys?
+    pub(crate) fn check_batch(&self, count: usize) -> Result<(), KvError> {
+        if count > self.batch_keys {
+            return Err(KvError::Limit(format!(
+                "a batch of {count} keys is over the limit of {} keys per call",
+                self.batch_keys
+            )));
+        }
+        Ok(())
+    }
+
+    /// Can one `get-many` return `bytes` of values?
+    pub(crate) fn check_batch_bytes(&self, bytes: u64) -> Result<(), KvError> {
+        if bytes > self.batch_bytes {
+            return Err(KvError::Limit(format!(
+                "get-many would return {bytes} bytes, over the limit of {} bytes per call; ask for fewer keys",
+                self.batch_bytes
+            )));
+        }
+        Ok(())
+    }
 
     pub(crate) fn check_key(&self, key: &str) -> Result<(), KvError> {
         if key.len() > self.max_key_bytes {
@@ -164,6 +198,16 @@ pub struct Usage {
     pub bytes: u64,
 }
 
+/// The first byte string after every one that starts with `prefix`
+/// (`None` for the empty prefix: there is none). Keys are UTF-8, so the
+/// last byte is never 0xFF.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    let last = end.last_mut()?;
+    *last = last.checked_add(1)?;
+    Some(end)
+}
+
 /// A page of keys and where the next one starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPage {
@@ -204,4 +248,20 @@ pub enum KvError {
     /// The backend failed (disk, a lost connection); the message says how.
     #[error("{0}")]
     Backend(String),
+    /// The request's deadline passed before the operation finished.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl KvError {
+    /// The word the `result` label of the KV metrics uses.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KvError::Invalid(_) => "invalid",
+            KvError::Limit(_) => "limit",
+            KvError::NotANumber(_) => "not_a_number",
+            KvError::Backend(_) => "error",
+            KvError::Timeout(_) => "timeout",
+        }
+    }
 }

@@ -18,11 +18,11 @@
 //! blocking pool. The URL's credentials are never logged or shown.
 
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, Script, Value};
 
-use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage};
+use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage, prefix_end};
 
 type Result<T, E = KvError> = std::result::Result<T, E>;
 
@@ -85,10 +85,26 @@ pub struct Redis {
     delete: Script,
     set_many: Script,
     delete_many: Script,
+    get_many: Script,
+    /// Set after a failed connect: calls fail at once until then, so a
+    /// Redis that is down costs each call nothing (the first call after it
+    /// tries again), with the wait doubling while it stays down.
+    down: Mutex<Option<Backoff>>,
 }
 
+/// When Redis was last found unreachable, and how long to wait now.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    wait: Duration,
+}
+
+/// The first wait after Redis is found down, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// `redis://user:password@host:port/db` → `redis://host:port/db`.
-fn without_credentials(url: &str) -> String {
+pub(crate) fn without_credentials(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
             let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
@@ -177,7 +193,21 @@ impl Redis {
             delete_many: Script::new(&format!(
                 "{REMOVE} for i = 1, #ARGV do remove(KEYS[1], KEYS[2], KEYS[3], ARGV[i]) end return 1"
             )),
+            // The values' total size first, so an answer over the limit is
+            // never built: `{0, bytes}`, or `{1, values}`.
+            get_many: Script::new(
+                "local total = 0
+                 for i = 2, #ARGV do total = total + redis.call('HSTRLEN', KEYS[1], ARGV[i]) end
+                 if total > tonumber(ARGV[1]) then return {0, total} end
+                 return {1, redis.call('HMGET', KEYS[1], unpack(ARGV, 2))}",
+            ),
+            down: Mutex::new(None),
         })
+    }
+
+    /// Where it is, without credentials.
+    pub fn shown(&self) -> &str {
+        &self.shown
     }
 
     /// What went wrong talking to Redis, said without credentials.
@@ -195,25 +225,77 @@ impl Redis {
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut connection = match pooled {
             Some(connection) => connection,
-            None => {
-                let connection = self
-                    .client
-                    .get_connection_with_timeout(TIMEOUT)
-                    .map_err(|e| self.failed(e))?;
-                connection
-                    .set_read_timeout(Some(TIMEOUT))
-                    .and_then(|()| connection.set_write_timeout(Some(TIMEOUT)))
-                    .map_err(|e| self.failed(e))?;
-                connection
-            }
+            None => self.connect()?,
         };
-        let out = work(&mut connection).map_err(|e| self.failed(e))?;
+        let out = work(&mut connection).map_err(|e| {
+            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                self.went_down();
+            }
+            self.failed(e)
+        })?;
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < POOL
         {
             idle.push(connection);
         }
         Ok(out)
+    }
+
+    /// A new connection with its timeouts, unless Redis was found down
+    /// moments ago: then fail at once, saying when it is tried again.
+    fn connect(&self) -> Result<Connection> {
+        let now = Instant::now();
+        let backoff = self.down.lock().ok().and_then(|down| *down);
+        if let Some(backoff) = backoff
+            && now < backoff.until
+        {
+            return Err(KvError::Backend(format!(
+                "the Redis key-value store at {} is unreachable; retrying in {} ms",
+                self.shown,
+                (backoff.until - now).as_millis().max(1)
+            )));
+        }
+        let connected = self
+            .client
+            .get_connection_with_timeout(TIMEOUT)
+            .and_then(|connection| {
+                connection.set_read_timeout(Some(TIMEOUT))?;
+                connection.set_write_timeout(Some(TIMEOUT))?;
+                Ok(connection)
+            });
+        match connected {
+            Ok(connection) => {
+                if let Ok(mut down) = self.down.lock()
+                    && down.take().is_some()
+                {
+                    tracing::info!(store = %self.shown, "the Redis key-value store is reachable again");
+                }
+                Ok(connection)
+            }
+            Err(err) => {
+                self.went_down();
+                Err(self.failed(err))
+            }
+        }
+    }
+
+    /// Redis failed to connect or answer: back off before the next try
+    /// (twice as long as last time, up to [`BACKOFF_MAX`]).
+    fn went_down(&self) {
+        let Ok(mut down) = self.down.lock() else {
+            return;
+        };
+        let wait = match *down {
+            Some(last) => (last.wait * 2).min(BACKOFF_MAX),
+            None => {
+                tracing::warn!(store = %self.shown, "the Redis key-value store is unreachable; key-value calls fail until it returns");
+                BACKOFF_FIRST
+            }
+        };
+        *down = Some(Backoff {
+            until: Instant::now() + wait,
+            wait,
+        });
     }
 
     /// One of the [`MAX_CONNECTIONS`], held until dropped.
@@ -341,21 +423,25 @@ impl Backend for Redis {
         Ok(())
     }
 
-    fn list_keys(&self, bucket: &Bucket, cursor: Option<&str>) -> Result<KeyPage> {
+    fn list_keys(&self, bucket: &Bucket, prefix: &str, cursor: Option<&str>) -> Result<KeyPage> {
+        // Lexicographic bounds: `(` excludes, `[` includes, `-`/`+` are the
+        // ends.
+        let bound = |kind: u8, text: &[u8]| [&[kind][..], text].concat();
         let from = match cursor {
-            Some(cursor) => {
-                let mut from = b"(".to_vec();
-                from.extend_from_slice(cursor.as_bytes());
-                from
-            }
-            None => b"-".to_vec(),
+            Some(cursor) if cursor >= prefix => bound(b'(', cursor.as_bytes()),
+            _ if prefix.is_empty() => b"-".to_vec(),
+            _ => bound(b'[', prefix.as_bytes()),
+        };
+        let to = match prefix_end(prefix.as_bytes()) {
+            Some(end) => bound(b'(', &end),
+            None => b"+".to_vec(),
         };
         let page = self.limits.page_keys;
         let mut keys: Vec<Vec<u8>> = self.with(|c| {
             redis::cmd("ZRANGEBYLEX")
                 .arg(format!("{}:keys", Self::hash(bucket)))
                 .arg(from)
-                .arg("+")
+                .arg(to)
                 .arg("LIMIT")
                 .arg(0)
                 .arg(page + 1)
@@ -422,18 +508,31 @@ impl Backend for Redis {
         for key in keys {
             self.limits.check_key(key)?;
         }
+        self.limits.check_batch(keys.len())?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.with(|c| {
-            redis::cmd("HMGET")
-                .arg(Self::hash(bucket))
-                .arg(keys)
-                .query(c)
-        })
+        let reply: Vec<Value> = self.run(&self.get_many, bucket, |call| {
+            call.arg(self.limits.batch_bytes).arg(keys);
+        })?;
+        match (status(&reply), reply.get(1)) {
+            (1, Some(values)) => {
+                redis::from_redis_value_ref(values).map_err(|e| self.failed(e.into()))
+            }
+            (_, Some(Value::Int(bytes))) => Err(self
+                .limits
+                .check_batch_bytes(*bytes as u64)
+                .err()
+                .unwrap_or_else(|| KvError::Limit("get-many is over its size limit".into()))),
+            _ => Err(KvError::Backend(format!(
+                "the Redis key-value store at {} gave an unexpected answer to get-many",
+                self.shown
+            ))),
+        }
     }
 
     fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
+        self.limits.check_batch(pairs.len())?;
         for (key, value) in pairs {
             self.limits.check_key(key)?;
             self.limits.check_value(value)?;
@@ -451,6 +550,7 @@ impl Backend for Redis {
     }
 
     fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
+        self.limits.check_batch(keys.len())?;
         for key in keys {
             self.limits.check_key(key)?;
         }

@@ -171,11 +171,11 @@ fn no_key_reaches_another_app_or_store(dir: Fixture) {
         kv.set(&a, key, b"mine").unwrap();
     }
     kv.set(&ab, "z", b"y").unwrap();
-    let listed = kv.list_keys(&a, None).unwrap();
+    let listed = kv.list_keys(&a, "", None).unwrap();
     assert_eq!(listed.keys.len(), 4, "{listed:?}");
     assert!(listed.keys.iter().all(|k| k != "secret"), "{listed:?}");
-    assert_eq!(kv.list_keys(&ab, None).unwrap().keys, ["z"]);
-    assert_eq!(kv.list_keys(&b, None).unwrap().keys, ["secret"]);
+    assert_eq!(kv.list_keys(&ab, "", None).unwrap().keys, ["z"]);
+    assert_eq!(kv.list_keys(&b, "", None).unwrap().keys, ["secret"]);
     assert_eq!(kv.get(&a, "secret").unwrap(), None);
     assert_eq!(kv.get(&b, "secret").unwrap().as_deref(), Some(&b"x"[..]));
 }
@@ -195,7 +195,7 @@ fn keys_are_listed_in_order_a_page_at_a_time(dir: Fixture) {
     let mut cursor = None;
     let mut pages = 0;
     loop {
-        let page = kv.list_keys(&bucket, cursor.as_deref()).unwrap();
+        let page = kv.list_keys(&bucket, "", cursor.as_deref()).unwrap();
         pages += 1;
         assert!(page.keys.len() <= 3);
         seen.extend(page.keys);
@@ -207,6 +207,27 @@ fn keys_are_listed_in_order_a_page_at_a_time(dir: Fixture) {
     assert_eq!(pages, 3);
     let expected: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
     assert_eq!(seen, expected);
+
+    // A prefix: only its keys, paged the same way, never another bucket's.
+    kv.set(&bucket, "j", b"v").unwrap();
+    kv.set(&bucket, "l", b"v").unwrap();
+    kv.set(&bucket, "k", b"v").unwrap();
+    let first = kv.list_keys(&bucket, "k", None).unwrap();
+    assert_eq!(first.keys, ["k", "k0", "k1"]);
+    let second = kv.list_keys(&bucket, "k", first.cursor.as_deref()).unwrap();
+    assert_eq!(second.keys, ["k2", "k3", "k4"]);
+    let last = kv.list_keys(&bucket, "k6", None).unwrap();
+    assert_eq!((last.keys, last.cursor), (vec!["k6".to_string()], None));
+    assert!(kv.list_keys(&bucket, "a", None).unwrap().keys.is_empty());
+    // A cursor before the prefix starts at the prefix.
+    let from_j = kv.list_keys(&bucket, "k", Some("j")).unwrap();
+    assert_eq!(from_j.keys, ["k", "k0", "k1"]);
+    // A batch over its key count or its answer's size is refused whole.
+    let keys: Vec<String> = (0..=KvLimits::DEFAULT.batch_keys)
+        .map(|i| format!("k{i}"))
+        .collect();
+    let err = kv.get_many(&bucket, &keys).unwrap_err();
+    assert!(matches!(err, KvError::Limit(_)), "{err}");
 }
 
 fn limits_and_quotas_are_refused_naming_the_limit_and_change_nothing(dir: Fixture) {
@@ -216,6 +237,8 @@ fn limits_and_quotas_are_refused_naming_the_limit_and_change_nothing(dir: Fixtur
         max_keys: 3,
         max_bytes: 30,
         page_keys: 100,
+        batch_keys: 100,
+        batch_bytes: 10,
     });
     let bucket = Bucket::new("a", "default");
     let err = kv.set(&bucket, "a-long-key", b"v").unwrap_err();
@@ -257,6 +280,17 @@ fn limits_and_quotas_are_refused_naming_the_limit_and_change_nothing(dir: Fixtur
     ];
     assert!(kv.set_many(&bucket, &pairs).is_err());
     assert_eq!(kv.get(&bucket, "n1").unwrap(), None);
+    // get-many answers at most `batch_bytes` of values (8 + 4 > 10).
+    let two = ["k1".to_string(), "k2".to_string()];
+    let err = kv.get_many(&bucket, &two).unwrap_err();
+    assert!(
+        err.to_string().contains("get-many would return 12 bytes"),
+        "{err}"
+    );
+    assert_eq!(
+        kv.get_many(&bucket, &two[1..]).unwrap(),
+        [Some(b"0123".to_vec())]
+    );
 }
 
 fn counters_count_from_absent_and_refuse_what_is_not_a_number(dir: Fixture) {
@@ -333,7 +367,7 @@ fn batches_read_write_and_delete_many_keys(dir: Fixture) {
     );
     kv.delete_many(&bucket, &keys).unwrap();
     assert_eq!(
-        kv.list_keys(&bucket, None).unwrap().keys,
+        kv.list_keys(&bucket, "", None).unwrap().keys,
         ["k0", "k2", "k3"]
     );
     assert_eq!(kv.usage("a").unwrap().keys, 3);
@@ -382,11 +416,19 @@ fn a_redis_outage_fails_fast_and_recovers() {
     let text = err.to_string();
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
+    // While it stays down, calls fail at once without trying again.
+    let err = kv.get(&bucket, "k").unwrap_err().to_string();
+    assert!(err.contains("unreachable; retrying in"), "{err}");
     let wrong = Redis::open(&url.replace("hunter2", "wrong"), KvLimits::DEFAULT).unwrap();
 
-    // Back on the same port (empty: nothing was saved).
+    // Back on the same port (empty: nothing was saved): calls work again
+    // once the backoff (at most 5 s) has passed.
     let _back = Fixture::redis_on(port, Some("hunter2"));
-    kv.set(&bucket, "k", b"again").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(err) = kv.set(&bucket, "k", b"again") {
+        assert!(Instant::now() < deadline, "Redis never came back: {err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         kv.get(&bucket, "k").unwrap().as_deref(),
         Some(&b"again"[..])

@@ -17,6 +17,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
+use crate::runtime::keyvalue;
 use crate::runtime::state::HostState;
 
 /// The export of a WASI 0.2 HTTP component (any 0.2.x version: imports and
@@ -119,7 +120,8 @@ impl Pre {
 
 /// The linker every component of `world` is instantiated against: the WASI
 /// CLI interfaces (so components built with std by any toolchain link),
-/// wasi:http, and wasi:config for per-app configuration. WASI 0.3
+/// wasi:http, wasi:config for per-app configuration and both versions of
+/// wasi:keyvalue for per-app state. WASI 0.3
 /// components get the 0.3 interfaces and the 0.2 ones (Rust's std still
 /// imports WASI 0.2).
 pub fn linker(engine: &Engine, world: World) -> Result<Linker<HostState>> {
@@ -141,6 +143,12 @@ pub fn linker(engine: &Engine, world: World) -> Result<Linker<HostState>> {
     wasmtime_wasi_config::add_to_linker(&mut linker, HostState::config)
         .map_err(anyhow::Error::from)
         .context("failed to add wasi:config to the linker")?;
+    keyvalue::draft2::add_to_linker(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("failed to add wasi:keyvalue@0.2.0-draft2 to the linker")?;
+    keyvalue::draft::add_to_linker(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("failed to add wasi:keyvalue@0.2.0-draft to the linker")?;
     Ok(linker)
 }
 

@@ -37,6 +37,7 @@ use crate::metrics::{VersionMetrics, metrics};
 use crate::runtime::component::Pre;
 use crate::runtime::engine::MAX_IDLE_INSTANCES;
 use crate::runtime::failure::Failure;
+use crate::runtime::keyvalue::KvAccess;
 use crate::runtime::limits::{Limits, MemoryBudget};
 use crate::runtime::outbound::OutboundPolicy;
 use crate::runtime::state::{HostState, StoreInputs};
@@ -84,6 +85,7 @@ pub(crate) struct Instances {
     pub(crate) env: Arc<[(String, String)]>,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) outbound: Arc<OutboundPolicy>,
+    pub(crate) kv: Arc<KvAccess>,
     /// What all versions of the app share (concurrency, outbound calls,
     /// memory budget).
     pub(crate) share: Arc<AppShare>,
@@ -217,6 +219,7 @@ impl Instances {
                 env: &self.env,
                 config: &self.config,
                 outbound: &self.outbound,
+                kv: &self.kv,
             },
             &ctx.id,
             deadline,

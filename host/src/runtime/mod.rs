@@ -4,12 +4,14 @@
 //! ([`instance`]; the call by world: [`p2`], [`p3`], and [`shared`] WASI
 //! 0.3 instances), how a guest's failure becomes a status ([`failure`]),
 //! what lives in a store ([`state`]), the guest's limits ([`limits`]),
-//! output ([`output`]) and outbound HTTP ([`outbound`]).
+//! output ([`output`]), outbound HTTP ([`outbound`]) and key-value state
+//! ([`keyvalue`], on [`crate::kv`]).
 
 pub mod component;
 pub mod engine;
 pub mod failure;
 pub mod instance;
+pub mod keyvalue;
 pub mod limits;
 pub mod outbound;
 pub mod output;

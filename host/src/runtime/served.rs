@@ -23,6 +23,7 @@ use crate::runtime::component::Pre;
 use crate::runtime::engine::MAX_IDLE_INSTANCES;
 use crate::runtime::failure::{Failure, busy};
 use crate::runtime::instance::{AppShare, Instances, RequestContext, WarmPool};
+use crate::runtime::keyvalue::KvAccess;
 use crate::runtime::limits::{BodyVerdict, LimitedBody, Limits};
 use crate::runtime::outbound::OutboundPolicy;
 use crate::runtime::shared::SharedPool;
@@ -64,16 +65,42 @@ fn quota(rps: u32) -> Option<Quota> {
     NonZeroU32::new(rps).map(Quota::per_second)
 }
 
+/// What a version's instances are given besides their code and limits:
+/// environment, `wasi:config` values (secrets included), where they may
+/// call out, and which key-value stores they may open.
+pub struct Grants {
+    pub env: Vec<(String, String)>,
+    pub config: Vec<(String, String)>,
+    pub outbound: OutboundPolicy,
+    pub kv: KvAccess,
+}
+
+impl Grants {
+    /// Nothing: no environment, configuration, outbound calls or stores.
+    pub fn none(app: &Arc<str>) -> Grants {
+        Grants {
+            env: Vec::new(),
+            config: Vec::new(),
+            outbound: OutboundPolicy::default(),
+            kv: KvAccess::none(app),
+        }
+    }
+}
+
 impl ServedVersion {
     pub fn new(
         identity: Identity,
         pre: Pre,
         limits: Limits,
-        env: Vec<(String, String)>,
-        config: Vec<(String, String)>,
-        outbound: OutboundPolicy,
+        grants: Grants,
         share: Arc<AppShare>,
     ) -> ServedVersion {
+        let Grants {
+            env,
+            config,
+            outbound,
+            kv,
+        } = grants;
         let Identity {
             app,
             version,
@@ -102,6 +129,7 @@ impl ServedVersion {
                 env: env.into(),
                 config: Arc::new(config.into_iter().collect()),
                 outbound: Arc::new(outbound),
+                kv: Arc::new(kv),
                 share,
                 warm: (limits.instance_reuse > 1).then(|| {
                     WarmPool::new(

@@ -1,5 +1,5 @@
-//! What lives in each instance's `Store`: the WASI, wasi:http and
-//! wasi:config contexts, the resource table they share, the outbound HTTP
+//! What lives in each instance's `Store`: the WASI, wasi:http,
+//! wasi:config and wasi:keyvalue contexts, the resource table they share, the outbound HTTP
 //! hooks, the guest's captured stdout/stderr, the memory limiter and the
 //! current request's deadline. It is built from its version's settings with the
 //! instance and dropped with it: after one request, or after several when
@@ -23,6 +23,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use tokio::sync::Semaphore;
 
+use crate::runtime::keyvalue::{KvAccess, KvCtx, KvView};
 use crate::runtime::limits::{GuestLimiter, Limits, MemoryBudget};
 use crate::runtime::outbound::{OUTGOING_BODY_CHUNK_BYTES, OutboundHooks, OutboundPolicy};
 use crate::runtime::output::GuestOutput;
@@ -65,6 +66,7 @@ pub struct StoreInputs<'a> {
     pub env: &'a [(String, String)],
     pub config: &'a Arc<WasiConfigVariables>,
     pub outbound: &'a Arc<OutboundPolicy>,
+    pub kv: &'a Arc<KvAccess>,
 }
 
 pub struct HostState {
@@ -75,6 +77,7 @@ pub struct HostState {
     pub hooks: OutboundHooks,
     pub limiter: GuestLimiter,
     pub output: GuestOutput,
+    pub kv: KvCtx,
     /// When the current request's time is up (read by the epoch callback).
     pub deadline: Instant,
 }
@@ -84,7 +87,7 @@ impl HostState {
     /// host-side reserve.
     pub fn new(inputs: StoreInputs<'_>, request_id: &Arc<str>, deadline: Instant) -> Option<Self> {
         let limits = inputs.limits;
-        let reserve = host_reserve(limits);
+        let reserve = host_reserve(limits) + inputs.kv.reserve();
         let limiter = GuestLimiter::new(limits.memory_bytes, inputs.budget.clone(), reserve)?;
         let output = GuestOutput::new(inputs.app.clone(), request_id.clone());
         let wasi = WasiCtx::builder()
@@ -110,6 +113,7 @@ impl HostState {
             ),
             limiter,
             output,
+            kv: KvCtx::new(inputs.kv.clone()),
             deadline,
         })
     }
@@ -118,7 +122,17 @@ impl HostState {
     pub fn begin(&mut self, request_id: &Arc<str>, deadline: Instant) {
         self.output.begin(request_id.clone());
         self.limiter.refused = None;
+        self.kv.begin();
         self.deadline = deadline;
+    }
+
+    /// The `wasi:keyvalue` view (for the linker).
+    pub fn kv(&mut self) -> KvView<'_> {
+        KvView {
+            ctx: &mut self.kv,
+            table: &mut self.table,
+            deadline: self.deadline,
+        }
     }
 
     /// The `wasi:config/store` view (for the linker).

@@ -16,6 +16,8 @@ use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::{AppSettings, Ceilings};
 use crate::apps::state_dir::StateDir;
 use crate::apps::views::DeployRequest;
+use crate::kv::KvLimits;
+use crate::kv::service::KvService;
 use crate::routing::{Route, Routes};
 use crate::runtime::engine::{EngineSpec, Engines, MemoryReset, PoolShape};
 use crate::runtime::limits::{Limits, MemoryBudget};
@@ -98,6 +100,9 @@ fn registry(state: &Scratch, keep: usize) -> (Arc<Registry>, Arc<Routes>) {
             keep_versions: keep,
             compile_timeout: Duration::from_secs(300),
             public_base: "http://127.0.0.1:8080".into(),
+            kv: KvService::embedded(&state.0.join("kv.redb"), KvLimits::DEFAULT)
+                .expect("key-value store"),
+            kv_max_ops: 100,
         },
     );
     (registry, routes)
@@ -245,11 +250,11 @@ async fn every_version_change_goes_through_the_record_on_disk() {
     let err = registry.abort_canary("a").await.unwrap_err();
     assert!(matches!(err, AppError::Conflict(_)), "no canary: {err}");
 
-    registry.remove("a").await.unwrap();
+    registry.remove("a", false).await.unwrap();
     assert!(record_on_disk(&state, "a").is_none());
     assert_eq!(served(&routes, "/"), None);
     assert!(matches!(
-        registry.remove("a").await,
+        registry.remove("a", false).await,
         Err(AppError::NotFound(_))
     ));
 }
@@ -283,7 +288,7 @@ async fn static_apps_are_changed_only_where_they_are_declared() {
             .await
             .unwrap_err(),
         registry.rollback("s", None).await.unwrap_err(),
-        registry.remove("s").await.unwrap_err(),
+        registry.remove("s", false).await.unwrap_err(),
     ] {
         assert!(matches!(err, AppError::Conflict(_)), "{err}");
         assert!(err.to_string().contains("change it there"), "{err}");
@@ -361,7 +366,7 @@ async fn a_restart_restores_what_it_can_and_lists_the_rest_as_failed() {
     // A failed app cannot be changed, only deployed again or removed.
     let err = registry.rollback("b", None).await.unwrap_err();
     assert!(err.to_string().contains("not being served"), "{err}");
-    registry.remove("b").await.unwrap();
+    registry.remove("b", false).await.unwrap();
     assert!(record_on_disk(&state, "b").is_none());
     assert_eq!(registry.failed().len(), 1, "c is left");
     assert!(

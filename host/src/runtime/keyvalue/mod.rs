@@ -1,0 +1,427 @@
+//! `wasi:keyvalue` for guests: both versions apps are built against,
+//! [`draft2`] (`wasi:keyvalue@0.2.0-draft2`, Spin's) and [`draft`]
+//! (`@0.2.0-draft`, wasmtime's and wasmCloud's), served by the same
+//! operations here on the host's [`KvService`].
+//!
+//! What a guest may do is decided here, per instance ([`KvCtx`]):
+//!
+//! - it opens only the stores its version's settings declare
+//!   (`key_value`); an undeclared one is `access-denied`, a name no app
+//!   could declare is `no-such-store`. The empty identifier (wasmtime's
+//!   default store) is the store `default`. Whatever it opens, it reaches
+//!   only its own app's namespace ([`Bucket`]).
+//! - each request may make `--kv-max-ops-per-request` operations (a batch
+//!   counts one per key);
+//! - each call waits no later than the request's deadline;
+//! - CAS handles keep the value they read, at most [`KV_HELD_BYTES`] per
+//!   instance, reserved from the guest memory budget with the instance.
+//!
+//! Every failure reaches the guest as the interface's `error`: limits and
+//! backend failures as `other(...)` with a message that says which.
+
+pub mod draft;
+pub mod draft2;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
+
+use crate::kv::service::KvService;
+use crate::kv::{Backend, Bucket, KeyPage, KvError, validate_store_name};
+use crate::metrics::metrics;
+
+/// Bytes of values all CAS handles of one instance may hold at once.
+pub const KV_HELD_BYTES: u64 = 2 << 20;
+
+/// The store every identifier-less `open("")` means.
+pub const DEFAULT_STORE: &str = "default";
+
+/// What one version's instances may reach in the key-value store.
+pub struct KvAccess {
+    app: Arc<str>,
+    /// The host's store; `None` when the version declares no stores.
+    service: Option<KvService>,
+    /// The stores its settings declare.
+    stores: Vec<String>,
+    /// Operations one request may make.
+    max_ops: u32,
+}
+
+impl KvAccess {
+    /// No key-value access (apps that declare no store; tests, benches).
+    pub fn none(app: &Arc<str>) -> KvAccess {
+        KvAccess {
+            app: app.clone(),
+            service: None,
+            stores: Vec::new(),
+            max_ops: 0,
+        }
+    }
+
+    /// Access to `stores` of `app` in `service`, `max_ops` per request.
+    pub(crate) fn new(
+        app: &Arc<str>,
+        service: KvService,
+        stores: Vec<String>,
+        max_ops: u32,
+    ) -> KvAccess {
+        KvAccess {
+            app: app.clone(),
+            service: (!stores.is_empty()).then_some(service),
+            stores,
+            max_ops,
+        }
+    }
+
+    /// What an instance reserves from the guest memory budget for the
+    /// values its CAS handles hold.
+    pub fn reserve(&self) -> u64 {
+        if self.service.is_some() {
+            KV_HELD_BYTES
+        } else {
+            0
+        }
+    }
+}
+
+/// The per-instance key-value state.
+pub struct KvCtx {
+    access: Arc<KvAccess>,
+    /// Operations the current request has made.
+    ops: u32,
+    /// Bytes the instance's CAS handles hold.
+    held: u64,
+    /// `wasi:keyvalue@0.2.0-draft`'s numeric cursors: cursor `n` resumes
+    /// after `cursors[n - 1]`.
+    cursors: Vec<String>,
+}
+
+impl KvCtx {
+    pub fn new(access: Arc<KvAccess>) -> KvCtx {
+        KvCtx {
+            access,
+            ops: 0,
+            held: 0,
+            cursors: Vec::new(),
+        }
+    }
+
+    /// A new request on this instance: its own operation budget.
+    pub fn begin(&mut self) {
+        self.ops = 0;
+    }
+}
+
+/// An open store: the app's namespace for it.
+pub struct KvBucket {
+    bucket: Bucket,
+}
+
+/// A compare-and-swap in progress (`wasi:keyvalue@0.2.0-draft2`): the key
+/// and the value it held when read.
+pub struct KvCas {
+    bucket: Bucket,
+    key: String,
+    current: Option<Vec<u8>>,
+}
+
+/// `wasi:keyvalue/store.error`, for both versions.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestKvError {
+    #[error("no such store")]
+    NoSuchStore,
+    #[error("access denied")]
+    AccessDenied,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<KvError> for GuestKvError {
+    fn from(err: KvError) -> Self {
+        GuestKvError::Other(err.to_string())
+    }
+}
+
+impl From<ResourceTableError> for GuestKvError {
+    fn from(err: ResourceTableError) -> Self {
+        GuestKvError::Other(match err {
+            ResourceTableError::Full => {
+                "the instance holds too many resources (--max-guest-resources)".to_string()
+            }
+            other => other.to_string(),
+        })
+    }
+}
+
+type KvResult<T> = Result<T, GuestKvError>;
+
+/// The key-value view of an instance's state, for the linker.
+pub struct KvView<'a> {
+    pub ctx: &'a mut KvCtx,
+    pub table: &'a mut ResourceTable,
+    pub deadline: Instant,
+}
+
+impl KvView<'_> {
+    fn count(&mut self, op: &'static str, n: usize) -> KvResult<()> {
+        let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        let max = self.ctx.access.max_ops;
+        if self.ctx.ops.saturating_add(n) > max {
+            metrics().kv_operation(&self.ctx.access.app, op, "limit");
+            return Err(GuestKvError::Other(format!(
+                "this request has made its {max} key-value operations, the limit per request (--kv-max-ops-per-request)"
+            )));
+        }
+        self.ctx.ops += n;
+        Ok(())
+    }
+
+    /// Run `call` on the backend as operation `op` of this request,
+    /// counting `n` operations.
+    async fn run<T: Send + 'static>(
+        &mut self,
+        op: &'static str,
+        n: usize,
+        call: impl FnOnce(&dyn Backend) -> Result<T, KvError> + Send + 'static,
+    ) -> KvResult<T> {
+        self.count(op, n)?;
+        let access = &self.ctx.access;
+        let Some(service) = &access.service else {
+            return Err(GuestKvError::AccessDenied);
+        };
+        Ok(service
+            .run(&access.app, op, Some(self.deadline), call)
+            .await?)
+    }
+
+    fn bucket(&self, bucket: &Resource<KvBucket>) -> KvResult<Bucket> {
+        Ok(self.table.get(bucket)?.bucket.clone())
+    }
+
+    pub fn open(&mut self, identifier: &str) -> KvResult<Resource<KvBucket>> {
+        let access = &self.ctx.access;
+        let store = if identifier.is_empty() {
+            DEFAULT_STORE
+        } else {
+            identifier
+        };
+        let result = if validate_store_name(store).is_err() {
+            Err(GuestKvError::NoSuchStore)
+        } else if access.service.is_none() || !access.stores.iter().any(|s| s == store) {
+            tracing::warn!(
+                app = %access.app,
+                store,
+                "the app opened a key-value store its settings do not declare (key_value); access denied"
+            );
+            Err(GuestKvError::AccessDenied)
+        } else {
+            Ok(Bucket::new(&access.app, store))
+        };
+        let word = match &result {
+            Ok(_) => "ok",
+            Err(GuestKvError::NoSuchStore) => "invalid",
+            Err(_) => "denied",
+        };
+        metrics().kv_operation(&access.app, "open", word);
+        let bucket = result?;
+        Ok(self.table.push(KvBucket { bucket })?)
+    }
+
+    pub fn close(&mut self, bucket: Resource<KvBucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+
+    pub async fn get(
+        &mut self,
+        bucket: &Resource<KvBucket>,
+        key: String,
+    ) -> KvResult<Option<Vec<u8>>> {
+        let bucket = self.bucket(bucket)?;
+        self.run("get", 1, move |kv| kv.get(&bucket, &key)).await
+    }
+
+    pub async fn set(
+        &mut self,
+        bucket: &Resource<KvBucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> KvResult<()> {
+        let bucket = self.bucket(bucket)?;
+        self.run("set", 1, move |kv| kv.set(&bucket, &key, &value))
+            .await
+    }
+
+    pub async fn delete(&mut self, bucket: &Resource<KvBucket>, key: String) -> KvResult<()> {
+        let bucket = self.bucket(bucket)?;
+        self.run("delete", 1, move |kv| kv.delete(&bucket, &key))
+            .await
+    }
+
+    pub async fn exists(&mut self, bucket: &Resource<KvBucket>, key: String) -> KvResult<bool> {
+        let bucket = self.bucket(bucket)?;
+        self.run("exists", 1, move |kv| kv.exists(&bucket, &key))
+            .await
+    }
+
+    pub async fn list_keys(
+        &mut self,
+        bucket: &Resource<KvBucket>,
+        cursor: Option<String>,
+    ) -> KvResult<KeyPage> {
+        let bucket = self.bucket(bucket)?;
+        self.run("list_keys", 1, move |kv| {
+            kv.list_keys(&bucket, "", cursor.as_deref())
+        })
+        .await
+    }
+
+    /// A numeric cursor (`@0.2.0-draft`) for the string one `cursor`.
+    fn number_cursor(&mut self, cursor: Option<String>) -> Option<u64> {
+        let cursor = cursor?;
+        self.ctx.cursors.push(cursor);
+        Some(self.ctx.cursors.len() as u64)
+    }
+
+    /// The string cursor numeric cursor `n` stands for.
+    fn string_cursor(&self, n: Option<u64>) -> KvResult<Option<String>> {
+        let Some(n) = n else { return Ok(None) };
+        usize::try_from(n)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| self.ctx.cursors.get(i))
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| {
+                GuestKvError::Other(format!(
+                    "cursor {n} was not returned by list-keys in this instance"
+                ))
+            })
+    }
+
+    pub async fn increment(
+        &mut self,
+        bucket: &Resource<KvBucket>,
+        key: String,
+        delta: i64,
+    ) -> KvResult<i64> {
+        let bucket = self.bucket(bucket)?;
+        self.run("increment", 1, move |kv| kv.increment(&bucket, &key, delta))
+            .await
+    }
+
+    pub async fn get_many(
+        &mut self,
+        bucket: &Resource<KvBucket>,
+        keys: Vec<String>,
+    ) -> KvResult<Vec<Option<(String, Vec<u8>)>>> {
+        let bucket = self.bucket(bucket)?;
+        let n = keys.len();
+        self.run("get_many", n, move |kv| {
+            let values = kv.get_many(&bucket, &keys)?;
+            Ok(keys
+                .into_iter()
+                .zip(values)
+                .map(|(key, value)| value.map(|v| (key, v)))
+                .collect())
+        })
+        .await
+    }
+
+    pub async fn set_many(
+        &mut self,
+        bucket: &Resource<KvBucket>,
+        pairs: Vec<(String, Vec<u8>)>,
+    ) -> KvResult<()> {
+        let bucket = self.bucket(bucket)?;
+        let n = pairs.len();
+        self.run("set_many", n, move |kv| kv.set_many(&bucket, &pairs))
+            .await
+    }
+
+    pub async fn delete_many(
+        &mut self,
+        bucket: &Resource<KvBucket>,
+        keys: Vec<String>,
+    ) -> KvResult<()> {
+        let bucket = self.bucket(bucket)?;
+        let n = keys.len();
+        self.run("delete_many", n, move |kv| kv.delete_many(&bucket, &keys))
+            .await
+    }
+
+    /// Start a compare-and-swap on `key`: read what it holds now.
+    pub async fn cas_new(
+        &mut self,
+        bucket: &Resource<KvBucket>,
+        key: String,
+    ) -> KvResult<Resource<KvCas>> {
+        let bucket = self.bucket(bucket)?;
+        self.read_cas(bucket, key).await
+    }
+
+    async fn read_cas(&mut self, bucket: Bucket, key: String) -> KvResult<Resource<KvCas>> {
+        let (read_bucket, read_key) = (bucket.clone(), key.clone());
+        let current = self
+            .run("cas", 1, move |kv| kv.get(&read_bucket, &read_key))
+            .await?;
+        let size = current.as_ref().map_or(0, |v| v.len() as u64);
+        if self.ctx.held + size > KV_HELD_BYTES {
+            return Err(GuestKvError::Other(format!(
+                "the instance's open CAS handles would hold {} bytes, over the {KV_HELD_BYTES} an instance may hold; drop or swap some first",
+                self.ctx.held + size
+            )));
+        }
+        self.ctx.held += size;
+        let cas = KvCas {
+            bucket,
+            key,
+            current,
+        };
+        self.table.push(cas).map_err(|e| {
+            self.ctx.held -= size;
+            e.into()
+        })
+    }
+
+    pub fn cas_current(&mut self, cas: &Resource<KvCas>) -> KvResult<Option<Vec<u8>>> {
+        Ok(self.table.get(cas)?.current.clone())
+    }
+
+    fn take_cas(&mut self, cas: Resource<KvCas>) -> KvResult<KvCas> {
+        let cas = self.table.delete(cas)?;
+        self.ctx.held -= cas.current.as_ref().map_or(0, |v| v.len() as u64);
+        Ok(cas)
+    }
+
+    pub fn cas_drop(&mut self, cas: Resource<KvCas>) -> wasmtime::Result<()> {
+        self.take_cas(cas)
+            .map_err(|e| wasmtime::format_err!("{e}"))?;
+        Ok(())
+    }
+
+    /// Swap in `value` if `key` still holds what the CAS read. `Ok(Err(cas))`:
+    /// it did not, and `cas` is a new handle with what it holds now.
+    pub async fn swap(
+        &mut self,
+        cas: Resource<KvCas>,
+        value: Vec<u8>,
+    ) -> KvResult<Result<(), Resource<KvCas>>> {
+        let KvCas {
+            bucket,
+            key,
+            current,
+        } = self.take_cas(cas)?;
+        let (swap_bucket, swap_key) = (bucket.clone(), key.clone());
+        let swapped = self
+            .run("swap", 1, move |kv| {
+                kv.swap(&swap_bucket, &swap_key, current.as_deref(), &value)
+            })
+            .await?;
+        if swapped {
+            return Ok(Ok(()));
+        }
+        Ok(Err(self.read_cas(bucket, key).await?))
+    }
+}
