@@ -243,7 +243,8 @@ async fn every_admin_endpoint_answers_with_its_status() {
         "{body}"
     );
 
-    let (status, body) = deploy_wasm(&server, "app", variant(1), "{}").await;
+    let (status, body) =
+        deploy_wasm(&server, "app", variant(1), r#"{"key_value": ["default"]}"#).await;
     assert_eq!(status, 201, "{body}");
     let canary = serde_json::json!({"version": v1, "weight": 20});
     let (status, body, _) = admin(&server, Method::PUT, "/v1/apps/app/canary", Some(canary)).await;
@@ -268,6 +269,49 @@ async fn every_admin_endpoint_answers_with_its_status() {
     let (status, _, headers) = admin(&server, Method::PATCH, "/v1/apps/app", None).await;
     assert_eq!(status, 405);
     assert_eq!(headers["allow"], "GET, DELETE");
+
+    // The app's key-value data, in the store its settings declare.
+    let http = reqwest::Client::new();
+    let put = http
+        .put(server.admin_url("/v1/apps/app/kv/greeting"))
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let got = http
+        .get(server.admin_url("/v1/apps/app/kv/greeting?store=default"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.headers()["content-type"], "application/octet-stream");
+    assert_eq!(got.text().await.unwrap(), "hi");
+    let (status, body, _) = admin(&server, Method::GET, "/v1/apps/app/kv", None).await;
+    assert_eq!(
+        (status, &body["keys"]),
+        (200, &serde_json::json!(["greeting"]))
+    );
+    assert_eq!(body["usage"], serde_json::json!({"keys": 1, "bytes": 10}));
+    let (status, body, _) = admin(&server, Method::DELETE, "/v1/apps/app/kv/greeting", None).await;
+    assert_eq!((status, body["deleted"].as_str()), (200, Some("greeting")));
+    let (status, _, _) = admin(&server, Method::GET, "/v1/apps/app/kv/greeting", None).await;
+    assert_eq!(status, 404);
+    let (status, body, _) =
+        admin(&server, Method::GET, "/v1/apps/app/kv?store=sessions", None).await;
+    assert_eq!(status, 404, "an undeclared store: {body}");
+    let (status, _, _) = admin(
+        &server,
+        Method::GET,
+        "/v1/apps/app/kv?store=No%20Such",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, headers) = admin(&server, Method::POST, "/v1/apps/app/kv/k", None).await;
+    assert_eq!(
+        (status, headers["allow"].to_str().unwrap()),
+        (405, "GET, PUT, DELETE")
+    );
     let (status, body, _) = admin(&server, Method::GET, "/v1/nothing", None).await;
     assert_eq!(status, 404, "{body}");
     let (status, _, _) = admin(&server, Method::GET, "/v1/apps/other", None).await;
@@ -282,6 +326,7 @@ async fn every_admin_endpoint_answers_with_its_status() {
     assert_eq!(page.status(), 403, "a web page cannot delete apps");
     let (status, body, _) = admin(&server, Method::DELETE, "/v1/apps/app", None).await;
     assert_eq!((status, body["deleted"].as_str()), (200, Some("app")));
+    assert_eq!(body["kv_data"]["deleted"], true, "{body}");
     let (status, _, _) = admin(&server, Method::DELETE, "/v1/apps/app", None).await;
     assert_eq!(status, 404);
     assert_eq!(reqwest::get(server.url("/")).await.unwrap().status(), 404);

@@ -17,6 +17,7 @@ mod front;
 mod hostile;
 mod hostile_clients;
 mod isolation;
+mod keyvalue;
 mod kubernetes;
 mod lifecycle;
 mod limits;

@@ -5,16 +5,18 @@
 //! This library is what the suite shares with the bench runner (`bench`,
 //! `make bench`): finding the built binaries and guests, starting a server
 //! and reading its addresses, watching and stopping it, scratch directories,
-//! and a client for a host's admin API.
+//! a client for a host's admin API, and a real redis-server.
 
 mod admin;
 mod component;
 mod paths;
 mod process;
+mod redis;
 mod tempdir;
 
 pub use admin::*;
 pub use component::*;
 pub use paths::*;
 pub use process::*;
+pub use redis::*;
 pub use tempdir::*;

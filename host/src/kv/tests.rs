@@ -4,21 +4,21 @@
 //! counters and compare-and-swap under contention, paging, durability
 //! across a reopen, and deleting one app's data.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::kv::embedded::Embedded;
 use crate::kv::redis::Redis;
+use tests::RedisServer;
+
 use crate::kv::{Backend, Bucket, KvError, KvLimits, Usage};
 
 /// Where a backend keeps its data for one test; removed (or stopped) when
 /// dropped.
 enum Fixture {
     Embedded(PathBuf),
-    Redis { server: Child, url: String },
+    Redis(RedisServer),
 }
 
 impl Fixture {
@@ -34,43 +34,7 @@ impl Fixture {
 
     /// A `redis-server` of its own on a free loopback port, nothing saved.
     fn redis() -> Fixture {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Fixture::redis_on(port, None)
-    }
-
-    /// The same on `port`, with `password` if given (in the URL too).
-    fn redis_on(port: u16, password: Option<&str>) -> Fixture {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"]);
-        if let Some(password) = password {
-            command.args(["--requirepass", password]);
-        }
-        let server = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("redis-server: {e}; `make tools` installs it"));
-        let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
-        let url = format!("redis://{auth}127.0.0.1:{port}/0");
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let started = Instant::now();
-        while client
-            .get_connection_with_timeout(Duration::from_millis(200))
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Fixture::Redis { server, url }
+        Fixture::Redis(RedisServer::start())
     }
 
     /// The backend on this fixture's data (again: a reopen).
@@ -79,21 +43,15 @@ impl Fixture {
             Fixture::Embedded(dir) => {
                 Arc::new(Embedded::open(&dir.join("kv.redb"), limits).unwrap())
             }
-            Fixture::Redis { url, .. } => Arc::new(Redis::open(url, limits).unwrap()),
+            Fixture::Redis(server) => Arc::new(Redis::open(&server.url(), limits).unwrap()),
         }
     }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        match self {
-            Fixture::Embedded(dir) => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Fixture::Redis { server, .. } => {
-                let _ = server.kill();
-                let _ = server.wait();
-            }
+        if let Fixture::Embedded(dir) = self {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -394,20 +352,12 @@ fn deleting_an_app_deletes_its_data_and_only_its_data(dir: Fixture) {
 /// it (never its password), and they work again once it is back.
 #[test]
 fn a_redis_outage_fails_fast_and_recovers() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let fixture = Fixture::redis_on(port, Some("hunter2"));
-    let url = match &fixture {
-        Fixture::Redis { url, .. } => url.clone(),
-        Fixture::Embedded(_) => unreachable!(),
-    };
+    let mut server = RedisServer::start_with_password("hunter2");
+    let (port, url) = (server.port, server.url());
     let kv = Redis::open(&url, KvLimits::DEFAULT).unwrap();
     let bucket = Bucket::new("a", "default");
     kv.set(&bucket, "k", b"v").unwrap();
-    drop(fixture);
+    server.kill();
 
     let started = Instant::now();
     let err = kv.get(&bucket, "k").unwrap_err();
@@ -423,7 +373,7 @@ fn a_redis_outage_fails_fast_and_recovers() {
 
     // Back on the same port (empty: nothing was saved): calls work again
     // once the backoff (at most 5 s) has passed.
-    let _back = Fixture::redis_on(port, Some("hunter2"));
+    server.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Err(err) = kv.set(&bucket, "k", b"again") {
         assert!(Instant::now() < deadline, "Redis never came back: {err}");
