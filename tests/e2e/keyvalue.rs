@@ -141,7 +141,7 @@ async fn concurrent_increments_and_swaps_lose_no_update(store: Store) {
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
     }
-    let (status, log) = get(&host, "/count/kv/default/log").await;
+    let (status, log) = get(host, "/count/kv/default/log").await;
     assert_eq!(status, 200);
     let mut seen: Vec<usize> = log
         .split(',')
@@ -487,7 +487,7 @@ async fn a_redis_outage_fails_kv_calls_and_nothing_else() {
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = call(&host, Method::POST, "/state/kv/default/n?incr=1", "").await;
+        let (status, body) = call(host, Method::POST, "/state/kv/default/n?incr=1", "").await;
         if status == 200 {
             // The restarted Redis is empty: counting starts again.
             assert_eq!(body, "1");

@@ -8,10 +8,21 @@ use ::tests::{guest_path, release_bin, target_dir};
 use anyhow::{Context, Result, bail};
 
 /// Every section, in report order; BENCH_ONLY picks among them.
-pub const SECTIONS: [&str; 6] = ["throughput", "micro", "cold", "memory", "echo", "foreign"];
+pub const SECTIONS: [&str; 7] = [
+    "throughput",
+    "micro",
+    "cold",
+    "memory",
+    "echo",
+    "foreign",
+    "kv",
+];
 
 /// Concurrency of the hello throughput runs.
 pub const CONCURRENCY: [u32; 3] = [1, 64, 256];
+
+/// wrk and redis-benchmark connections in the key-value section.
+pub const KV_CONCURRENCY: [u32; 2] = [16, 64];
 
 /// How many apps are deployed (distinct code) before the restart of the
 /// cold-start section.
@@ -94,6 +105,8 @@ pub struct Bins {
     pub native: PathBuf,
     pub guest: PathBuf,
     pub big_guest: PathBuf,
+    /// The key-value example app.
+    pub kv_guest: PathBuf,
     /// Where `wasmtime serve` is installed (it may not be).
     pub wasmtime: PathBuf,
     /// The install root of wasmtime-cli.
@@ -108,6 +121,7 @@ impl Bins {
             native: release_bin("native-hello"),
             guest: guest_path("guest"),
             big_guest: guest_path("big-guest"),
+            kv_guest: guest_path("kv-guest"),
             wasmtime: tools.join("bin/wasmtime"),
             tools,
         }
@@ -121,7 +135,13 @@ impl Bins {
     /// Say which of the built files are missing: the sections that use one
     /// will fail.
     pub fn note_missing(&self) {
-        for path in [&self.host, &self.native, &self.guest, &self.big_guest] {
+        for path in [
+            &self.host,
+            &self.native,
+            &self.guest,
+            &self.big_guest,
+            &self.kv_guest,
+        ] {
             if !path.exists() {
                 crate::log(&format!(
                     "NOTE: {} is missing (`make bench` builds it): the sections that use it will fail",

@@ -30,22 +30,28 @@
 //! serve's default reuse), deploy -> first 200 and restart -> first 200 on our
 //! host, and RSS with FOREIGN_APPS deployed Python apps.
 //!
+//! Key-value state: the `kv-guest` app (`GET /` = one increment and one
+//! get) on the embedded store and on a real redis-server, against the
+//! hello app at c=16 and 64 in the same run, and `redis-benchmark -t incr`
+//! on that Redis at the same concurrency.
+//!
 //! The servers are started, watched and stopped with the e2e suite's process
 //! helpers (the `tests` library). Everything it starts is stopped before it
 //! exits, on an error or a panic too (they are killed when dropped; an
 //! interrupt reaches them as it reaches this process, in its process group);
 //! it only talks to 127.0.0.1. It builds nothing but the microbench: `make
 //! bench` builds the release host, this runner and the guests first, and
-//! installs wrk (Debian) and wasmtime-cli 48.0.8 (crates.io, into
+//! installs wrk and redis-server (Debian) and wasmtime-cli 48.0.8 (crates.io, into
 //! target/bench-tools) when missing. Environment: ROUNDS (3), DURATION
 //! seconds per run (5), APPS (1000) for the many-apps RSS measurement,
 //! FOREIGN_APPS (50) for the many-Python-apps one. BENCH_ONLY=foreign,cold,...
-//! runs only those sections (throughput, micro, cold, memory, echo, foreign)
+//! runs only those sections (throughput, micro, cold, memory, echo, foreign, kv)
 //! and prints the report instead of writing BENCHMARKS.md; NO_BUILD=1 (read
 //! by the Makefile) runs the binaries already in target/ without building.
 
 mod config;
 mod foreign;
+mod kv;
 mod micro;
 mod report;
 mod sections;
@@ -109,6 +115,9 @@ fn run() -> Result<()> {
     }
     if b.cfg.selected("foreign") {
         results.foreign = Some(foreign::foreign(&b, &tmp.0.join("foreign"))?);
+    }
+    if b.cfg.selected("kv") {
+        results.kv = Some(kv::kv(&b, &tmp.0.join("kv"))?);
     }
     drop(tmp);
 

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use crate::Bench;
 use crate::config::{CONCURRENCY, RESTART_APPS};
 use crate::foreign::{self, Foreign};
+use crate::kv::{self, Kv};
 use crate::micro::Estimate;
 use crate::sections::{Cold, Echo, Memory, Throughput};
 
@@ -24,6 +25,7 @@ pub struct Results {
     pub memory: Option<Memory>,
     pub echo: Option<Echo>,
     pub foreign: Option<Foreign>,
+    pub kv: Option<Kv>,
 }
 
 /// The server each one is compared with: wasmtime serve in the same mode.
@@ -162,6 +164,9 @@ pub fn render(b: &Bench, r: &Results) -> String {
     }
     if let Some(f) = &r.foreign {
         foreign::report(w, b, f);
+    }
+    if let Some(k) = &r.kv {
+        kv::report(w, b, k);
     }
     lines.join("\n")
 }

@@ -86,6 +86,14 @@ impl Running {
         })
     }
 
+    /// The host, when this is one (to deploy to it).
+    pub fn as_host(&self) -> Option<&Host> {
+        match &self.kind {
+            Kind::Host(host) => Some(host),
+            Kind::Other(_) => None,
+        }
+    }
+
     pub fn process(&self) -> &Process {
         match &self.kind {
             Kind::Host(host) => host,
