@@ -45,9 +45,7 @@ impl Registry {
         let bucket = self.bucket(name, store).await?;
         Ok(self
             .kv()
-            .run(name, "admin_list", None, move |kv| {
-                kv.list_keys(&bucket, &prefix, cursor.as_deref())
-            })
+            .list_keys("admin_list", None, bucket, prefix, cursor)
             .await?)
     }
 
@@ -55,7 +53,7 @@ impl Registry {
         let bucket = self.bucket(name, store).await?;
         let shown = key.clone();
         self.kv()
-            .run(name, "admin_get", None, move |kv| kv.get(&bucket, &key))
+            .get("admin_get", None, bucket, key)
             .await?
             .ok_or_else(|| {
                 AppError::NotFound(format!(
@@ -72,21 +70,13 @@ impl Registry {
         value: Vec<u8>,
     ) -> Result<(), AppError> {
         let bucket = self.bucket(name, store).await?;
-        self.kv()
-            .run(name, "admin_set", None, move |kv| {
-                kv.set(&bucket, &key, &value)
-            })
-            .await?;
+        self.kv().set("admin_set", None, bucket, key, value).await?;
         Ok(())
     }
 
     pub async fn kv_delete(&self, name: &str, store: &str, key: String) -> Result<(), AppError> {
         let bucket = self.bucket(name, store).await?;
-        self.kv()
-            .run(name, "admin_delete", None, move |kv| {
-                kv.delete(&bucket, &key)
-            })
-            .await?;
+        self.kv().delete("admin_delete", None, bucket, key).await?;
         Ok(())
     }
 

@@ -1,8 +1,12 @@
 //! The embedded key-value backend: one [redb](https://docs.rs/redb) file in
 //! the state directory (`STATE_DIR/kv.redb`), nothing to start or run.
-//! redb is an ACID, copy-on-write B-tree store: every operation is one
-//! transaction, committed durably before it returns, so a crash leaves each
-//! operation done or not done, and a restart keeps every value.
+//! redb is an ACID, copy-on-write B-tree store. Reads run where they are
+//! called, on a snapshot. Writes go to one writer thread, which runs the
+//! writes queued at that moment in one transaction and commits it durably
+//! before any of them returns (group commit: one commit, and one fsync, for
+//! many writes under load). Each write is all or nothing (a write that
+//! fails a check has changed nothing), so a crash leaves each acknowledged
+//! write done, and a restart keeps every value.
 //!
 //! ```text
 //! data:   APP \0 STORE \0 KEY  →  value
@@ -15,7 +19,11 @@
 //! quota holds under any interleaving. Blocking: call from the blocking
 //! pool.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, mpsc};
+
+use tokio::sync::oneshot;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -56,10 +64,52 @@ fn after(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
+type DataTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+type UsageTable<'t> = redb::Table<'t, &'static str, (u64, u64)>;
+
+/// One write, run by the writer thread inside a batch's transaction: it
+/// changes the tables (or, failing, changes nothing) and returns what
+/// answers its caller once the batch is committed, and whether it failed
+/// in a way that spoils the whole transaction (the backend's own error).
+type Job = Box<dyn FnOnce(&mut DataTable<'_>, &mut UsageTable<'_>) -> (Reply, bool) + Send>;
+/// Answers a job's caller with the batch's commit error, if any.
+type Reply = Box<dyn FnOnce(Option<&KvError>) + Send>;
+
+/// Jobs one transaction takes at most.
+const MAX_BATCH: usize = 256;
+
+/// Why a write has no answer: it never ran (its transaction could not
+/// start, which the writer logs) or the writer is gone.
+const WRITE_FAILED: &str =
+    "the embedded key-value store could not run this write; see the host's log";
+
+/// A write queued for the writer thread: its answer once its batch is
+/// committed.
+pub struct Pending<T>(oneshot::Receiver<Result<T>>);
+
+impl<T> Pending<T> {
+    /// Wait for it on a thread that may block (not an async one).
+    pub fn wait(self) -> Result<T> {
+        self.0
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(KvError::Backend(WRITE_FAILED.into())))
+    }
+
+    /// Wait for it without blocking a thread.
+    pub async fn done(self) -> Result<T> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(KvError::Backend(WRITE_FAILED.into())))
+    }
+}
+
 /// The embedded store.
 pub struct Embedded {
-    db: Database,
+    db: Arc<Database>,
     limits: KvLimits,
+    /// To the writer thread; `None` once dropped.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Embedded {
@@ -75,26 +125,284 @@ impl Embedded {
         txn.open_table(DATA).map_err(backend)?;
         txn.open_table(USAGE).map_err(backend)?;
         txn.commit().map_err(backend)?;
-        Ok(Embedded { db, limits })
+        let db = Arc::new(db);
+        let (jobs, queue) = mpsc::channel();
+        let writer = {
+            let db = db.clone();
+            std::thread::Builder::new()
+                .name("kv-writer".into())
+                .spawn(move || write_batches(&db, &queue))
+                .map_err(|e| KvError::Backend(format!("cannot start the key-value writer: {e}")))?
+        };
+        Ok(Embedded {
+            db,
+            limits,
+            jobs: Some(jobs),
+            writer: Some(writer),
+        })
     }
 
-    /// Run `change` on the data and usage tables in one write transaction,
-    /// committed only if it succeeds.
-    fn write<T>(
+    /// Run `change` on the data and usage tables in a write transaction,
+    /// committed durably before this returns. Writes that arrive together
+    /// share one transaction (group commit): each is all or nothing, since
+    /// a change that fails has changed nothing.
+    fn submit<T: Send + 'static>(
         &self,
-        change: impl FnOnce(
-            &mut redb::Table<&[u8], &[u8]>,
-            &mut redb::Table<&str, (u64, u64)>,
-        ) -> Result<T>,
-    ) -> Result<T> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        let out = {
-            let mut data = txn.open_table(DATA).map_err(backend)?;
-            let mut usage = txn.open_table(USAGE).map_err(backend)?;
-            change(&mut data, &mut usage)?
+        change: impl FnOnce(&mut DataTable<'_>, &mut UsageTable<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<Pending<T>> {
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |data, usage| {
+            let out = change(data, usage);
+            let spoiled = matches!(out, Err(KvError::Backend(_)));
+            let reply: Reply = Box::new(move |committed| {
+                let _ = answer.send(match committed {
+                    Some(err) => Err(err.clone()),
+                    None => out,
+                });
+            });
+            (reply, spoiled)
+        });
+        let stopped = || KvError::Backend(WRITE_FAILED.into());
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        Ok(Pending(answered))
+    }
+}
+
+impl Drop for Embedded {
+    /// Stop the writer (after the writes queued) and wait for it, so the
+    /// file is closed when this returns.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The writer thread: take the writes queued, run them in one transaction,
+/// commit, answer each; until every sender is gone.
+fn write_batches(db: &Database, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && let Ok(job) = queue.try_recv()
+        {
+            batch.push(job);
+        }
+        let (replies, failed) = run_batch(db, batch);
+        if let Some(err) = &failed {
+            tracing::error!(error = %err, "a key-value write transaction failed");
+        }
+        for reply in replies {
+            reply(failed.as_ref());
+        }
+    }
+}
+
+/// Run `batch` in one write transaction: the replies, and the error that
+/// kept it from committing (the backend failed: then nothing of it is
+/// written).
+fn run_batch(db: &Database, batch: Vec<Job>) -> (Vec<Reply>, Option<KvError>) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(err) => return (refuse(batch), Some(backend(err))),
+    };
+    let mut spoiled = false;
+    {
+        let tables = txn
+            .open_table(DATA)
+            .and_then(|data| Ok((data, txn.open_table(USAGE)?)));
+        let (mut data, mut usage) = match tables {
+            Ok(tables) => tables,
+            Err(err) => return (refuse(batch), Some(backend(err))),
         };
-        txn.commit().map_err(backend)?;
-        Ok(out)
+        for job in batch {
+            let (reply, failed) = job(&mut data, &mut usage);
+            spoiled |= failed;
+            replies.push(reply);
+        }
+    }
+    if spoiled {
+        // Dropping it aborts: none of the batch is written.
+        drop(txn);
+        let err = KvError::Backend(
+            "the embedded key-value store failed during this write; nothing of it was written"
+                .into(),
+        );
+        return (replies, Some(err));
+    }
+    match txn.commit() {
+        Ok(()) => (replies, None),
+        Err(err) => (replies, Some(backend(err))),
+    }
+}
+
+/// Jobs that cannot run (no transaction): dropped, which answers each
+/// caller that its write failed.
+fn refuse(batch: Vec<Job>) -> Vec<Reply> {
+    drop(batch);
+    Vec::new()
+}
+
+/// Each write queued, not waited for: the [`Pending`] answers once it is
+/// committed (the [`Backend`] methods wait for it).
+impl Embedded {
+    pub fn set_pending(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<Pending<()>> {
+        self.limits.check_key(key)?;
+        self.limits.check_value(value)?;
+        let (limits, bucket, key, value) =
+            (self.limits, bucket.clone(), key.to_string(), value.to_vec());
+        self.submit(move |data, usage| put(&limits, &bucket, &key, &value, data, usage))
+    }
+
+    pub fn delete_pending(&self, bucket: &Bucket, key: &str) -> Result<Pending<()>> {
+        self.limits.check_key(key)?;
+        let (bucket, key) = (bucket.clone(), key.to_string());
+        self.submit(move |data, usage| remove(&bucket, &key, data, usage))
+    }
+
+    pub fn increment_pending(
+        &self,
+        bucket: &Bucket,
+        key: &str,
+        delta: i64,
+    ) -> Result<Pending<i64>> {
+        self.limits.check_key(key)?;
+        let (limits, bucket, key) = (self.limits, bucket.clone(), key.to_string());
+        self.submit(move |data, usage| {
+            let now = match data
+                .get(full_key(&bucket, &key).as_slice())
+                .map_err(backend)?
+            {
+                Some(value) => parse_count(&key, value.value())?,
+                None => 0,
+            };
+            let next = now
+                .checked_add(delta)
+                .ok_or_else(|| KvError::overflow(&key, delta))?;
+            put(
+                &limits,
+                &bucket,
+                &key,
+                next.to_string().as_bytes(),
+                data,
+                usage,
+            )?;
+            Ok(next)
+        })
+    }
+
+    pub fn swap_pending(
+        &self,
+        bucket: &Bucket,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<Pending<bool>> {
+        self.limits.check_key(key)?;
+        self.limits.check_value(value)?;
+        let (limits, bucket, key) = (self.limits, bucket.clone(), key.to_string());
+        let (expected, value) = (expected.map(<[u8]>::to_vec), value.to_vec());
+        self.submit(move |data, usage| {
+            let now = data
+                .get(full_key(&bucket, &key).as_slice())
+                .map_err(backend)?
+                .map(|v| v.value().to_vec());
+            if now != expected {
+                return Ok(false);
+            }
+            put(&limits, &bucket, &key, &value, data, usage)?;
+            Ok(true)
+        })
+    }
+
+    pub fn set_many_pending(
+        &self,
+        bucket: &Bucket,
+        pairs: &[(String, Vec<u8>)],
+    ) -> Result<Pending<()>> {
+        self.limits.check_batch(pairs.len())?;
+        for (key, value) in pairs {
+            self.limits.check_key(key)?;
+            self.limits.check_value(value)?;
+        }
+        let (limits, bucket, pairs) = (self.limits, bucket.clone(), pairs.to_vec());
+        self.submit(move |data, usage| {
+            // The quota is checked for the whole batch first, so a batch
+            // over it writes nothing (it shares its transaction with others).
+            let mut sizes: HashMap<&str, Option<u64>> = HashMap::new();
+            for (key, _) in &pairs {
+                if !sizes.contains_key(key.as_str()) {
+                    let old = data
+                        .get(full_key(&bucket, key).as_slice())
+                        .map_err(backend)?
+                        .map(|v| v.value().len() as u64);
+                    sizes.insert(key, old);
+                }
+            }
+            let mut held = read_usage(usage, &bucket.app)?;
+            let mut last: HashMap<&str, u64> = HashMap::new();
+            for (key, value) in &pairs {
+                last.insert(key, value.len() as u64);
+            }
+            for (key, new) in &last {
+                match sizes[key] {
+                    Some(old) => held.bytes = held.bytes - old.min(held.bytes) + new,
+                    None => {
+                        held.keys += 1;
+                        held.bytes += key.len() as u64 + new;
+                    }
+                }
+            }
+            limits.check_usage(held)?;
+            for (key, value) in &pairs {
+                data.insert(full_key(&bucket, key).as_slice(), value.as_slice())
+                    .map_err(backend)?;
+            }
+            usage
+                .insert(bucket.app.as_str(), (held.keys, held.bytes))
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_many_pending(&self, bucket: &Bucket, keys: &[String]) -> Result<Pending<()>> {
+        self.limits.check_batch(keys.len())?;
+        for key in keys {
+            self.limits.check_key(key)?;
+        }
+        let (bucket, keys) = (bucket.clone(), keys.to_vec());
+        self.submit(move |data, usage| {
+            for key in &keys {
+                remove(&bucket, key, data, usage)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn delete_app_pending(&self, app: &str) -> Result<Pending<Usage>> {
+        let mut start = app.as_bytes().to_vec();
+        start.push(0);
+        let end = after(&start);
+        let app = app.to_string();
+        self.submit(move |data, usage| {
+            let keys: Vec<Vec<u8>> = data
+                .range(start.as_slice()..end.as_slice())
+                .map_err(backend)?
+                .map(|entry| entry.map(|(k, _)| k.value().to_vec()).map_err(backend))
+                .collect::<Result<_>>()?;
+            for key in &keys {
+                data.remove(key.as_slice()).map_err(backend)?;
+            }
+            let held = read_usage(usage, &app)?;
+            usage.remove(app.as_str()).map_err(backend)?;
+            Ok(held)
+        })
     }
 }
 
@@ -118,14 +426,11 @@ impl Backend for Embedded {
     }
 
     fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
-        self.limits.check_key(key)?;
-        self.limits.check_value(value)?;
-        self.write(|data, usage| put(&self.limits, bucket, key, value, data, usage))
+        self.set_pending(bucket, key, value)?.wait()
     }
 
     fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
-        self.limits.check_key(key)?;
-        self.write(|data, usage| remove(bucket, key, data, usage))
+        self.delete_pending(bucket, key)?.wait()
     }
 
     fn list_keys(
@@ -176,28 +481,7 @@ impl Backend for Embedded {
     }
 
     fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
-        self.limits.check_key(key)?;
-        self.write(|data, usage| {
-            let now = match data
-                .get(full_key(bucket, key).as_slice())
-                .map_err(backend)?
-            {
-                Some(value) => parse_count(key, value.value())?,
-                None => 0,
-            };
-            let next = now
-                .checked_add(delta)
-                .ok_or_else(|| KvError::overflow(key, delta))?;
-            put(
-                &self.limits,
-                bucket,
-                key,
-                next.to_string().as_bytes(),
-                data,
-                usage,
-            )?;
-            Ok(next)
-        })
+        self.increment_pending(bucket, key, delta)?.wait()
     }
 
     fn swap(
@@ -207,19 +491,7 @@ impl Backend for Embedded {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> Result<bool> {
-        self.limits.check_key(key)?;
-        self.limits.check_value(value)?;
-        self.write(|data, usage| {
-            let now = data
-                .get(full_key(bucket, key).as_slice())
-                .map_err(backend)?
-                .map(|v| v.value().to_vec());
-            if now.as_deref() != expected {
-                return Ok(false);
-            }
-            put(&self.limits, bucket, key, value, data, usage)?;
-            Ok(true)
-        })
+        self.swap_pending(bucket, key, expected, value)?.wait()
     }
 
     fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -244,30 +516,11 @@ impl Backend for Embedded {
     }
 
     fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
-        self.limits.check_batch(pairs.len())?;
-        for (key, value) in pairs {
-            self.limits.check_key(key)?;
-            self.limits.check_value(value)?;
-        }
-        self.write(|data, usage| {
-            for (key, value) in pairs {
-                put(&self.limits, bucket, key, value, data, usage)?;
-            }
-            Ok(())
-        })
+        self.set_many_pending(bucket, pairs)?.wait()
     }
 
     fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
-        self.limits.check_batch(keys.len())?;
-        for key in keys {
-            self.limits.check_key(key)?;
-        }
-        self.write(|data, usage| {
-            for key in keys {
-                remove(bucket, key, data, usage)?;
-            }
-            Ok(())
-        })
+        self.delete_many_pending(bucket, keys)?.wait()
     }
 
     fn usage(&self, app: &str) -> Result<Usage> {
@@ -277,22 +530,7 @@ impl Backend for Embedded {
     }
 
     fn delete_app(&self, app: &str) -> Result<Usage> {
-        let mut start = app.as_bytes().to_vec();
-        start.push(0);
-        let end = after(&start);
-        self.write(|data, usage| {
-            let keys: Vec<Vec<u8>> = data
-                .range(start.as_slice()..end.as_slice())
-                .map_err(backend)?
-                .map(|entry| entry.map(|(k, _)| k.value().to_vec()).map_err(backend))
-                .collect::<Result<_>>()?;
-            for key in &keys {
-                data.remove(key.as_slice()).map_err(backend)?;
-            }
-            let held = read_usage(usage, app)?;
-            usage.remove(app).map_err(backend)?;
-            Ok(held)
-        })
+        self.delete_app_pending(app)?.wait()
     }
 }
 
@@ -321,8 +559,8 @@ fn put(
     bucket: &Bucket,
     key: &str,
     value: &[u8],
-    data: &mut redb::Table<&[u8], &[u8]>,
-    usage: &mut redb::Table<&str, (u64, u64)>,
+    data: &mut DataTable<'_>,
+    usage: &mut UsageTable<'_>,
 ) -> Result<()> {
     let full = full_key(bucket, key);
     let old = data
@@ -349,8 +587,8 @@ fn put(
 fn remove(
     bucket: &Bucket,
     key: &str,
-    data: &mut redb::Table<&[u8], &[u8]>,
-    usage: &mut redb::Table<&str, (u64, u64)>,
+    data: &mut DataTable<'_>,
+    usage: &mut UsageTable<'_>,
 ) -> Result<()> {
     let removed = data
         .remove(full_key(bucket, key).as_slice())

@@ -17,10 +17,13 @@
 //! and says so, and the next one connects again. Blocking: call from the
 //! blocking pool. The URL's credentials are never logged or shown.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, Script, Value};
+use arc_swap::ArcSwapOption;
+use futures::executor::block_on;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Connection, FromRedisValue, Script, Value};
 
 use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage, prefix_end};
 
@@ -86,6 +89,10 @@ pub struct Redis {
     set_many: Script,
     delete_many: Script,
     get_many: Script,
+    /// The async connection every async call shares (`None` until the
+    /// first, and after it failed), and a lock so one task makes it.
+    mux: ArcSwapOption<MultiplexedConnection>,
+    mux_connecting: tokio::sync::Mutex<()>,
     /// Set after a failed connect: calls fail at once until then, so a
     /// Redis that is down costs each call nothing (the first call after it
     /// tries again), with the wait doubling while it stays down.
@@ -201,6 +208,8 @@ impl Redis {
                  if total > tonumber(ARGV[1]) then return {0, total} end
                  return {1, redis.call('HMGET', KEYS[1], unpack(ARGV, 2))}",
             ),
+            mux: ArcSwapOption::empty(),
+            mux_connecting: tokio::sync::Mutex::new(()),
             down: Mutex::new(None),
         })
     }
@@ -228,7 +237,7 @@ impl Redis {
             None => self.connect()?,
         };
         let out = work(&mut connection).map_err(|e| {
-            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+            if lost(&e) {
                 self.went_down();
             }
             self.failed(e)
@@ -244,6 +253,30 @@ impl Redis {
     /// A new connection with its timeouts, unless Redis was found down
     /// moments ago: then fail at once, saying when it is tried again.
     fn connect(&self) -> Result<Connection> {
+        self.not_backing_off()?;
+        let connected = self
+            .client
+            .get_connection_with_timeout(TIMEOUT)
+            .and_then(|connection| {
+                connection.set_read_timeout(Some(TIMEOUT))?;
+                connection.set_write_timeout(Some(TIMEOUT))?;
+                Ok(connection)
+            });
+        match connected {
+            Ok(connection) => {
+                self.came_back();
+                Ok(connection)
+            }
+            Err(err) => {
+                self.went_down();
+                Err(self.failed(err))
+            }
+        }
+    }
+
+    /// Fail at once while backing off after Redis was found down, saying
+    /// when it is tried again.
+    fn not_backing_off(&self) -> Result<()> {
         let now = Instant::now();
         let backoff = self.down.lock().ok().and_then(|down| *down);
         if let Some(backoff) = backoff
@@ -255,26 +288,69 @@ impl Redis {
                 (backoff.until - now).as_millis().max(1)
             )));
         }
-        let connected = self
+        Ok(())
+    }
+
+    /// A connection worked: if Redis was down, it is back.
+    fn came_back(&self) {
+        if let Ok(mut down) = self.down.lock()
+            && down.take().is_some()
+        {
+            tracing::info!(store = %self.shown, "the Redis key-value store is reachable again");
+        }
+    }
+
+    /// The shared async connection (made on first use, and again after it
+    /// failed): every async call is pipelined on it, with no thread hop.
+    async fn multiplexed(&self) -> Result<MultiplexedConnection> {
+        if let Some(connection) = self.mux.load_full() {
+            return Ok((*connection).clone());
+        }
+        let _one = self.mux_connecting.lock().await;
+        if let Some(connection) = self.mux.load_full() {
+            return Ok((*connection).clone());
+        }
+        self.not_backing_off()?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        match self
             .client
-            .get_connection_with_timeout(TIMEOUT)
-            .and_then(|connection| {
-                connection.set_read_timeout(Some(TIMEOUT))?;
-                connection.set_write_timeout(Some(TIMEOUT))?;
-                Ok(connection)
-            });
-        match connected {
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
             Ok(connection) => {
-                if let Ok(mut down) = self.down.lock()
-                    && down.take().is_some()
-                {
-                    tracing::info!(store = %self.shown, "the Redis key-value store is reachable again");
-                }
+                self.came_back();
+                self.mux.store(Some(Arc::new(connection.clone())));
                 Ok(connection)
             }
             Err(err) => {
                 self.went_down();
                 Err(self.failed(err))
+            }
+        }
+    }
+
+    /// Send `request` the way `via` says.
+    async fn query<T: FromRedisValue>(&self, via: Via, request: Request<'_>) -> Result<T> {
+        match via {
+            Via::Blocking => self.with(|c| match &request {
+                Request::Cmd(cmd) => cmd.query(c),
+                Request::Script(script) => script.invoke(c),
+            }),
+            Via::Async => {
+                let mut connection = self.multiplexed().await?;
+                let out = match &request {
+                    Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
+                    Request::Script(script) => script.invoke_async(&mut connection).await,
+                };
+                out.map_err(|e| {
+                    if lost(&e) {
+                        self.mux.store(None);
+                        self.went_down();
+                    }
+                    self.failed(e)
+                })
             }
         }
     }
@@ -320,17 +396,16 @@ impl Redis {
 
     /// Run `script` on `bucket`'s keys (its hash, index and the app's
     /// usage) with the arguments `args` gives it.
-    fn run<T: redis::FromRedisValue>(
+    async fn run<T: FromRedisValue>(
         &self,
+        via: Via,
         script: &Script,
         bucket: &Bucket,
         args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
     ) -> Result<T> {
-        self.with(|c| {
-            let mut call = script.key(&Self::keys(bucket)[..]);
-            args(&mut call);
-            call.invoke(c)
-        })
+        let mut call = script.key(&Self::keys(bucket)[..]);
+        args(&mut call);
+        self.query(via, Request::Script(call)).await
     }
 
     fn hash(bucket: &Bucket) -> String {
@@ -373,6 +448,26 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// How a call travels: a pooled blocking connection (for callers on a
+/// blocking thread: the [`Backend`] methods) or the shared async connection
+/// (the host's request path, through `KvService`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Blocking,
+    Async,
+}
+
+/// One command or script call.
+enum Request<'a> {
+    Cmd(redis::Cmd),
+    Script(redis::ScriptInvocation<'a>),
+}
+
+/// Did the connection fail (rather than Redis refusing the command)?
+fn lost(err: &redis::RedisError) -> bool {
+    err.is_io_error() || err.is_connection_dropped() || err.is_timeout()
+}
+
 fn status(reply: &[Value]) -> i64 {
     match reply.first() {
         Some(Value::Int(n)) => *n,
@@ -380,50 +475,55 @@ fn status(reply: &[Value]) -> i64 {
     }
 }
 
-impl Backend for Redis {
-    fn limits(&self) -> &KvLimits {
-        &self.limits
-    }
-
-    fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
+/// Every operation, sent `via` a blocking or the async connection.
+impl Redis {
+    pub async fn get_via(&self, via: Via, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
         self.limits.check_key(key)?;
-        self.with(|c| redis::cmd("HGET").arg(Self::hash(bucket)).arg(key).query(c))
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(Self::hash(bucket)).arg(key);
+        self.query(via, Request::Cmd(cmd)).await
     }
 
-    fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
+    pub async fn exists_via(&self, via: Via, bucket: &Bucket, key: &str) -> Result<bool> {
         self.limits.check_key(key)?;
-        self.with(|c| {
-            redis::cmd("HEXISTS")
-                .arg(Self::hash(bucket))
-                .arg(key)
-                .query(c)
-        })
+        let mut cmd = redis::cmd("HEXISTS");
+        cmd.arg(Self::hash(bucket)).arg(key);
+        self.query(via, Request::Cmd(cmd)).await
     }
 
-    fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
+    pub async fn set_via(&self, via: Via, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
         self.limits.check_key(key)?;
         self.limits.check_value(value)?;
-        let reply: Vec<Value> = self.run(&self.set, bucket, |call| {
-            call.arg(key)
-                .arg(value)
-                .arg(self.limits.max_keys)
-                .arg(self.limits.max_bytes);
-        })?;
+        let reply: Vec<Value> = self
+            .run(via, &self.set, bucket, |call| {
+                call.arg(key)
+                    .arg(value)
+                    .arg(self.limits.max_keys)
+                    .arg(self.limits.max_bytes);
+            })
+            .await?;
         match status(&reply) {
             1 => Ok(()),
             _ => Err(self.over_quota(&reply)),
         }
     }
 
-    fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
+    pub async fn delete_via(&self, via: Via, bucket: &Bucket, key: &str) -> Result<()> {
         self.limits.check_key(key)?;
-        self.run::<i64>(&self.delete, bucket, |call| {
+        self.run::<i64>(via, &self.delete, bucket, |call| {
             call.arg(key);
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
-    fn list_keys(&self, bucket: &Bucket, prefix: &str, cursor: Option<&str>) -> Result<KeyPage> {
+    pub async fn list_keys_via(
+        &self,
+        via: Via,
+        bucket: &Bucket,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<KeyPage> {
         // Lexicographic bounds: `(` excludes, `[` includes, `-`/`+` are the
         // ends.
         let bound = |kind: u8, text: &[u8]| [&[kind][..], text].concat();
@@ -437,16 +537,14 @@ impl Backend for Redis {
             None => b"+".to_vec(),
         };
         let page = self.limits.page_keys;
-        let mut keys: Vec<Vec<u8>> = self.with(|c| {
-            redis::cmd("ZRANGEBYLEX")
-                .arg(format!("{}:keys", Self::hash(bucket)))
-                .arg(from)
-                .arg(to)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(page + 1)
-                .query(c)
-        })?;
+        let mut cmd = redis::cmd("ZRANGEBYLEX");
+        cmd.arg(format!("{}:keys", Self::hash(bucket)))
+            .arg(from)
+            .arg(to)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(page + 1);
+        let mut keys: Vec<Vec<u8>> = self.query(via, Request::Cmd(cmd)).await?;
         let more = keys.len() > page;
         keys.truncate(page);
         let keys: Vec<String> = keys
@@ -457,14 +555,22 @@ impl Backend for Redis {
         Ok(KeyPage { keys, cursor })
     }
 
-    fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
+    pub async fn increment_via(
+        &self,
+        via: Via,
+        bucket: &Bucket,
+        key: &str,
+        delta: i64,
+    ) -> Result<i64> {
         self.limits.check_key(key)?;
-        let reply: Vec<Value> = self.run(&self.increment, bucket, |call| {
-            call.arg(key)
-                .arg(delta)
-                .arg(self.limits.max_keys)
-                .arg(self.limits.max_bytes);
-        })?;
+        let reply: Vec<Value> = self
+            .run(via, &self.increment, bucket, |call| {
+                call.arg(key)
+                    .arg(delta)
+                    .arg(self.limits.max_keys)
+                    .arg(self.limits.max_bytes);
+            })
+            .await?;
         match status(&reply) {
             1 => {
                 let text = match reply.get(1) {
@@ -480,8 +586,9 @@ impl Backend for Redis {
         }
     }
 
-    fn swap(
+    pub async fn swap_via(
         &self,
+        via: Via,
         bucket: &Bucket,
         key: &str,
         expected: Option<&[u8]>,
@@ -489,14 +596,16 @@ impl Backend for Redis {
     ) -> Result<bool> {
         self.limits.check_key(key)?;
         self.limits.check_value(value)?;
-        let reply: Vec<Value> = self.run(&self.swap, bucket, |call| {
-            call.arg(key)
-                .arg(value)
-                .arg(self.limits.max_keys)
-                .arg(self.limits.max_bytes)
-                .arg(if expected.is_some() { "1" } else { "0" })
-                .arg(expected.unwrap_or_default());
-        })?;
+        let reply: Vec<Value> = self
+            .run(via, &self.swap, bucket, |call| {
+                call.arg(key)
+                    .arg(value)
+                    .arg(self.limits.max_keys)
+                    .arg(self.limits.max_bytes)
+                    .arg(if expected.is_some() { "1" } else { "0" })
+                    .arg(expected.unwrap_or_default());
+            })
+            .await?;
         match status(&reply) {
             1 => Ok(true),
             2 => Ok(false),
@@ -504,7 +613,12 @@ impl Backend for Redis {
         }
     }
 
-    fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+    pub async fn get_many_via(
+        &self,
+        via: Via,
+        bucket: &Bucket,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         for key in keys {
             self.limits.check_key(key)?;
         }
@@ -512,9 +626,11 @@ impl Backend for Redis {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let reply: Vec<Value> = self.run(&self.get_many, bucket, |call| {
-            call.arg(self.limits.batch_bytes).arg(keys);
-        })?;
+        let reply: Vec<Value> = self
+            .run(via, &self.get_many, bucket, |call| {
+                call.arg(self.limits.batch_bytes).arg(keys);
+            })
+            .await?;
         match (status(&reply), reply.get(1)) {
             (1, Some(values)) => {
                 redis::from_redis_value_ref(values).map_err(|e| self.failed(e.into()))
@@ -531,72 +647,136 @@ impl Backend for Redis {
         }
     }
 
-    fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
+    pub async fn set_many_via(
+        &self,
+        via: Via,
+        bucket: &Bucket,
+        pairs: &[(String, Vec<u8>)],
+    ) -> Result<()> {
         self.limits.check_batch(pairs.len())?;
         for (key, value) in pairs {
             self.limits.check_key(key)?;
             self.limits.check_value(value)?;
         }
-        let reply: Vec<Value> = self.run(&self.set_many, bucket, |call| {
-            call.arg(self.limits.max_keys).arg(self.limits.max_bytes);
-            for (key, value) in pairs {
-                call.arg(key).arg(value.as_slice());
-            }
-        })?;
+        let reply: Vec<Value> = self
+            .run(via, &self.set_many, bucket, |call| {
+                call.arg(self.limits.max_keys).arg(self.limits.max_bytes);
+                for (key, value) in pairs {
+                    call.arg(key).arg(value.as_slice());
+                }
+            })
+            .await?;
         match status(&reply) {
             1 => Ok(()),
             _ => Err(self.over_quota(&reply)),
         }
     }
 
-    fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
+    pub async fn delete_many_via(&self, via: Via, bucket: &Bucket, keys: &[String]) -> Result<()> {
         self.limits.check_batch(keys.len())?;
         for key in keys {
             self.limits.check_key(key)?;
         }
-        self.run::<i64>(&self.delete_many, bucket, |call| {
+        self.run::<i64>(via, &self.delete_many, bucket, |call| {
             call.arg(keys);
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
-    fn usage(&self, app: &str) -> Result<Usage> {
-        let (keys, bytes): (Option<u64>, Option<u64>) = self.with(|c| {
-            redis::cmd("HMGET")
-                .arg(format!("kv:{app}:usage"))
-                .arg("keys")
-                .arg("bytes")
-                .query(c)
-        })?;
+    pub async fn usage_via(&self, via: Via, app: &str) -> Result<Usage> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(format!("kv:{app}:usage")).arg("keys").arg("bytes");
+        let (keys, bytes): (Option<u64>, Option<u64>) = self.query(via, Request::Cmd(cmd)).await?;
         Ok(Usage {
             keys: keys.unwrap_or(0),
             bytes: bytes.unwrap_or(0),
         })
     }
 
-    fn delete_app(&self, app: &str) -> Result<Usage> {
-        let held = self.usage(app)?;
+    pub async fn delete_app_via(&self, via: Via, app: &str) -> Result<Usage> {
+        let held = self.usage_via(via, app).await?;
         let pattern = format!("kv:{app}:*");
-        self.with(|c| {
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(c)?;
-                if !keys.is_empty() {
-                    redis::cmd("UNLINK").arg(&keys).query::<i64>(c)?;
-                }
-                if next == 0 {
-                    return Ok(());
-                }
-                cursor = next;
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.query(via, Request::Cmd(scan)).await?;
+            if !keys.is_empty() {
+                let mut unlink = redis::cmd("UNLINK");
+                unlink.arg(&keys);
+                self.query::<i64>(via, Request::Cmd(unlink)).await?;
             }
-        })?;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
         Ok(held)
+    }
+}
+
+impl Backend for Redis {
+    fn limits(&self) -> &KvLimits {
+        &self.limits
+    }
+
+    fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
+        block_on(self.get_via(Via::Blocking, bucket, key))
+    }
+
+    fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
+        block_on(self.exists_via(Via::Blocking, bucket, key))
+    }
+
+    fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
+        block_on(self.set_via(Via::Blocking, bucket, key, value))
+    }
+
+    fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
+        block_on(self.delete_via(Via::Blocking, bucket, key))
+    }
+
+    fn list_keys(&self, bucket: &Bucket, prefix: &str, cursor: Option<&str>) -> Result<KeyPage> {
+        block_on(self.list_keys_via(Via::Blocking, bucket, prefix, cursor))
+    }
+
+    fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
+        block_on(self.increment_via(Via::Blocking, bucket, key, delta))
+    }
+
+    fn swap(
+        &self,
+        bucket: &Bucket,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool> {
+        block_on(self.swap_via(Via::Blocking, bucket, key, expected, value))
+    }
+
+    fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        block_on(self.get_many_via(Via::Blocking, bucket, keys))
+    }
+
+    fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
+        block_on(self.set_many_via(Via::Blocking, bucket, pairs))
+    }
+
+    fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
+        block_on(self.delete_many_via(Via::Blocking, bucket, keys))
+    }
+
+    fn usage(&self, app: &str) -> Result<Usage> {
+        block_on(self.usage_via(Via::Blocking, app))
+    }
+
+    fn delete_app(&self, app: &str) -> Result<Usage> {
+        block_on(self.delete_app_via(Via::Blocking, app))
     }
 }
 

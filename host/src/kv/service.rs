@@ -1,26 +1,39 @@
 //! The one door to the key-value store: the host opens its backend once
 //! ([`KvService::embedded`] or [`KvService::redis`]) and every caller (the
-//! guests' `wasi:keyvalue`, the admin API, the metrics) goes through
-//! [`KvService::run`], which runs the blocking backend call on the blocking
-//! pool, stops waiting at the caller's deadline and counts the operation in
-//! the metrics by app, operation and result.
+//! guests' `wasi:keyvalue`, the admin API, the metrics) calls its typed
+//! operations, which stop waiting at the caller's deadline and count each
+//! operation in the metrics by app, operation and result.
+//!
+//! Where an operation runs depends on the backend, so that none blocks an
+//! async thread for long and none pays for a thread hop it does not need:
+//! on the embedded store a read runs where it is called (a snapshot read
+//! from memory-cached pages, microseconds) and a write is queued to its
+//! writer thread and awaited (group commit); on Redis every call is sent on
+//! one shared async connection, pipelined with the others.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::kv::embedded::Embedded;
-use crate::kv::redis::Redis;
-use crate::kv::{Backend, KvError, KvLimits, Usage};
+use crate::kv::redis::{Redis, Via};
+use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage};
 use crate::metrics::metrics;
+
+type Result<T, E = KvError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+enum Store {
+    Embedded(Arc<Embedded>),
+    Redis(Arc<Redis>),
+}
 
 /// The host's key-value store, shared by every app (each in its own
 /// namespace). Cheap to clone.
 #[derive(Clone)]
 pub struct KvService {
-    backend: Arc<dyn Backend>,
-    /// `embedded` or `redis`, for metrics and logs.
-    kind: &'static str,
+    store: Store,
     /// Where it is, without credentials.
     shown: Arc<str>,
 }
@@ -28,7 +41,7 @@ pub struct KvService {
 impl std::fmt::Debug for KvService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvService")
-            .field("kind", &self.kind)
+            .field("kind", &self.kind())
             .field("shown", &self.shown)
             .finish()
     }
@@ -36,33 +49,37 @@ impl std::fmt::Debug for KvService {
 
 impl KvService {
     /// The embedded store in the file `path` (created if missing).
-    pub fn embedded(path: &Path, limits: KvLimits) -> Result<KvService, KvError> {
+    pub fn embedded(path: &Path, limits: KvLimits) -> Result<KvService> {
         Ok(KvService {
-            backend: Arc::new(Embedded::open(path, limits)?),
-            kind: "embedded",
+            store: Store::Embedded(Arc::new(Embedded::open(path, limits)?)),
             shown: path.display().to_string().into(),
         })
     }
 
     /// The Redis at `url`; nothing connects until the first operation, so
     /// a Redis that is down does not stop the host from starting.
-    pub fn redis(url: &str, limits: KvLimits) -> Result<KvService, KvError> {
+    pub fn redis(url: &str, limits: KvLimits) -> Result<KvService> {
         let redis = Redis::open(url, limits)?;
         let shown = redis.shown().into();
         Ok(KvService {
-            backend: Arc::new(redis),
-            kind: "redis",
+            store: Store::Redis(Arc::new(redis)),
             shown,
         })
     }
 
     pub fn limits(&self) -> &KvLimits {
-        self.backend.limits()
+        match &self.store {
+            Store::Embedded(kv) => kv.limits(),
+            Store::Redis(kv) => kv.limits(),
+        }
     }
 
     /// `embedded` or `redis`.
     pub fn kind(&self) -> &'static str {
-        self.kind
+        match &self.store {
+            Store::Embedded(_) => "embedded",
+            Store::Redis(_) => "redis",
+        }
     }
 
     /// Where the store is (a file, or a Redis URL without credentials).
@@ -70,37 +87,27 @@ impl KvService {
         &self.shown
     }
 
-    /// Run `call` on the backend for `app` off the async threads, waiting
-    /// no later than `deadline`; counted as operation `op`.
-    pub async fn run<T: Send + 'static>(
+    /// Run `work` as operation `op` of `app`: no later than `deadline`,
+    /// timed and counted.
+    async fn timed<T>(
         &self,
         app: &str,
         op: &'static str,
         deadline: Option<Instant>,
-        call: impl FnOnce(&dyn Backend) -> Result<T, KvError> + Send + 'static,
-    ) -> Result<T, KvError> {
-        let backend = self.backend.clone();
-        let kind = self.kind;
-        let work = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let out = call(&*backend);
-            metrics().kv_time(kind, op, started.elapsed());
-            out
-        });
-        // `None`: the deadline passed first.
-        let joined = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), work).await.ok(),
-            None => Some(work.await),
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let out = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), work)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(KvError::Timeout(format!(
+                        "the request's deadline passed during key-value {op}"
+                    )))
+                }),
+            None => work.await,
         };
-        let out = match joined {
-            Some(Ok(out)) => out,
-            Some(Err(_)) => Err(KvError::Backend(format!(
-                "the key-value {op} stopped before it finished"
-            ))),
-            None => Err(KvError::Timeout(format!(
-                "the request's deadline passed during key-value {op}"
-            ))),
-        };
+        metrics().kv_time(self.kind(), op, started.elapsed());
         let result = match &out {
             Ok(_) => "ok",
             Err(err) => err.kind(),
@@ -109,11 +116,184 @@ impl KvService {
         out
     }
 
+    pub async fn get(
+        &self,
+        op: &'static str,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        key: String,
+    ) -> Result<Option<Vec<u8>>> {
+        self.timed(&bucket.app, op, deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => kv.get(&bucket, &key),
+                Store::Redis(kv) => kv.get_via(Via::Async, &bucket, &key).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn exists(
+        &self,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        key: String,
+    ) -> Result<bool> {
+        self.timed(&bucket.app, "exists", deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => kv.exists(&bucket, &key),
+                Store::Redis(kv) => kv.exists_via(Via::Async, &bucket, &key).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn list_keys(
+        &self,
+        op: &'static str,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        prefix: String,
+        cursor: Option<String>,
+    ) -> Result<KeyPage> {
+        let cursor = cursor.as_deref();
+        self.timed(&bucket.app, op, deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => kv.list_keys(&bucket, &prefix, cursor),
+                Store::Redis(kv) => kv.list_keys_via(Via::Async, &bucket, &prefix, cursor).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn get_many(
+        &self,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.timed(&bucket.app, "get_many", deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => kv.get_many(&bucket, &keys),
+                Store::Redis(kv) => kv.get_many_via(Via::Async, &bucket, &keys).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn set(
+        &self,
+        op: &'static str,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<()> {
+        self.timed(&bucket.app, op, deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => kv.set_pending(&bucket, &key, &value)?.done().await,
+                Store::Redis(kv) => kv.set_via(Via::Async, &bucket, &key, &value).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn delete(
+        &self,
+        op: &'static str,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        key: String,
+    ) -> Result<()> {
+        self.timed(&bucket.app, op, deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => kv.delete_pending(&bucket, &key)?.done().await,
+                Store::Redis(kv) => kv.delete_via(Via::Async, &bucket, &key).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn increment(
+        &self,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        key: String,
+        delta: i64,
+    ) -> Result<i64> {
+        self.timed(&bucket.app, "increment", deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => kv.increment_pending(&bucket, &key, delta)?.done().await,
+                Store::Redis(kv) => kv.increment_via(Via::Async, &bucket, &key, delta).await,
+            }
+        })
+        .await
+    }
+
+    /// Set `key` to `value` if it still holds `expected`.
+    pub async fn swap(
+        &self,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool> {
+        let expected = expected.as_deref();
+        self.timed(&bucket.app, "swap", deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => {
+                    kv.swap_pending(&bucket, &key, expected, &value)?
+                        .done()
+                        .await
+                }
+                Store::Redis(kv) => {
+                    kv.swap_via(Via::Async, &bucket, &key, expected, &value)
+                        .await
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn set_many(
+        &self,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        pairs: Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        self.timed(&bucket.app, "set_many", deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => kv.set_many_pending(&bucket, &pairs)?.done().await,
+                Store::Redis(kv) => kv.set_many_via(Via::Async, &bucket, &pairs).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn delete_many(
+        &self,
+        deadline: Option<Instant>,
+        bucket: Bucket,
+        keys: Vec<String>,
+    ) -> Result<()> {
+        self.timed(&bucket.app, "delete_many", deadline, async {
+            match &self.store {
+                Store::Embedded(kv) => kv.delete_many_pending(&bucket, &keys)?.done().await,
+                Store::Redis(kv) => kv.delete_many_via(Via::Async, &bucket, &keys).await,
+            }
+        })
+        .await
+    }
+
     /// What `app` holds, also set in the `kv_keys`/`kv_bytes` gauges.
-    pub async fn usage(&self, app: &str) -> Result<Usage, KvError> {
-        let name = app.to_string();
+    pub async fn usage(&self, app: &str) -> Result<Usage> {
         let usage = self
-            .run(app, "admin_usage", None, move |kv| kv.usage(&name))
+            .timed(app, "admin_usage", None, async {
+                match &self.store {
+                    Store::Embedded(kv) => kv.usage(app),
+                    Store::Redis(kv) => kv.usage_via(Via::Async, app).await,
+                }
+            })
             .await?;
         metrics().kv_usage(app, usage.keys, usage.bytes);
         Ok(usage)
@@ -121,11 +301,13 @@ impl KvService {
 
     /// Delete everything `app` holds (when the app is removed); what it
     /// held.
-    pub async fn delete_app(&self, app: &str) -> Result<Usage, KvError> {
-        let name = app.to_string();
+    pub async fn delete_app(&self, app: &str) -> Result<Usage> {
         let usage = self
-            .run(app, "admin_delete_app", None, move |kv| {
-                kv.delete_app(&name)
+            .timed(app, "admin_delete_app", None, async {
+                match &self.store {
+                    Store::Embedded(kv) => kv.delete_app_pending(app)?.done().await,
+                    Store::Redis(kv) => kv.delete_app_via(Via::Async, app).await,
+                }
             })
             .await?;
         metrics().kv_forget(app);

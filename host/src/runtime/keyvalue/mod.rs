@@ -28,7 +28,7 @@ use std::time::Instant;
 use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
 
 use crate::kv::service::KvService;
-use crate::kv::{Backend, Bucket, KeyPage, KvError, validate_store_name};
+use crate::kv::{Bucket, KeyPage, KvError, validate_store_name};
 use crate::metrics::metrics;
 
 /// Bytes of values all CAS handles of one instance may hold at once.
@@ -177,22 +177,14 @@ impl KvView<'_> {
         Ok(())
     }
 
-    /// Run `call` on the backend as operation `op` of this request,
-    /// counting `n` operations.
-    async fn run<T: Send + 'static>(
-        &mut self,
-        op: &'static str,
-        n: usize,
-        call: impl FnOnce(&dyn Backend) -> Result<T, KvError> + Send + 'static,
-    ) -> KvResult<T> {
+    /// The store, for operation `op` of this request (counting `n`
+    /// operations), and the request's deadline.
+    fn store(&mut self, op: &'static str, n: usize) -> KvResult<(KvService, Option<Instant>)> {
         self.count(op, n)?;
-        let access = &self.ctx.access;
-        let Some(service) = &access.service else {
-            return Err(GuestKvError::AccessDenied);
-        };
-        Ok(service
-            .run(&access.app, op, Some(self.deadline), call)
-            .await?)
+        match &self.ctx.access.service {
+            Some(service) => Ok((service.clone(), Some(self.deadline))),
+            None => Err(GuestKvError::AccessDenied),
+        }
     }
 
     fn bucket(&self, bucket: &Resource<KvBucket>) -> KvResult<Bucket> {
@@ -239,7 +231,8 @@ impl KvView<'_> {
         key: String,
     ) -> KvResult<Option<Vec<u8>>> {
         let bucket = self.bucket(bucket)?;
-        self.run("get", 1, move |kv| kv.get(&bucket, &key)).await
+        let (kv, deadline) = self.store("get", 1)?;
+        Ok(kv.get("get", deadline, bucket, key).await?)
     }
 
     pub async fn set(
@@ -249,20 +242,20 @@ impl KvView<'_> {
         value: Vec<u8>,
     ) -> KvResult<()> {
         let bucket = self.bucket(bucket)?;
-        self.run("set", 1, move |kv| kv.set(&bucket, &key, &value))
-            .await
+        let (kv, deadline) = self.store("set", 1)?;
+        Ok(kv.set("set", deadline, bucket, key, value).await?)
     }
 
     pub async fn delete(&mut self, bucket: &Resource<KvBucket>, key: String) -> KvResult<()> {
         let bucket = self.bucket(bucket)?;
-        self.run("delete", 1, move |kv| kv.delete(&bucket, &key))
-            .await
+        let (kv, deadline) = self.store("delete", 1)?;
+        Ok(kv.delete("delete", deadline, bucket, key).await?)
     }
 
     pub async fn exists(&mut self, bucket: &Resource<KvBucket>, key: String) -> KvResult<bool> {
         let bucket = self.bucket(bucket)?;
-        self.run("exists", 1, move |kv| kv.exists(&bucket, &key))
-            .await
+        let (kv, deadline) = self.store("exists", 1)?;
+        Ok(kv.exists(deadline, bucket, key).await?)
     }
 
     pub async fn list_keys(
@@ -271,10 +264,10 @@ impl KvView<'_> {
         cursor: Option<String>,
     ) -> KvResult<KeyPage> {
         let bucket = self.bucket(bucket)?;
-        self.run("list_keys", 1, move |kv| {
-            kv.list_keys(&bucket, "", cursor.as_deref())
-        })
-        .await
+        let (kv, deadline) = self.store("list_keys", 1)?;
+        Ok(kv
+            .list_keys("list_keys", deadline, bucket, String::new(), cursor)
+            .await?)
     }
 
     /// A numeric cursor (`@0.2.0-draft`) for the string one `cursor`.
@@ -307,8 +300,8 @@ impl KvView<'_> {
         delta: i64,
     ) -> KvResult<i64> {
         let bucket = self.bucket(bucket)?;
-        self.run("increment", 1, move |kv| kv.increment(&bucket, &key, delta))
-            .await
+        let (kv, deadline) = self.store("increment", 1)?;
+        Ok(kv.increment(deadline, bucket, key, delta).await?)
     }
 
     pub async fn get_many(
@@ -318,15 +311,13 @@ impl KvView<'_> {
     ) -> KvResult<Vec<Option<(String, Vec<u8>)>>> {
         let bucket = self.bucket(bucket)?;
         let n = keys.len();
-        self.run("get_many", n, move |kv| {
-            let values = kv.get_many(&bucket, &keys)?;
-            Ok(keys
-                .into_iter()
-                .zip(values)
-                .map(|(key, value)| value.map(|v| (key, v)))
-                .collect())
-        })
-        .await
+        let (kv, deadline) = self.store("get_many", n)?;
+        let values = kv.get_many(deadline, bucket, keys.clone()).await?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .map(|(key, value)| value.map(|v| (key, v)))
+            .collect())
     }
 
     pub async fn set_many(
@@ -336,8 +327,8 @@ impl KvView<'_> {
     ) -> KvResult<()> {
         let bucket = self.bucket(bucket)?;
         let n = pairs.len();
-        self.run("set_many", n, move |kv| kv.set_many(&bucket, &pairs))
-            .await
+        let (kv, deadline) = self.store("set_many", n)?;
+        Ok(kv.set_many(deadline, bucket, pairs).await?)
     }
 
     pub async fn delete_many(
@@ -347,8 +338,8 @@ impl KvView<'_> {
     ) -> KvResult<()> {
         let bucket = self.bucket(bucket)?;
         let n = keys.len();
-        self.run("delete_many", n, move |kv| kv.delete_many(&bucket, &keys))
-            .await
+        let (kv, deadline) = self.store("delete_many", n)?;
+        Ok(kv.delete_many(deadline, bucket, keys).await?)
     }
 
     /// Start a compare-and-swap on `key`: read what it holds now.
@@ -362,10 +353,8 @@ impl KvView<'_> {
     }
 
     async fn read_cas(&mut self, bucket: Bucket, key: String) -> KvResult<Resource<KvCas>> {
-        let (read_bucket, read_key) = (bucket.clone(), key.clone());
-        let current = self
-            .run("cas", 1, move |kv| kv.get(&read_bucket, &read_key))
-            .await?;
+        let (kv, deadline) = self.store("cas", 1)?;
+        let current = kv.get("cas", deadline, bucket.clone(), key.clone()).await?;
         let size = current.as_ref().map_or(0, |v| v.len() as u64);
         if self.ctx.held + size > KV_HELD_BYTES {
             return Err(GuestKvError::Other(format!(
@@ -413,11 +402,9 @@ impl KvView<'_> {
             key,
             current,
         } = self.take_cas(cas)?;
-        let (swap_bucket, swap_key) = (bucket.clone(), key.clone());
-        let swapped = self
-            .run("swap", 1, move |kv| {
-                kv.swap(&swap_bucket, &swap_key, current.as_deref(), &value)
-            })
+        let (kv, deadline) = self.store("swap", 1)?;
+        let swapped = kv
+            .swap(deadline, bucket.clone(), key.clone(), current, value)
             .await?;
         if swapped {
             return Ok(Ok(()));
