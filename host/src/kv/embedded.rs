@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage, prefix_end};
+use crate::kv::{Bucket, KeyPage, KvError, KvLimits, Usage, prefix_end};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
@@ -88,13 +88,6 @@ const WRITE_FAILED: &str =
 pub struct Pending<T>(oneshot::Receiver<Result<T>>);
 
 impl<T> Pending<T> {
-    /// Wait for it on a thread that may block (not an async one).
-    pub fn wait(self) -> Result<T> {
-        self.0
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(KvError::Backend(WRITE_FAILED.into())))
-    }
-
     /// Wait for it without blocking a thread.
     pub async fn done(self) -> Result<T> {
         self.0
@@ -250,7 +243,7 @@ fn refuse(batch: Vec<Job>) -> Vec<Reply> {
 }
 
 /// Each write queued, not waited for: the [`Pending`] answers once it is
-/// committed (the [`Backend`] methods wait for it).
+/// committed.
 impl Embedded {
     pub fn set_pending(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<Pending<()>> {
         self.limits.check_key(key)?;
@@ -406,12 +399,13 @@ impl Embedded {
     }
 }
 
-impl Backend for Embedded {
-    fn limits(&self) -> &KvLimits {
+/// Reads, on a snapshot, where they are called.
+impl Embedded {
+    pub fn limits(&self) -> &KvLimits {
         &self.limits
     }
 
-    fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
+    pub fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
         self.limits.check_key(key)?;
         let txn = self.db.begin_read().map_err(backend)?;
         let data = txn.open_table(DATA).map_err(backend)?;
@@ -421,19 +415,11 @@ impl Backend for Embedded {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
+    pub fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
         Ok(self.get(bucket, key)?.is_some())
     }
 
-    fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
-        self.set_pending(bucket, key, value)?.wait()
-    }
-
-    fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
-        self.delete_pending(bucket, key)?.wait()
-    }
-
-    fn list_keys(
+    pub fn list_keys(
         &self,
         bucket: &Bucket,
         key_prefix: &str,
@@ -480,21 +466,7 @@ impl Backend for Embedded {
         Ok(KeyPage { keys, cursor })
     }
 
-    fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
-        self.increment_pending(bucket, key, delta)?.wait()
-    }
-
-    fn swap(
-        &self,
-        bucket: &Bucket,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-    ) -> Result<bool> {
-        self.swap_pending(bucket, key, expected, value)?.wait()
-    }
-
-    fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+    pub fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         self.limits.check_batch(keys.len())?;
         for key in keys {
             self.limits.check_key(key)?;
@@ -515,22 +487,10 @@ impl Backend for Embedded {
             .collect()
     }
 
-    fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
-        self.set_many_pending(bucket, pairs)?.wait()
-    }
-
-    fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
-        self.delete_many_pending(bucket, keys)?.wait()
-    }
-
-    fn usage(&self, app: &str) -> Result<Usage> {
+    pub fn usage(&self, app: &str) -> Result<Usage> {
         let txn = self.db.begin_read().map_err(backend)?;
         let usage = txn.open_table(USAGE).map_err(backend)?;
         read_usage(&usage, app)
-    }
-
-    fn delete_app(&self, app: &str) -> Result<Usage> {
-        self.delete_app_pending(app)?.wait()
     }
 }
 

@@ -1,9 +1,10 @@
 //! Key-value state for apps, the storage behind `wasi:keyvalue`: each
 //! app's data in a namespace of its own ([`Bucket`]: the app and one of
-//! the stores it declared), bounded by [`KvLimits`], in a [`Backend`]: an
-//! embedded, crash-safe store in the state directory ([`embedded`], the
-//! default) or a Redis that several hosts share ([`redis`]). Both behave
-//! the same; one test suite runs against each.
+//! the stores it declared), bounded by [`KvLimits`], in one of two
+//! backends: an embedded, crash-safe store in the state directory
+//! ([`embedded`], the default) or a Redis that several hosts share
+//! ([`redis`]). Callers go through [`service::KvService`], which has the
+//! same operations on either; one test suite runs against each.
 //!
 //! Keys and values are bytes to the backend; a bucket's keys are listed in
 //! order, a page at a time, with the last key of a page as the cursor.
@@ -20,46 +21,6 @@ pub mod service;
 
 #[cfg(test)]
 mod tests;
-
-/// A key-value store: every operation on one bucket, each atomic. Blocking:
-/// call from the blocking pool.
-pub trait Backend: Send + Sync {
-    fn limits(&self) -> &KvLimits;
-    fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, KvError>;
-    fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool, KvError>;
-    /// Set `key`, within the app's quota.
-    fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<(), KvError>;
-    /// Delete `key` (nothing if it is absent).
-    fn delete(&self, bucket: &Bucket, key: &str) -> Result<(), KvError>;
-    /// Up to a page of the bucket's keys that start with `prefix`, after
-    /// `cursor`, in byte order.
-    fn list_keys(
-        &self,
-        bucket: &Bucket,
-        prefix: &str,
-        cursor: Option<&str>,
-    ) -> Result<KeyPage, KvError>;
-    /// Add `delta` to the counter at `key` (absent counts as 0); the new
-    /// count.
-    fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64, KvError>;
-    /// Set `key` to `value` if it still holds `expected` (`None`: absent);
-    /// `false`, changing nothing, if it does not.
-    fn swap(
-        &self,
-        bucket: &Bucket,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-    ) -> Result<bool, KvError>;
-    fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError>;
-    /// Set every pair, all or none.
-    fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<(), KvError>;
-    fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<(), KvError>;
-    /// What app `app` holds, all its stores together.
-    fn usage(&self, app: &str) -> Result<Usage, KvError>;
-    /// Delete everything app `app` holds; what it held.
-    fn delete_app(&self, app: &str) -> Result<Usage, KvError>;
-}
 
 /// One store of one app: everything a guest's bucket may touch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

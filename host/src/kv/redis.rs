@@ -11,29 +11,25 @@
 //! ```
 //!
 //! App and store names hold no `:`, so one bucket's keys can never be
-//! another's. Connections come from a pool bounded at [`MAX_CONNECTIONS`]
-//! (a call past it waits, then fails), each with connect, read and write
-//! timeouts: when Redis is down an operation fails within them
-//! and says so, and the next one connects again. Blocking: call from the
-//! blocking pool. The URL's credentials are never logged or shown.
+//! another's. Every call is sent on one shared async connection
+//! (multiplexed: calls from every request are pipelined on it, so the host
+//! holds one connection however busy it is, and no thread waits on a
+//! socket), with connect and response timeouts. When Redis is down a call
+//! fails within them and says so; the connection is dropped and, after a
+//! backoff (0.1 s doubling to 5 s) during which calls fail at once, made
+//! again. The URL's credentials are never logged or shown.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use futures::executor::block_on;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Connection, FromRedisValue, Script, Value};
+use redis::{AsyncConnectionConfig, Client, FromRedisValue, Script, Value};
 
-use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage, prefix_end};
+use crate::kv::{Bucket, KeyPage, KvError, KvLimits, Usage, prefix_end};
 
 type Result<T, E = KvError> = std::result::Result<T, E>;
 
-/// Connections open at once, at most (each call holds one); a call past
-/// it waits for one to come back, up to [`TIMEOUT`].
-const MAX_CONNECTIONS: usize = 64;
-/// Idle connections kept for reuse.
-const POOL: usize = 16;
 /// Longest wait to connect, and for one reply.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -78,9 +74,6 @@ pub struct Redis {
     client: Client,
     /// Where it is, without credentials, for messages.
     shown: String,
-    idle: Mutex<Vec<Connection>>,
-    /// Connections in use, and a wake-up when one comes back.
-    busy: (Mutex<usize>, Condvar),
     limits: KvLimits,
     set: Script,
     swap: Script,
@@ -131,8 +124,6 @@ impl Redis {
         Ok(Redis {
             client,
             shown,
-            idle: Mutex::new(Vec::new()),
-            busy: (Mutex::new(0), Condvar::new()),
             limits,
             set: Script::new(&format!(
                 "{PUT} local r = put(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])) return r"
@@ -214,6 +205,10 @@ impl Redis {
         })
     }
 
+    pub fn limits(&self) -> &KvLimits {
+        &self.limits
+    }
+
     /// Where it is, without credentials.
     pub fn shown(&self) -> &str {
         &self.shown
@@ -225,53 +220,6 @@ impl Redis {
             "the Redis key-value store at {} failed: {}",
             self.shown, err
         ))
-    }
-
-    /// Run `work` on a pooled connection; a connection that failed is
-    /// dropped, not pooled.
-    fn with<T>(&self, work: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T> {
-        let _slot = self.slot()?;
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let mut connection = match pooled {
-            Some(connection) => connection,
-            None => self.connect()?,
-        };
-        let out = work(&mut connection).map_err(|e| {
-            if lost(&e) {
-                self.went_down();
-            }
-            self.failed(e)
-        })?;
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < POOL
-        {
-            idle.push(connection);
-        }
-        Ok(out)
-    }
-
-    /// A new connection with its timeouts, unless Redis was found down
-    /// moments ago: then fail at once, saying when it is tried again.
-    fn connect(&self) -> Result<Connection> {
-        self.not_backing_off()?;
-        let connected = self
-            .client
-            .get_connection_with_timeout(TIMEOUT)
-            .and_then(|connection| {
-                connection.set_read_timeout(Some(TIMEOUT))?;
-                connection.set_write_timeout(Some(TIMEOUT))?;
-                Ok(connection)
-            });
-        match connected {
-            Ok(connection) => {
-                self.came_back();
-                Ok(connection)
-            }
-            Err(err) => {
-                self.went_down();
-                Err(self.failed(err))
-            }
-        }
     }
 
     /// Fail at once while backing off after Redis was found down, saying
@@ -331,28 +279,21 @@ impl Redis {
         }
     }
 
-    /// Send `request` the way `via` says.
-    async fn query<T: FromRedisValue>(&self, via: Via, request: Request<'_>) -> Result<T> {
-        match via {
-            Via::Blocking => self.with(|c| match &request {
-                Request::Cmd(cmd) => cmd.query(c),
-                Request::Script(script) => script.invoke(c),
-            }),
-            Via::Async => {
-                let mut connection = self.multiplexed().await?;
-                let out = match &request {
-                    Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
-                    Request::Script(script) => script.invoke_async(&mut connection).await,
-                };
-                out.map_err(|e| {
-                    if lost(&e) {
-                        self.mux.store(None);
-                        self.went_down();
-                    }
-                    self.failed(e)
-                })
+    /// Send `request` on the shared connection; if the connection failed,
+    /// drop it (the next call connects again) and back off.
+    async fn query<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T> {
+        let mut connection = self.multiplexed().await?;
+        let out = match &request {
+            Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
+            Request::Script(script) => script.invoke_async(&mut connection).await,
+        };
+        out.map_err(|e| {
+            if lost(&e) {
+                self.mux.store(None);
+                self.went_down();
             }
-        }
+            self.failed(e)
+        })
     }
 
     /// Redis failed to connect or answer: back off before the next try
@@ -374,38 +315,17 @@ impl Redis {
         });
     }
 
-    /// One of the [`MAX_CONNECTIONS`], held until dropped.
-    fn slot(&self) -> Result<Slot<'_>> {
-        let (count, freed) = &self.busy;
-        fn broken<E>(_: E) -> KvError {
-            KvError::Backend("the Redis connection pool failed".into())
-        }
-        let count = count.lock().map_err(broken)?;
-        let (mut count, waited) = freed
-            .wait_timeout_while(count, TIMEOUT, |n| *n >= MAX_CONNECTIONS)
-            .map_err(broken)?;
-        if waited.timed_out() && *count >= MAX_CONNECTIONS {
-            return Err(KvError::Backend(format!(
-                "all {MAX_CONNECTIONS} connections to the Redis key-value store at {} are busy",
-                self.shown
-            )));
-        }
-        *count += 1;
-        Ok(Slot(&self.busy))
-    }
-
     /// Run `script` on `bucket`'s keys (its hash, index and the app's
     /// usage) with the arguments `args` gives it.
     async fn run<T: FromRedisValue>(
         &self,
-        via: Via,
         script: &Script,
         bucket: &Bucket,
         args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
     ) -> Result<T> {
         let mut call = script.key(&Self::keys(bucket)[..]);
         args(&mut call);
-        self.query(via, Request::Script(call)).await
+        self.query(Request::Script(call)).await
     }
 
     fn hash(bucket: &Bucket) -> String {
@@ -435,28 +355,6 @@ impl Redis {
     }
 }
 
-/// A connection slot in use; frees it when dropped.
-struct Slot<'a>(&'a (Mutex<usize>, Condvar));
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let (count, freed) = self.0;
-        if let Ok(mut count) = count.lock() {
-            *count = count.saturating_sub(1);
-        }
-        freed.notify_one();
-    }
-}
-
-/// How a call travels: a pooled blocking connection (for callers on a
-/// blocking thread: the [`Backend`] methods) or the shared async connection
-/// (the host's request path, through `KvService`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    Blocking,
-    Async,
-}
-
 /// One command or script call.
 enum Request<'a> {
     Cmd(redis::Cmd),
@@ -475,27 +373,27 @@ fn status(reply: &[Value]) -> i64 {
     }
 }
 
-/// Every operation, sent `via` a blocking or the async connection.
+/// Every operation: one command, or one script that Redis runs atomically.
 impl Redis {
-    pub async fn get_via(&self, via: Via, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
+    pub async fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
         self.limits.check_key(key)?;
         let mut cmd = redis::cmd("HGET");
         cmd.arg(Self::hash(bucket)).arg(key);
-        self.query(via, Request::Cmd(cmd)).await
+        self.query(Request::Cmd(cmd)).await
     }
 
-    pub async fn exists_via(&self, via: Via, bucket: &Bucket, key: &str) -> Result<bool> {
+    pub async fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
         self.limits.check_key(key)?;
         let mut cmd = redis::cmd("HEXISTS");
         cmd.arg(Self::hash(bucket)).arg(key);
-        self.query(via, Request::Cmd(cmd)).await
+        self.query(Request::Cmd(cmd)).await
     }
 
-    pub async fn set_via(&self, via: Via, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
+    pub async fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
         self.limits.check_key(key)?;
         self.limits.check_value(value)?;
         let reply: Vec<Value> = self
-            .run(via, &self.set, bucket, |call| {
+            .run(&self.set, bucket, |call| {
                 call.arg(key)
                     .arg(value)
                     .arg(self.limits.max_keys)
@@ -508,18 +406,17 @@ impl Redis {
         }
     }
 
-    pub async fn delete_via(&self, via: Via, bucket: &Bucket, key: &str) -> Result<()> {
+    pub async fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
         self.limits.check_key(key)?;
-        self.run::<i64>(via, &self.delete, bucket, |call| {
+        self.run::<i64>(&self.delete, bucket, |call| {
             call.arg(key);
         })
         .await?;
         Ok(())
     }
 
-    pub async fn list_keys_via(
+    pub async fn list_keys(
         &self,
-        via: Via,
         bucket: &Bucket,
         prefix: &str,
         cursor: Option<&str>,
@@ -544,7 +441,7 @@ impl Redis {
             .arg("LIMIT")
             .arg(0)
             .arg(page + 1);
-        let mut keys: Vec<Vec<u8>> = self.query(via, Request::Cmd(cmd)).await?;
+        let mut keys: Vec<Vec<u8>> = self.query(Request::Cmd(cmd)).await?;
         let more = keys.len() > page;
         keys.truncate(page);
         let keys: Vec<String> = keys
@@ -555,16 +452,10 @@ impl Redis {
         Ok(KeyPage { keys, cursor })
     }
 
-    pub async fn increment_via(
-        &self,
-        via: Via,
-        bucket: &Bucket,
-        key: &str,
-        delta: i64,
-    ) -> Result<i64> {
+    pub async fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
         self.limits.check_key(key)?;
         let reply: Vec<Value> = self
-            .run(via, &self.increment, bucket, |call| {
+            .run(&self.increment, bucket, |call| {
                 call.arg(key)
                     .arg(delta)
                     .arg(self.limits.max_keys)
@@ -586,9 +477,8 @@ impl Redis {
         }
     }
 
-    pub async fn swap_via(
+    pub async fn swap(
         &self,
-        via: Via,
         bucket: &Bucket,
         key: &str,
         expected: Option<&[u8]>,
@@ -597,7 +487,7 @@ impl Redis {
         self.limits.check_key(key)?;
         self.limits.check_value(value)?;
         let reply: Vec<Value> = self
-            .run(via, &self.swap, bucket, |call| {
+            .run(&self.swap, bucket, |call| {
                 call.arg(key)
                     .arg(value)
                     .arg(self.limits.max_keys)
@@ -613,12 +503,7 @@ impl Redis {
         }
     }
 
-    pub async fn get_many_via(
-        &self,
-        via: Via,
-        bucket: &Bucket,
-        keys: &[String],
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+    pub async fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         for key in keys {
             self.limits.check_key(key)?;
         }
@@ -627,7 +512,7 @@ impl Redis {
             return Ok(Vec::new());
         }
         let reply: Vec<Value> = self
-            .run(via, &self.get_many, bucket, |call| {
+            .run(&self.get_many, bucket, |call| {
                 call.arg(self.limits.batch_bytes).arg(keys);
             })
             .await?;
@@ -647,19 +532,14 @@ impl Redis {
         }
     }
 
-    pub async fn set_many_via(
-        &self,
-        via: Via,
-        bucket: &Bucket,
-        pairs: &[(String, Vec<u8>)],
-    ) -> Result<()> {
+    pub async fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
         self.limits.check_batch(pairs.len())?;
         for (key, value) in pairs {
             self.limits.check_key(key)?;
             self.limits.check_value(value)?;
         }
         let reply: Vec<Value> = self
-            .run(via, &self.set_many, bucket, |call| {
+            .run(&self.set_many, bucket, |call| {
                 call.arg(self.limits.max_keys).arg(self.limits.max_bytes);
                 for (key, value) in pairs {
                     call.arg(key).arg(value.as_slice());
@@ -672,30 +552,30 @@ impl Redis {
         }
     }
 
-    pub async fn delete_many_via(&self, via: Via, bucket: &Bucket, keys: &[String]) -> Result<()> {
+    pub async fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
         self.limits.check_batch(keys.len())?;
         for key in keys {
             self.limits.check_key(key)?;
         }
-        self.run::<i64>(via, &self.delete_many, bucket, |call| {
+        self.run::<i64>(&self.delete_many, bucket, |call| {
             call.arg(keys);
         })
         .await?;
         Ok(())
     }
 
-    pub async fn usage_via(&self, via: Via, app: &str) -> Result<Usage> {
+    pub async fn usage(&self, app: &str) -> Result<Usage> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(format!("kv:{app}:usage")).arg("keys").arg("bytes");
-        let (keys, bytes): (Option<u64>, Option<u64>) = self.query(via, Request::Cmd(cmd)).await?;
+        let (keys, bytes): (Option<u64>, Option<u64>) = self.query(Request::Cmd(cmd)).await?;
         Ok(Usage {
             keys: keys.unwrap_or(0),
             bytes: bytes.unwrap_or(0),
         })
     }
 
-    pub async fn delete_app_via(&self, via: Via, app: &str) -> Result<Usage> {
-        let held = self.usage_via(via, app).await?;
+    pub async fn delete_app(&self, app: &str) -> Result<Usage> {
+        let held = self.usage(app).await?;
         let pattern = format!("kv:{app}:*");
         let mut cursor: u64 = 0;
         loop {
@@ -705,11 +585,11 @@ impl Redis {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(1000);
-            let (next, keys): (u64, Vec<String>) = self.query(via, Request::Cmd(scan)).await?;
+            let (next, keys): (u64, Vec<String>) = self.query(Request::Cmd(scan)).await?;
             if !keys.is_empty() {
                 let mut unlink = redis::cmd("UNLINK");
                 unlink.arg(&keys);
-                self.query::<i64>(via, Request::Cmd(unlink)).await?;
+                self.query::<i64>(Request::Cmd(unlink)).await?;
             }
             if next == 0 {
                 break;
@@ -717,66 +597,6 @@ impl Redis {
             cursor = next;
         }
         Ok(held)
-    }
-}
-
-impl Backend for Redis {
-    fn limits(&self) -> &KvLimits {
-        &self.limits
-    }
-
-    fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
-        block_on(self.get_via(Via::Blocking, bucket, key))
-    }
-
-    fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
-        block_on(self.exists_via(Via::Blocking, bucket, key))
-    }
-
-    fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
-        block_on(self.set_via(Via::Blocking, bucket, key, value))
-    }
-
-    fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
-        block_on(self.delete_via(Via::Blocking, bucket, key))
-    }
-
-    fn list_keys(&self, bucket: &Bucket, prefix: &str, cursor: Option<&str>) -> Result<KeyPage> {
-        block_on(self.list_keys_via(Via::Blocking, bucket, prefix, cursor))
-    }
-
-    fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
-        block_on(self.increment_via(Via::Blocking, bucket, key, delta))
-    }
-
-    fn swap(
-        &self,
-        bucket: &Bucket,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-    ) -> Result<bool> {
-        block_on(self.swap_via(Via::Blocking, bucket, key, expected, value))
-    }
-
-    fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        block_on(self.get_many_via(Via::Blocking, bucket, keys))
-    }
-
-    fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
-        block_on(self.set_many_via(Via::Blocking, bucket, pairs))
-    }
-
-    fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
-        block_on(self.delete_many_via(Via::Blocking, bucket, keys))
-    }
-
-    fn usage(&self, app: &str) -> Result<Usage> {
-        block_on(self.usage_via(Via::Blocking, app))
-    }
-
-    fn delete_app(&self, app: &str) -> Result<Usage> {
-        block_on(self.delete_app_via(Via::Blocking, app))
     }
 }
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::kv::embedded::Embedded;
-use crate::kv::redis::{Redis, Via};
-use crate::kv::{Backend, Bucket, KeyPage, KvError, KvLimits, Usage};
+use crate::kv::redis::Redis;
+use crate::kv::{Bucket, KeyPage, KvError, KvLimits, Usage};
 use crate::metrics::metrics;
 
 type Result<T, E = KvError> = std::result::Result<T, E>;
@@ -126,7 +126,7 @@ impl KvService {
         self.timed(&bucket.app, op, deadline, async {
             match &self.store {
                 Store::Embedded(kv) => kv.get(&bucket, &key),
-                Store::Redis(kv) => kv.get_via(Via::Async, &bucket, &key).await,
+                Store::Redis(kv) => kv.get(&bucket, &key).await,
             }
         })
         .await
@@ -141,7 +141,7 @@ impl KvService {
         self.timed(&bucket.app, "exists", deadline, async {
             match &self.store {
                 Store::Embedded(kv) => kv.exists(&bucket, &key),
-                Store::Redis(kv) => kv.exists_via(Via::Async, &bucket, &key).await,
+                Store::Redis(kv) => kv.exists(&bucket, &key).await,
             }
         })
         .await
@@ -159,7 +159,7 @@ impl KvService {
         self.timed(&bucket.app, op, deadline, async {
             match &self.store {
                 Store::Embedded(kv) => kv.list_keys(&bucket, &prefix, cursor),
-                Store::Redis(kv) => kv.list_keys_via(Via::Async, &bucket, &prefix, cursor).await,
+                Store::Redis(kv) => kv.list_keys(&bucket, &prefix, cursor).await,
             }
         })
         .await
@@ -174,7 +174,7 @@ impl KvService {
         self.timed(&bucket.app, "get_many", deadline, async {
             match &self.store {
                 Store::Embedded(kv) => kv.get_many(&bucket, &keys),
-                Store::Redis(kv) => kv.get_many_via(Via::Async, &bucket, &keys).await,
+                Store::Redis(kv) => kv.get_many(&bucket, &keys).await,
             }
         })
         .await
@@ -191,7 +191,7 @@ impl KvService {
         self.timed(&bucket.app, op, deadline, async {
             match &self.store {
                 Store::Embedded(kv) => kv.set_pending(&bucket, &key, &value)?.done().await,
-                Store::Redis(kv) => kv.set_via(Via::Async, &bucket, &key, &value).await,
+                Store::Redis(kv) => kv.set(&bucket, &key, &value).await,
             }
         })
         .await
@@ -207,7 +207,7 @@ impl KvService {
         self.timed(&bucket.app, op, deadline, async {
             match &self.store {
                 Store::Embedded(kv) => kv.delete_pending(&bucket, &key)?.done().await,
-                Store::Redis(kv) => kv.delete_via(Via::Async, &bucket, &key).await,
+                Store::Redis(kv) => kv.delete(&bucket, &key).await,
             }
         })
         .await
@@ -223,7 +223,7 @@ impl KvService {
         self.timed(&bucket.app, "increment", deadline, async {
             match &self.store {
                 Store::Embedded(kv) => kv.increment_pending(&bucket, &key, delta)?.done().await,
-                Store::Redis(kv) => kv.increment_via(Via::Async, &bucket, &key, delta).await,
+                Store::Redis(kv) => kv.increment(&bucket, &key, delta).await,
             }
         })
         .await
@@ -246,10 +246,7 @@ impl KvService {
                         .done()
                         .await
                 }
-                Store::Redis(kv) => {
-                    kv.swap_via(Via::Async, &bucket, &key, expected, &value)
-                        .await
-                }
+                Store::Redis(kv) => kv.swap(&bucket, &key, expected, &value).await,
             }
         })
         .await
@@ -264,7 +261,7 @@ impl KvService {
         self.timed(&bucket.app, "set_many", deadline, async {
             match &self.store {
                 Store::Embedded(kv) => kv.set_many_pending(&bucket, &pairs)?.done().await,
-                Store::Redis(kv) => kv.set_many_via(Via::Async, &bucket, &pairs).await,
+                Store::Redis(kv) => kv.set_many(&bucket, &pairs).await,
             }
         })
         .await
@@ -279,7 +276,7 @@ impl KvService {
         self.timed(&bucket.app, "delete_many", deadline, async {
             match &self.store {
                 Store::Embedded(kv) => kv.delete_many_pending(&bucket, &keys)?.done().await,
-                Store::Redis(kv) => kv.delete_many_via(Via::Async, &bucket, &keys).await,
+                Store::Redis(kv) => kv.delete_many(&bucket, &keys).await,
             }
         })
         .await
@@ -291,7 +288,7 @@ impl KvService {
             .timed(app, "admin_usage", None, async {
                 match &self.store {
                     Store::Embedded(kv) => kv.usage(app),
-                    Store::Redis(kv) => kv.usage_via(Via::Async, app).await,
+                    Store::Redis(kv) => kv.usage(app).await,
                 }
             })
             .await?;
@@ -306,7 +303,7 @@ impl KvService {
             .timed(app, "admin_delete_app", None, async {
                 match &self.store {
                     Store::Embedded(kv) => kv.delete_app_pending(app)?.done().await,
-                    Store::Redis(kv) => kv.delete_app_via(Via::Async, app).await,
+                    Store::Redis(kv) => kv.delete_app(app).await,
                 }
             })
             .await?;

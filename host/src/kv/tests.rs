@@ -8,11 +8,117 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::kv::embedded::Embedded;
-use crate::kv::redis::Redis;
 use tests::RedisServer;
 
-use crate::kv::{Backend, Bucket, KvError, KvLimits, Usage};
+use crate::kv::service::KvService;
+use crate::kv::{Bucket, KeyPage, KvError, KvLimits, Usage};
+
+/// The host's [`KvService`] (the very paths requests take) called from
+/// plain test code: each operation run to its end on a runtime of its own.
+struct Kv {
+    service: KvService,
+    runtime: tokio::runtime::Runtime,
+}
+
+type Result<T> = std::result::Result<T, KvError>;
+
+impl Kv {
+    fn new(service: Result<KvService>) -> Arc<Kv> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        Arc::new(Kv {
+            service: service.unwrap(),
+            runtime,
+        })
+    }
+
+    fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>> {
+        let call = self.service.get("get", None, bucket.clone(), key.into());
+        self.runtime.block_on(call)
+    }
+
+    fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool> {
+        let call = self.service.exists(None, bucket.clone(), key.into());
+        self.runtime.block_on(call)
+    }
+
+    fn set(&self, bucket: &Bucket, key: &str, value: &[u8]) -> Result<()> {
+        let call = self
+            .service
+            .set("set", None, bucket.clone(), key.into(), value.to_vec());
+        self.runtime.block_on(call)
+    }
+
+    fn delete(&self, bucket: &Bucket, key: &str) -> Result<()> {
+        let call = self
+            .service
+            .delete("delete", None, bucket.clone(), key.into());
+        self.runtime.block_on(call)
+    }
+
+    fn list_keys(&self, bucket: &Bucket, prefix: &str, cursor: Option<&str>) -> Result<KeyPage> {
+        let call = self.service.list_keys(
+            "list_keys",
+            None,
+            bucket.clone(),
+            prefix.into(),
+            cursor.map(str::to_string),
+        );
+        self.runtime.block_on(call)
+    }
+
+    fn increment(&self, bucket: &Bucket, key: &str, delta: i64) -> Result<i64> {
+        let call = self
+            .service
+            .increment(None, bucket.clone(), key.into(), delta);
+        self.runtime.block_on(call)
+    }
+
+    fn swap(
+        &self,
+        bucket: &Bucket,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool> {
+        let call = self.service.swap(
+            None,
+            bucket.clone(),
+            key.into(),
+            expected.map(<[u8]>::to_vec),
+            value.to_vec(),
+        );
+        self.runtime.block_on(call)
+    }
+
+    fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let call = self.service.get_many(None, bucket.clone(), keys.to_vec());
+        self.runtime.block_on(call)
+    }
+
+    fn set_many(&self, bucket: &Bucket, pairs: &[(String, Vec<u8>)]) -> Result<()> {
+        let call = self.service.set_many(None, bucket.clone(), pairs.to_vec());
+        self.runtime.block_on(call)
+    }
+
+    fn delete_many(&self, bucket: &Bucket, keys: &[String]) -> Result<()> {
+        let call = self
+            .service
+            .delete_many(None, bucket.clone(), keys.to_vec());
+        self.runtime.block_on(call)
+    }
+
+    fn usage(&self, app: &str) -> Result<Usage> {
+        self.runtime.block_on(self.service.usage(app))
+    }
+
+    fn delete_app(&self, app: &str) -> Result<Usage> {
+        self.runtime.block_on(self.service.delete_app(app))
+    }
+}
 
 /// Where a backend keeps its data for one test; removed (or stopped) when
 /// dropped.
@@ -37,14 +143,12 @@ impl Fixture {
         Fixture::Redis(RedisServer::start())
     }
 
-    /// The backend on this fixture's data (again: a reopen).
-    fn open(&self, limits: KvLimits) -> Arc<dyn Backend> {
-        match self {
-            Fixture::Embedded(dir) => {
-                Arc::new(Embedded::open(&dir.join("kv.redb"), limits).unwrap())
-            }
-            Fixture::Redis(server) => Arc::new(Redis::open(&server.url(), limits).unwrap()),
-        }
+    /// The store on this fixture's data (again: a reopen).
+    fn open(&self, limits: KvLimits) -> Arc<Kv> {
+        Kv::new(match self {
+            Fixture::Embedded(dir) => KvService::embedded(&dir.join("kv.redb"), limits),
+            Fixture::Redis(server) => KvService::redis(&server.url(), limits),
+        })
     }
 }
 
@@ -354,7 +458,7 @@ fn deleting_an_app_deletes_its_data_and_only_its_data(dir: Fixture) {
 fn a_redis_outage_fails_fast_and_recovers() {
     let mut server = RedisServer::start_with_password("hunter2");
     let (port, url) = (server.port, server.url());
-    let kv = Redis::open(&url, KvLimits::DEFAULT).unwrap();
+    let kv = Kv::new(KvService::redis(&url, KvLimits::DEFAULT));
     let bucket = Bucket::new("a", "default");
     kv.set(&bucket, "k", b"v").unwrap();
     server.kill();
@@ -369,7 +473,10 @@ fn a_redis_outage_fails_fast_and_recovers() {
     // While it stays down, calls fail at once without trying again.
     let err = kv.get(&bucket, "k").unwrap_err().to_string();
     assert!(err.contains("unreachable; retrying in"), "{err}");
-    let wrong = Redis::open(&url.replace("hunter2", "wrong"), KvLimits::DEFAULT).unwrap();
+    let wrong = Kv::new(KvService::redis(
+        &url.replace("hunter2", "wrong"),
+        KvLimits::DEFAULT,
+    ));
 
     // Back on the same port (empty: nothing was saved): calls work again
     // once the backoff (at most 5 s) has passed.
