@@ -38,10 +38,13 @@
 //!   table and its atomic swap: pure data and lookups.
 //! - [`runtime`]: everything that touches wasmtime: engines, components,
 //!   the served version and its admission, instances (fresh, reused,
-//!   shared), stores, limits, guest output, outbound HTTP.
+//!   shared), stores, limits, guest output, outbound HTTP, and
+//!   `wasi:keyvalue` (both versions) on the app's declared stores.
 //! - [`kv`]: apps' key-value state (the storage behind `wasi:keyvalue`,
-//!   issue 12, not linked to guests yet): per-app namespaces, limits and
-//!   quotas, the embedded redb backend and the Redis one.
+//!   which `runtime::keyvalue` serves to guests): per-app namespaces,
+//!   limits and quotas, the embedded redb backend and the Redis one, and
+//!   `kv::service`, the one door the guests, the admin API and the metrics
+//!   use.
 //! - [`http`]: serving a listener (accept, TLS, hyper, idle and head
 //!   deadlines, drain), knowing no apps; the host's own error responses.
 //! - [`metrics`]: the Prometheus metrics.
