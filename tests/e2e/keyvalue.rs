@@ -631,3 +631,71 @@ async fn operators_manage_data_with_host_kv_and_remove() {
     deploy(&host, "ops", "kv-guest", &["default"]).await;
     assert_eq!(get(&host, "/ops/").await, (200, "visit 1\n".into()));
 }
+
+/// A Redis password comes from a file (a mounted secret) and shows up in
+/// no log line, error, metric or `/readyz`, even when Redis refuses it or
+/// goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_credentials_come_from_a_file_and_are_never_shown() {
+    let password = "pw-0123456789-secret";
+    let mut redis = RedisServer::start_with_password(password);
+    let dir = TempDir::new("kv-secret");
+    let url_file = dir.write("kv-url", format!("{}\n", redis.url()).as_bytes());
+    let url_file = url_file.to_str().unwrap();
+    let host = Host::bare(&["--kv-url-file", url_file]);
+    deploy(&host, "secret", "kv-guest", &["default"]).await;
+    assert_eq!(
+        call(&host, Method::POST, "/secret/kv/default/n?incr=2", "").await,
+        (200, "2".into())
+    );
+    redis.kill();
+    let (status, body) = call(&host, Method::POST, "/secret/kv/default/n?incr=1", "").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains(&format!("redis://127.0.0.1:{}/0", redis.port)),
+        "{body}"
+    );
+    // A wrong password: refused, said without either password.
+    let wrong = dir.write(
+        "wrong-url",
+        redis.url().replace(password, "not-the-password").as_bytes(),
+    );
+    redis.restart();
+    let other = Host::bare(&["--kv-url-file", wrong.to_str().unwrap()]);
+    deploy(&other, "secret", "kv-guest", &["default"]).await;
+    let (status, refused) = get(&other, "/secret/kv/default/n").await;
+    assert_eq!(status, 422, "{refused}");
+    let metrics = host.metrics().await;
+    let readyz = client()
+        .get(host.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for text in [
+        body,
+        refused,
+        host.stderr(),
+        other.stderr(),
+        metrics,
+        readyz,
+    ] {
+        assert!(!text.contains(password), "the password leaked: {text}");
+        assert!(
+            !text.contains("not-the-password"),
+            "the password leaked: {text}"
+        );
+    }
+    // A URL on the command line is checked before the host starts, and the
+    // error hides it too.
+    let (status, stderr) =
+        crate::harness::start_failure_with(&["--kv-url", "http://user:hunter2@example.com/"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--kv-url must be a redis:// URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -32,23 +32,28 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// A new redis-server on a free port.
     pub fn start() -> RedisServer {
-        RedisServer::start_on(free_port(), None)
+        RedisServer::start_free(None)
     }
 
     /// A new redis-server on a free port that requires `password`.
     pub fn start_with_password(password: &str) -> RedisServer {
-        RedisServer::start_on(free_port(), Some(password))
+        RedisServer::start_free(Some(password))
     }
 
-    /// A new redis-server on `port`, requiring `password` if given.
-    pub fn start_on(port: u16, password: Option<&str>) -> RedisServer {
-        let mut server = RedisServer {
-            process: None,
-            port,
-            password: password.map(str::to_string),
-        };
-        server.restart();
-        server
+    /// On a port free a moment ago: another test may take it first, so a
+    /// server that exits (it could not bind) is started again elsewhere.
+    fn start_free(password: Option<&str>) -> RedisServer {
+        for _ in 0..10 {
+            let mut server = RedisServer {
+                process: None,
+                port: free_port(),
+                password: password.map(str::to_string),
+            };
+            if server.try_start() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 10 free ports");
     }
 
     /// `redis://[:PASSWORD@]127.0.0.1:PORT/0`.
@@ -73,6 +78,16 @@ impl RedisServer {
 
     /// Start it (again) on its port, empty, and wait until it answers.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "redis-server could not start again on port {}",
+            self.port
+        );
+    }
+
+    /// Start it on its port and wait until it answers; `false` if it
+    /// exited (the port was taken).
+    fn try_start(&mut self) -> bool {
         self.kill();
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -85,7 +100,19 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("{e:#}: `make tools` installs redis-server"));
         self.process = Some(process);
         let started = Instant::now();
-        while !self.answers() {
+        loop {
+            if !self.process.as_mut().is_some_and(Process::alive) {
+                self.process = None;
+                return false;
+            }
+            // Ours answers, not another test's on the same port: it is
+            // still running a moment later.
+            if self.answers() {
+                std::thread::sleep(Duration::from_millis(50));
+                if self.process.as_mut().is_some_and(Process::alive) {
+                    return true;
+                }
+            }
             assert!(
                 started.elapsed() < READY_TIMEOUT,
                 "redis-server on port {} did not answer within {READY_TIMEOUT:?}",

@@ -191,10 +191,17 @@ pub(crate) async fn read_value(
     body.collect()
         .await
         .map(|collected| collected.to_bytes().to_vec())
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the value is over the limit of {max} bytes (--kv-max-value-bytes)"),
-            )
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the value is over the limit of {max} bytes (--kv-max-value-bytes)"),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the value could not be read: {err}"),
+                )
+            }
         })
 }

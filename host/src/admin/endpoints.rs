@@ -87,17 +87,20 @@ fn kv_store(query: &HashMap<String, String>) -> Result<String, ApiError> {
 
 /// The key of `/v1/apps/{name}/kv/{key}`: the rest of the path,
 /// percent-decoded (so a key may hold `/` and any UTF-8).
-fn kv_key(path: &str) -> Result<String, ApiError> {
-    let raw = path.splitn(6, '/').nth(5).unwrap_or_default();
-    percent_encoding::percent_decode_str(raw)
+fn kv_key(raw_path: &str) -> Result<String, ApiError> {
+    let raw = raw_path.splitn(6, '/').nth(5).unwrap_or_default();
+    let key = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
-        .map(|key| key.into_owned())
         .map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "the key must be percent-encoded UTF-8",
             )
-        })
+        })?;
+    if key.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "the key is empty"));
+    }
+    Ok(key.into_owned())
 }
 
 /// Counts a deploy in `host_deploys_in_progress` while it lives.
@@ -196,7 +199,8 @@ impl Endpoints {
                 if matches!(*method, Method::GET | Method::PUT | Method::DELETE) =>
             {
                 let store = kv_store(&query)?;
-                let key = kv_key(&path)?;
+                // The path as sent: a key may end in `/`.
+                let key = kv_key(request.uri().path())?;
                 let (name, method) = (name.to_string(), method.clone());
                 match method {
                     Method::GET => {

@@ -804,8 +804,10 @@ impl Registry {
 
     /// Stop serving app `name` and forget it (a failed one too), and
     /// delete its key-value data unless `keep_data`: what was deleted.
-    /// Nothing is removed while the key-value store cannot be reached
-    /// (the data could not be deleted with it).
+    /// An app whose versions declare stores is not removed while the
+    /// key-value store cannot be reached (its data could not be deleted
+    /// with it); for one that declares none, whatever an older version
+    /// left is deleted if the store can be reached.
     pub async fn remove(&self, name: &str, keep_data: bool) -> Result<Removed, AppError> {
         let before = {
             let inner = self.inner.lock().await;
@@ -817,7 +819,11 @@ impl Registry {
                 }
             }
         };
-        if !keep_data {
+        let declares = before
+            .versions
+            .iter()
+            .any(|v| !v.settings.key_value.is_empty());
+        if !keep_data && declares {
             self.kv().usage(name).await.map_err(|e| {
                 AppError::from(e).context(format!(
                     "app {name} was not removed, because its key-value data cannot be deleted now \
@@ -839,6 +845,10 @@ impl Registry {
                     "removed with its key-value data"
                 );
                 Ok(Removed { data: Some(usage) })
+            }
+            Err(err) if !declares => {
+                tracing::warn!(app = name, error = %err, "removed; the key-value store could not be asked for data an older version may have left");
+                Ok(Removed { data: None })
             }
             Err(err) => {
                 tracing::error!(app = name, error = %err, "removed, but its key-value data could not be deleted");

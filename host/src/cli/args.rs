@@ -277,7 +277,7 @@ pub struct ServeArgs {
     pub secret_env_prefixes: Vec<String>,
 
     /// Keep apps' key-value data in this Redis
-    /// (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS)
+    /// (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`; no TLS yet)
     /// instead of the embedded store in the state directory: for hosts
     /// that share state. Never logged.
     #[arg(

@@ -376,9 +376,13 @@ fn kv_config(args: &ServeArgs, state_dir: &Path) -> Result<KvConfig> {
     let backend = match url {
         Some(url) => {
             ensure!(
-                url.starts_with("redis://") || url.starts_with("rediss://"),
-                "--kv-url must be a redis:// or rediss:// URL (redis://[USER:PASSWORD@]HOST:PORT[/DB]), \
-                 got {}",
+                !url.starts_with("rediss://"),
+                "--kv-url: TLS to Redis (rediss://) is not supported yet; use redis:// on a private \
+                 network, or a TLS tunnel (stunnel, a sidecar) on loopback"
+            );
+            ensure!(
+                url.starts_with("redis://"),
+                "--kv-url must be a redis:// URL (redis://[USER:PASSWORD@]HOST:PORT[/DB]), got {}",
                 without_credentials(&url)
             );
             // Parsed now, so a typo stops the start instead of every call.
@@ -389,8 +393,13 @@ fn kv_config(args: &ServeArgs, state_dir: &Path) -> Result<KvConfig> {
         None => KvBackend::Embedded(state_dir.join("kv.redb")),
     };
     let max_key_bytes = in_range("kv-max-key-bytes", args.kv_max_key_bytes, 1..=64 * 1024)?;
-    // A value travels in one host call, within its 4 MiB of hostcall fuel.
-    let max_value_bytes = in_range("kv-max-value-bytes", args.kv_max_value_bytes, 1..=3 << 20)?;
+    // A value travels in one host call (within its 4 MiB of hostcall
+    // fuel), and a CAS handle may hold one (KV_HELD_BYTES).
+    let max_value_bytes = in_range(
+        "kv-max-value-bytes",
+        args.kv_max_value_bytes,
+        1..=crate::runtime::keyvalue::KV_HELD_BYTES as usize,
+    )?;
     let max_keys = in_range("kv-max-keys-per-app", args.kv_max_keys_per_app, 1..=1 << 40)?;
     let quota_mib = in_range("kv-quota-mib", args.kv_quota_mib, 1..=1 << 20)?;
     let max_ops = in_range(

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 
 use tokio::sync::oneshot;
@@ -96,10 +97,43 @@ impl<T> Pending<T> {
     }
 }
 
+/// Bytes the writes waiting for the writer may hold together.
+const MAX_QUEUED_BYTES: u64 = 64 << 20;
+
+/// redb's page cache: enough for the hot pages of every app's keys, and
+/// within the quarter of memory the guests' budget leaves the host.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// A queued write's share of [`MAX_QUEUED_BYTES`], given back when the
+/// write has run (or was dropped).
+struct Queued(Arc<AtomicU64>, u64);
+
+impl Queued {
+    fn take(queued: &Arc<AtomicU64>, size: u64) -> Result<Queued> {
+        let before = queued.fetch_add(size, Ordering::AcqRel);
+        let held = Queued(queued.clone(), size);
+        if before + size > MAX_QUEUED_BYTES && before > 0 {
+            return Err(KvError::Backend(format!(
+                "the embedded key-value store is busy: {} MiB of writes are waiting for the disk; retry",
+                before >> 20
+            )));
+        }
+        Ok(held)
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
+    }
+}
+
 /// The embedded store.
 pub struct Embedded {
     db: Arc<Database>,
     limits: KvLimits,
+    /// Bytes the queued writes hold.
+    queued: Arc<AtomicU64>,
     /// To the writer thread; `None` once dropped.
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -108,12 +142,15 @@ pub struct Embedded {
 impl Embedded {
     /// Open (creating if needed) the store at `path`.
     pub fn open(path: &Path, limits: KvLimits) -> Result<Embedded> {
-        let db = Database::create(path).map_err(|e| {
-            KvError::Backend(format!(
-                "cannot open the key-value store {}: {e}",
-                path.display()
-            ))
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| {
+                KvError::Backend(format!(
+                    "cannot open the key-value store {}: {e}",
+                    path.display()
+                ))
+            })?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(DATA).map_err(backend)?;
         txn.open_table(USAGE).map_err(backend)?;
@@ -130,6 +167,7 @@ impl Embedded {
         Ok(Embedded {
             db,
             limits,
+            queued: Arc::new(AtomicU64::new(0)),
             jobs: Some(jobs),
             writer: Some(writer),
         })
@@ -139,12 +177,25 @@ impl Embedded {
     /// committed durably before this returns. Writes that arrive together
     /// share one transaction (group commit): each is all or nothing, since
     /// a change that fails has changed nothing.
+    ///
+    /// `size` is about what the write holds (its keys and values): writes
+    /// queued behind a slow disk may hold [`MAX_QUEUED_BYTES`] together,
+    /// past which a write fails at once. A write whose caller stopped
+    /// waiting (its deadline passed) before the writer reached it is
+    /// skipped.
     fn submit<T: Send + 'static>(
         &self,
+        size: usize,
         change: impl FnOnce(&mut DataTable<'_>, &mut UsageTable<'_>) -> Result<T> + Send + 'static,
     ) -> Result<Pending<T>> {
+        let held = Queued::take(&self.queued, size as u64)?;
         let (answer, answered) = oneshot::channel();
         let job: Job = Box::new(move |data, usage| {
+            let _held = held;
+            if answer.is_closed() {
+                let skipped: Reply = Box::new(|_| ());
+                return (skipped, false);
+            }
             let out = change(data, usage);
             let spoiled = matches!(out, Err(KvError::Backend(_)));
             let reply: Reply = Box::new(move |committed| {
@@ -250,13 +301,17 @@ impl Embedded {
         self.limits.check_value(value)?;
         let (limits, bucket, key, value) =
             (self.limits, bucket.clone(), key.to_string(), value.to_vec());
-        self.submit(move |data, usage| put(&limits, &bucket, &key, &value, data, usage))
+        self.submit(key.len() + value.len(), move |data, usage| {
+            put(&limits, &bucket, &key, &value, data, usage)
+        })
     }
 
     pub fn delete_pending(&self, bucket: &Bucket, key: &str) -> Result<Pending<()>> {
         self.limits.check_key(key)?;
         let (bucket, key) = (bucket.clone(), key.to_string());
-        self.submit(move |data, usage| remove(&bucket, &key, data, usage))
+        self.submit(key.len(), move |data, usage| {
+            remove(&bucket, &key, data, usage)
+        })
     }
 
     pub fn increment_pending(
@@ -267,7 +322,7 @@ impl Embedded {
     ) -> Result<Pending<i64>> {
         self.limits.check_key(key)?;
         let (limits, bucket, key) = (self.limits, bucket.clone(), key.to_string());
-        self.submit(move |data, usage| {
+        self.submit(key.len() + 20, move |data, usage| {
             let now = match data
                 .get(full_key(&bucket, &key).as_slice())
                 .map_err(backend)?
@@ -301,17 +356,20 @@ impl Embedded {
         self.limits.check_value(value)?;
         let (limits, bucket, key) = (self.limits, bucket.clone(), key.to_string());
         let (expected, value) = (expected.map(<[u8]>::to_vec), value.to_vec());
-        self.submit(move |data, usage| {
-            let now = data
-                .get(full_key(&bucket, &key).as_slice())
-                .map_err(backend)?
-                .map(|v| v.value().to_vec());
-            if now != expected {
-                return Ok(false);
-            }
-            put(&limits, &bucket, &key, &value, data, usage)?;
-            Ok(true)
-        })
+        self.submit(
+            key.len() + value.len() + expected.as_ref().map_or(0, Vec::len),
+            move |data, usage| {
+                let now = data
+                    .get(full_key(&bucket, &key).as_slice())
+                    .map_err(backend)?
+                    .map(|v| v.value().to_vec());
+                if now != expected {
+                    return Ok(false);
+                }
+                put(&limits, &bucket, &key, &value, data, usage)?;
+                Ok(true)
+            },
+        )
     }
 
     pub fn set_many_pending(
@@ -325,43 +383,46 @@ impl Embedded {
             self.limits.check_value(value)?;
         }
         let (limits, bucket, pairs) = (self.limits, bucket.clone(), pairs.to_vec());
-        self.submit(move |data, usage| {
-            // The quota is checked for the whole batch first, so a batch
-            // over it writes nothing (it shares its transaction with others).
-            let mut sizes: HashMap<&str, Option<u64>> = HashMap::new();
-            for (key, _) in &pairs {
-                if !sizes.contains_key(key.as_str()) {
-                    let old = data
-                        .get(full_key(&bucket, key).as_slice())
-                        .map_err(backend)?
-                        .map(|v| v.value().len() as u64);
-                    sizes.insert(key, old);
-                }
-            }
-            let mut held = read_usage(usage, &bucket.app)?;
-            let mut last: HashMap<&str, u64> = HashMap::new();
-            for (key, value) in &pairs {
-                last.insert(key, value.len() as u64);
-            }
-            for (key, new) in &last {
-                match sizes[key] {
-                    Some(old) => held.bytes = held.bytes - old.min(held.bytes) + new,
-                    None => {
-                        held.keys += 1;
-                        held.bytes += key.len() as u64 + new;
+        self.submit(
+            pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            move |data, usage| {
+                // The quota is checked for the whole batch first, so a batch
+                // over it writes nothing (it shares its transaction with others).
+                let mut sizes: HashMap<&str, Option<u64>> = HashMap::new();
+                for (key, _) in &pairs {
+                    if !sizes.contains_key(key.as_str()) {
+                        let old = data
+                            .get(full_key(&bucket, key).as_slice())
+                            .map_err(backend)?
+                            .map(|v| v.value().len() as u64);
+                        sizes.insert(key, old);
                     }
                 }
-            }
-            limits.check_usage(held)?;
-            for (key, value) in &pairs {
-                data.insert(full_key(&bucket, key).as_slice(), value.as_slice())
+                let mut held = read_usage(usage, &bucket.app)?;
+                let mut last: HashMap<&str, u64> = HashMap::new();
+                for (key, value) in &pairs {
+                    last.insert(key, value.len() as u64);
+                }
+                for (key, new) in &last {
+                    match sizes[key] {
+                        Some(old) => held.bytes = held.bytes - old.min(held.bytes) + new,
+                        None => {
+                            held.keys += 1;
+                            held.bytes += key.len() as u64 + new;
+                        }
+                    }
+                }
+                limits.check_usage(held)?;
+                for (key, value) in &pairs {
+                    data.insert(full_key(&bucket, key).as_slice(), value.as_slice())
+                        .map_err(backend)?;
+                }
+                usage
+                    .insert(bucket.app.as_str(), (held.keys, held.bytes))
                     .map_err(backend)?;
-            }
-            usage
-                .insert(bucket.app.as_str(), (held.keys, held.bytes))
-                .map_err(backend)?;
-            Ok(())
-        })
+                Ok(())
+            },
+        )
     }
 
     pub fn delete_many_pending(&self, bucket: &Bucket, keys: &[String]) -> Result<Pending<()>> {
@@ -370,7 +431,7 @@ impl Embedded {
             self.limits.check_key(key)?;
         }
         let (bucket, keys) = (bucket.clone(), keys.to_vec());
-        self.submit(move |data, usage| {
+        self.submit(keys.iter().map(String::len).sum(), move |data, usage| {
             for key in &keys {
                 remove(&bucket, key, data, usage)?;
             }
@@ -383,7 +444,7 @@ impl Embedded {
         start.push(0);
         let end = after(&start);
         let app = app.to_string();
-        self.submit(move |data, usage| {
+        self.submit(0, move |data, usage| {
             let keys: Vec<Vec<u8>> = data
                 .range(start.as_slice()..end.as_slice())
                 .map_err(backend)?
@@ -428,7 +489,7 @@ impl Embedded {
         let start = prefix(bucket);
         let first = full_key(bucket, key_prefix);
         let end = match prefix_end(key_prefix.as_bytes()) {
-            Some(end) => full_key(bucket, &String::from_utf8_lossy(&end)),
+            Some(end) => [start.as_slice(), &end].concat(),
             None => after(&start),
         };
         let from = match cursor {
@@ -506,10 +567,12 @@ fn read_usage(usage: &impl ReadableTable<&'static str, (u64, u64)>, app: &str) -
 }
 
 /// A counter's value: its decimal text.
+/// Only the canonical form (`-12`, not `+12`, ` 12` or `012`), which is
+/// what Redis' `HINCRBY` takes: a counter counts the same on both.
 fn parse_count(key: &str, value: &[u8]) -> Result<i64> {
     std::str::from_utf8(value)
         .ok()
-        .and_then(|text| text.trim().parse().ok())
+        .and_then(|text| text.parse::<i64>().ok().filter(|n| n.to_string() == text))
         .ok_or_else(|| KvError::not_a_number(key))
 }
 

@@ -5,13 +5,13 @@
 //! quota hold across every host on the same Redis.
 //!
 //! ```text
-//! kv:APP:STORE        hash: key → value
-//! kv:APP:STORE:keys   sorted set of the bucket's keys (lexicographic paging)
-//! kv:APP:usage        hash: keys, bytes (all the app's stores)
+//! kv:APP:d:STORE   hash: key → value
+//! kv:APP:i:STORE   sorted set of the bucket's keys (lexicographic paging)
+//! kv:APP:meta      hash: keys, bytes (the app's usage, all its stores)
 //! ```
 //!
 //! App and store names hold no `:`, so one bucket's keys can never be
-//! another's. Every call is sent on one shared async connection
+//! another's, and no store is the usage hash. Every call is sent on one shared async connection
 //! (multiplexed: calls from every request are pipelined on it, so the host
 //! holds one connection however busy it is, and no thread waits on a
 //! socket), with connect and response timeouts. When Redis is down a call
@@ -144,7 +144,9 @@ impl Redis {
                  local before = redis.call('HGET', KEYS[1], ARGV[1])
                  local ok, err = pcall(redis.call, 'HINCRBY', KEYS[1], ARGV[1], ARGV[2])
                  if not ok then
-                   if string.find(tostring(err), 'overflow') then return {{-2}} end
+                   -- Redis 7 hands pcall a table, older ones a string.
+                   local message = type(err) == 'table' and err.err or tostring(err)
+                   if string.find(tostring(message), 'overflow') then return {{-2}} end
                    return {{-1}}
                  end
                  local after = redis.call('HGET', KEYS[1], ARGV[1])
@@ -183,9 +185,14 @@ impl Redis {
                  if keys > tonumber(ARGV[1]) or bytes > tonumber(ARGV[2]) then
                    return {{0, keys, bytes}}
                  end
+                 -- Within the quota as a whole: write every pair (a
+                 -- pair-by-pair check could refuse one the batch makes
+                 -- room for), then the usage once.
                  for i = 3, #ARGV, 2 do
-                   put(KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[i + 1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+                   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+                   redis.call('ZADD', KEYS[2], 0, ARGV[i])
                  end
+                 redis.call('HSET', KEYS[3], 'keys', keys, 'bytes', bytes)
                  return {{1}}"
             )),
             delete_many: Script::new(&format!(
@@ -250,13 +257,13 @@ impl Redis {
 
     /// The shared async connection (made on first use, and again after it
     /// failed): every async call is pipelined on it, with no thread hop.
-    async fn multiplexed(&self) -> Result<MultiplexedConnection> {
+    async fn multiplexed(&self) -> Result<Arc<MultiplexedConnection>> {
         if let Some(connection) = self.mux.load_full() {
-            return Ok((*connection).clone());
+            return Ok(connection);
         }
         let _one = self.mux_connecting.lock().await;
         if let Some(connection) = self.mux.load_full() {
-            return Ok((*connection).clone());
+            return Ok(connection);
         }
         self.not_backing_off()?;
         let config = AsyncConnectionConfig::new()
@@ -269,7 +276,8 @@ impl Redis {
         {
             Ok(connection) => {
                 self.came_back();
-                self.mux.store(Some(Arc::new(connection.clone())));
+                let connection = Arc::new(connection);
+                self.mux.store(Some(connection.clone()));
                 Ok(connection)
             }
             Err(err) => {
@@ -282,22 +290,26 @@ impl Redis {
     /// Send `request` on the shared connection; if the connection failed,
     /// drop it (the next call connects again) and back off.
     async fn query<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T> {
-        let mut connection = self.multiplexed().await?;
+        let shared = self.multiplexed().await?;
+        let mut connection = (*shared).clone();
         let out = match &request {
             Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
             Request::Script(script) => script.invoke_async(&mut connection).await,
         };
         out.map_err(|e| {
-            if lost(&e) {
-                self.mux.store(None);
-                self.went_down();
+            // A lost connection is dropped (if no other call has replaced
+            // it already), and the next call connects again; a slow reply
+            // only fails its own call.
+            if e.is_io_error() || e.is_connection_dropped() {
+                self.mux.compare_and_swap(&Some(shared), None);
             }
             self.failed(e)
         })
     }
 
-    /// Redis failed to connect or answer: back off before the next try
-    /// (twice as long as last time, up to [`BACKOFF_MAX`]).
+    /// Connecting to Redis failed: back off before the next try (twice as
+    /// long as last time, up to [`BACKOFF_MAX`]). Connects happen one at a
+    /// time, so each failed attempt doubles the wait once.
     fn went_down(&self) {
         let Ok(mut down) = self.down.lock() else {
             return;
@@ -328,14 +340,28 @@ impl Redis {
         self.query(Request::Script(call)).await
     }
 
+    /// The bucket's data: `kv:APP:d:STORE`.
     fn hash(bucket: &Bucket) -> String {
-        format!("kv:{}:{}", bucket.app, bucket.store)
+        format!("kv:{}:d:{}", bucket.app, bucket.store)
+    }
+
+    /// The bucket's key index: `kv:APP:i:STORE`.
+    fn index(bucket: &Bucket) -> String {
+        format!("kv:{}:i:{}", bucket.app, bucket.store)
+    }
+
+    /// The app's usage: `kv:APP:meta`. No store name makes this key (each
+    /// store's keys have a `d:` or `i:` part), so no store reaches it.
+    fn meta(app: &str) -> String {
+        format!("kv:{app}:meta")
     }
 
     fn keys(bucket: &Bucket) -> [String; 3] {
-        let hash = Self::hash(bucket);
-        let index = format!("{hash}:keys");
-        [hash, index, format!("kv:{}:usage", bucket.app)]
+        [
+            Self::hash(bucket),
+            Self::index(bucket),
+            Self::meta(&bucket.app),
+        ]
     }
 
     /// A script's `{0, keys, bytes}` as the quota error it is.
@@ -359,11 +385,6 @@ impl Redis {
 enum Request<'a> {
     Cmd(redis::Cmd),
     Script(redis::ScriptInvocation<'a>),
-}
-
-/// Did the connection fail (rather than Redis refusing the command)?
-fn lost(err: &redis::RedisError) -> bool {
-    err.is_io_error() || err.is_connection_dropped() || err.is_timeout()
 }
 
 fn status(reply: &[Value]) -> i64 {
@@ -435,7 +456,7 @@ impl Redis {
         };
         let page = self.limits.page_keys;
         let mut cmd = redis::cmd("ZRANGEBYLEX");
-        cmd.arg(format!("{}:keys", Self::hash(bucket)))
+        cmd.arg(Self::index(bucket))
             .arg(from)
             .arg(to)
             .arg("LIMIT")
@@ -566,7 +587,7 @@ impl Redis {
 
     pub async fn usage(&self, app: &str) -> Result<Usage> {
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(format!("kv:{app}:usage")).arg("keys").arg("bytes");
+        cmd.arg(Self::meta(app)).arg("keys").arg("bytes");
         let (keys, bytes): (Option<u64>, Option<u64>) = self.query(Request::Cmd(cmd)).await?;
         Ok(Usage {
             keys: keys.unwrap_or(0),

@@ -378,6 +378,7 @@ impl Worker {
                 job = jobs.recv(), if open => match job {
                     Some(job) => {
                         latest = latest.max(job.deadline);
+                        access.with(|mut store| store.data_mut().kv.another_request());
                         waiting.insert((job.deadline, job.number));
                         running.push(self.serve(access, service, job));
                     }

@@ -82,7 +82,7 @@ impl store::HostBucket for KvView<'_> {
         let page = KvView::list_keys(self, &bucket, cursor).await?;
         Ok(store::KeyResponse {
             keys: page.keys,
-            cursor: self.number_cursor(page.cursor),
+            cursor: self.number_cursor(page.cursor)?,
         })
     }
 

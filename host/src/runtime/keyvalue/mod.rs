@@ -31,8 +31,13 @@ use crate::kv::service::KvService;
 use crate::kv::{Bucket, KeyPage, KvError, validate_store_name};
 use crate::metrics::metrics;
 
-/// Bytes of values all CAS handles of one instance may hold at once.
+/// Bytes of values all CAS handles of one instance may hold at once: the
+/// largest value `--kv-max-value-bytes` allows.
 pub const KV_HELD_BYTES: u64 = 2 << 20;
+
+/// Numeric list cursors (`@0.2.0-draft`) one instance keeps: a page of
+/// 1000 keys each, so enough to list 1000 × 1000 keys in one request.
+const MAX_CURSORS: usize = 1000;
 
 /// The store every identifier-less `open("")` means.
 pub const DEFAULT_STORE: &str = "default";
@@ -95,6 +100,8 @@ pub struct KvCtx {
     /// `wasi:keyvalue@0.2.0-draft`'s numeric cursors: cursor `n` resumes
     /// after `cursors[n - 1]`.
     cursors: Vec<String>,
+    /// An undeclared store was opened and logged: once per instance.
+    warned: bool,
 }
 
 impl KvCtx {
@@ -104,12 +111,21 @@ impl KvCtx {
             ops: 0,
             held: 0,
             cursors: Vec::new(),
+            warned: false,
         }
     }
 
-    /// A new request on this instance: its own operation budget.
+    /// A new request on this instance, after the last one ended: its own
+    /// operation budget; the last one's cursors are forgotten.
     pub fn begin(&mut self) {
         self.ops = 0;
+        self.cursors.clear();
+    }
+
+    /// Another request joins those running on a shared instance: the
+    /// instance's budget grows by one request's worth.
+    pub fn another_request(&mut self) {
+        self.ops = self.ops.saturating_sub(self.access.max_ops);
     }
 }
 
@@ -192,6 +208,7 @@ impl KvView<'_> {
     }
 
     pub fn open(&mut self, identifier: &str) -> KvResult<Resource<KvBucket>> {
+        self.count("open", 1)?;
         let access = &self.ctx.access;
         let store = if identifier.is_empty() {
             DEFAULT_STORE
@@ -201,11 +218,13 @@ impl KvView<'_> {
         let result = if validate_store_name(store).is_err() {
             Err(GuestKvError::NoSuchStore)
         } else if access.service.is_none() || !access.stores.iter().any(|s| s == store) {
-            tracing::warn!(
-                app = %access.app,
-                store,
-                "the app opened a key-value store its settings do not declare (key_value); access denied"
-            );
+            if !std::mem::replace(&mut self.ctx.warned, true) {
+                tracing::warn!(
+                    app = %access.app,
+                    store,
+                    "the app opened a key-value store its settings do not declare (key_value); access denied"
+                );
+            }
             Err(GuestKvError::AccessDenied)
         } else {
             Ok(Bucket::new(&access.app, store))
@@ -270,11 +289,26 @@ impl KvView<'_> {
             .await?)
     }
 
-    /// A numeric cursor (`@0.2.0-draft`) for the string one `cursor`.
-    fn number_cursor(&mut self, cursor: Option<String>) -> Option<u64> {
-        let cursor = cursor?;
-        self.ctx.cursors.push(cursor);
-        Some(self.ctx.cursors.len() as u64)
+    /// A numeric cursor (`@0.2.0-draft`) for the string one `cursor`: the
+    /// same number for the same cursor; at most [`MAX_CURSORS`] kept.
+    fn number_cursor(&mut self, cursor: Option<String>) -> KvResult<Option<u64>> {
+        let Some(cursor) = cursor else {
+            return Ok(None);
+        };
+        let cursors = &mut self.ctx.cursors;
+        let index = match cursors.iter().position(|c| *c == cursor) {
+            Some(index) => index,
+            None if cursors.len() < MAX_CURSORS => {
+                cursors.push(cursor);
+                cursors.len() - 1
+            }
+            None => {
+                return Err(GuestKvError::Other(format!(
+                    "this request has {MAX_CURSORS} list-keys cursors open, the most an instance keeps"
+                )));
+            }
+        };
+        Ok(Some(index as u64 + 1))
     }
 
     /// The string cursor numeric cursor `n` stands for.
@@ -410,5 +444,83 @@ impl KvView<'_> {
             return Ok(Ok(()));
         }
         Ok(Err(self.read_cas(bucket, key).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::KvLimits;
+
+    /// The operation budget is per request: a fresh one for each request
+    /// on a reused instance, one more request's worth for each request a
+    /// shared instance takes; past it, an `other` error naming the flag.
+    #[test]
+    fn each_request_gets_its_operation_budget() {
+        let dir = std::env::temp_dir().join(format!("host-kv-budget-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let service = KvService::embedded(&dir.join("kv.redb"), KvLimits::DEFAULT).unwrap();
+        let app: Arc<str> = "a".into();
+        let access = Arc::new(KvAccess::new(&app, service, vec!["default".into()], 2));
+        let mut ctx = KvCtx::new(access);
+        let mut table = ResourceTable::new();
+        let mut view = KvView {
+            ctx: &mut ctx,
+            table: &mut table,
+            deadline: Instant::now(),
+        };
+        assert!(view.count("get", 1).is_ok());
+        assert!(view.count("get", 1).is_ok());
+        let Err(GuestKvError::Other(message)) = view.count("get", 1) else {
+            panic!("a third operation passed a budget of 2");
+        };
+        assert!(message.contains("--kv-max-ops-per-request"), "{message}");
+        // A batch counts one per key.
+        ctx.begin();
+        let mut view = KvView {
+            ctx: &mut ctx,
+            table: &mut table,
+            deadline: Instant::now(),
+        };
+        assert!(view.count("get_many", 3).is_err());
+        assert!(view.count("get_many", 2).is_ok());
+        ctx.another_request();
+        let mut view = KvView {
+            ctx: &mut ctx,
+            table: &mut table,
+            deadline: Instant::now(),
+        };
+        assert!(view.count("get", 2).is_ok());
+        assert!(view.count("get", 1).is_err());
+        drop(ctx);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn numeric_cursors_are_reused_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("host-kv-cursors-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let service = KvService::embedded(&dir.join("kv.redb"), KvLimits::DEFAULT).unwrap();
+        let app: Arc<str> = "a".into();
+        let access = Arc::new(KvAccess::new(&app, service, vec!["default".into()], 10));
+        let mut ctx = KvCtx::new(access);
+        let mut table = ResourceTable::new();
+        let mut view = KvView {
+            ctx: &mut ctx,
+            table: &mut table,
+            deadline: Instant::now(),
+        };
+        let first = view.number_cursor(Some("k1".into())).unwrap();
+        assert_eq!(view.number_cursor(Some("k1".into())).unwrap(), first);
+        assert_eq!(view.string_cursor(first).unwrap().as_deref(), Some("k1"));
+        assert!(view.string_cursor(Some(99)).is_err());
+        for i in 0..MAX_CURSORS - 1 {
+            view.number_cursor(Some(format!("c{i}"))).unwrap();
+        }
+        assert!(view.number_cursor(Some("one more".into())).is_err());
+        ctx.begin();
+        assert!(ctx.cursors.is_empty());
+        drop(ctx);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
