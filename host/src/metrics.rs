@@ -63,18 +63,18 @@ pub struct KvLabels {
     /// `open`, `get`, `set`, `delete`, `exists`, `list_keys`, `increment`,
     /// `cas`, `swap`, `get_many`, `set_many`, `delete_many`, and `admin_*`
     /// for the admin API's calls.
-    pub op: String,
+    pub op: &'static str,
     /// `ok`, `denied` (undeclared store), `limit` (a key, value, quota or
     /// per-request limit), `invalid`, `error` (the backend failed),
     /// `timeout` (the request's deadline passed).
-    pub result: String,
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KvOpLabels {
     /// `embedded` or `redis`.
-    pub backend: String,
-    pub op: String,
+    pub backend: &'static str,
+    pub op: &'static str,
 }
 
 pub struct Metrics {
@@ -279,23 +279,20 @@ impl Metrics {
     }
 
     /// One key-value operation of `app` and how it ended.
-    pub fn kv_operation(&self, app: &str, op: &str, result: &str) {
+    pub fn kv_operation(&self, app: &str, op: &'static str, result: &'static str) {
         self.kv_operations
             .get_or_create(&KvLabels {
                 app: app.to_string(),
-                op: op.to_string(),
-                result: result.to_string(),
+                op,
+                result,
             })
             .inc();
     }
 
     /// How long one key-value operation took in `backend`.
-    pub fn kv_time(&self, backend: &str, op: &str, time: Duration) {
+    pub fn kv_time(&self, backend: &'static str, op: &'static str, time: Duration) {
         self.kv_duration
-            .get_or_create(&KvOpLabels {
-                backend: backend.to_string(),
-                op: op.to_string(),
-            })
+            .get_or_create(&KvOpLabels { backend, op })
             .observe(time.as_secs_f64());
     }
 
