@@ -71,6 +71,16 @@ async fn get(host: &Host, path: &str) -> (u16, String) {
     call(host, Method::GET, path, "").await
 }
 
+/// `host_kv_operations_total` of `app`'s operation `op` that ended in
+/// `result`, in the `/metrics` text `metrics`.
+fn kv_ops(metrics: &str, app: &str, op: &str, result: &str) -> f64 {
+    metric(
+        metrics,
+        "host_kv_operations_total",
+        &[("app", app), ("op", op), ("result", result)],
+    )
+}
+
 /// Run `n` requests `make(i)` with `at_once` in flight; their answers.
 async fn many<F, Fut>(n: usize, at_once: usize, make: F) -> Vec<(u16, String)>
 where
@@ -155,13 +165,7 @@ async fn concurrent_increments_and_swaps_lose_no_update(store: Store) {
         "{retried} swaps retried"
     );
     let metrics = host.metrics().await;
-    let ok = |op| {
-        metric(
-            &metrics,
-            "host_kv_operations_total",
-            &[("app", "count"), ("op", op), ("result", "ok")],
-        )
-    };
+    let ok = |op| kv_ops(&metrics, "count", op, "ok");
     assert_eq!(ok("increment"), 1000.0);
     assert!(ok("swap") >= 200.0);
 }
@@ -231,13 +235,7 @@ async fn apps_cannot_reach_each_others_keys_with_any_identifier(store: Store) {
         (403, "access-denied".into())
     );
     let metrics = host.metrics().await;
-    assert!(
-        metric(
-            &metrics,
-            "host_kv_operations_total",
-            &[("app", "a"), ("op", "open"), ("result", "denied")]
-        ) >= 1.0
-    );
+    assert!(kv_ops(&metrics, "a", "open", "denied") >= 1.0);
 }
 
 /// Each limit reaches the guest as `other(...)` naming it, changes
@@ -304,13 +302,7 @@ async fn limits_reach_the_guest_as_errors_and_the_host_stays_healthy(store: Stor
         .unwrap();
     assert_eq!(health.status(), 200);
     let metrics = host.metrics().await;
-    assert!(
-        metric(
-            &metrics,
-            "host_kv_operations_total",
-            &[("app", "small"), ("op", "set"), ("result", "limit")]
-        ) >= 3.0
-    );
+    assert!(kv_ops(&metrics, "small", "set", "limit") >= 3.0);
     assert_eq!(metric(&metrics, "host_kv_keys", &[("app", "small")]), 4.0);
 }
 
@@ -500,13 +492,7 @@ async fn a_redis_outage_fails_kv_calls_and_nothing_else() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let metrics = host.metrics().await;
-    assert!(
-        metric(
-            &metrics,
-            "host_kv_operations_total",
-            &[("app", "state"), ("op", "increment"), ("result", "error")]
-        ) >= 1.0
-    );
+    assert!(kv_ops(&metrics, "state", "increment", "error") >= 1.0);
 }
 
 /// Operators read and change an app's data with `host kv` (and the API

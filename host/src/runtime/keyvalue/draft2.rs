@@ -26,51 +26,7 @@ use bindings::wasi::keyvalue::{atomics, batch, store};
 
 type Result<T, E = GuestKvError> = std::result::Result<T, E>;
 
-struct Kv;
-
-impl HasData for Kv {
-    type Data<'a> = KvView<'a>;
-}
-
-/// Add the three interfaces to `linker`.
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    store::add_to_linker::<_, Kv>(linker, HostState::kv)?;
-    atomics::add_to_linker::<_, Kv>(linker, HostState::kv)?;
-    batch::add_to_linker::<_, Kv>(linker, HostState::kv)?;
-    Ok(())
-}
-
-impl store::Host for KvView<'_> {
-    async fn open(&mut self, identifier: String) -> Result<Resource<KvBucket>> {
-        KvView::open(self, &identifier)
-    }
-
-    fn convert_error(&mut self, err: GuestKvError) -> wasmtime::Result<store::Error> {
-        Ok(match err {
-            GuestKvError::NoSuchStore => store::Error::NoSuchStore,
-            GuestKvError::AccessDenied => store::Error::AccessDenied,
-            GuestKvError::Other(message) => store::Error::Other(message),
-        })
-    }
-}
-
-impl store::HostBucket for KvView<'_> {
-    async fn get(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<Option<Vec<u8>>> {
-        KvView::get(self, &bucket, key).await
-    }
-
-    async fn set(&mut self, bucket: Resource<KvBucket>, key: String, value: Vec<u8>) -> Result<()> {
-        KvView::set(self, &bucket, key, value).await
-    }
-
-    async fn delete(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<()> {
-        KvView::delete(self, &bucket, key).await
-    }
-
-    async fn exists(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<bool> {
-        KvView::exists(self, &bucket, key).await
-    }
-
+shared_host_impls! {
     async fn list_keys(
         &mut self,
         bucket: Resource<KvBucket>,
@@ -81,10 +37,6 @@ impl store::HostBucket for KvView<'_> {
             keys: page.keys,
             cursor: page.cursor,
         })
-    }
-
-    async fn drop(&mut self, bucket: Resource<KvBucket>) -> wasmtime::Result<()> {
-        self.close(bucket)
     }
 }
 
@@ -124,27 +76,5 @@ impl atomics::HostCas for KvView<'_> {
 
     async fn drop(&mut self, cas: Resource<KvCas>) -> wasmtime::Result<()> {
         self.cas_drop(cas)
-    }
-}
-
-impl batch::Host for KvView<'_> {
-    async fn get_many(
-        &mut self,
-        bucket: Resource<KvBucket>,
-        keys: Vec<String>,
-    ) -> Result<Vec<Option<(String, Vec<u8>)>>> {
-        KvView::get_many(self, &bucket, keys).await
-    }
-
-    async fn set_many(
-        &mut self,
-        bucket: Resource<KvBucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> Result<()> {
-        KvView::set_many(self, &bucket, key_values).await
-    }
-
-    async fn delete_many(&mut self, bucket: Resource<KvBucket>, keys: Vec<String>) -> Result<()> {
-        KvView::delete_many(self, &bucket, keys).await
     }
 }

@@ -19,6 +19,88 @@
 //! Every failure reaches the guest as the interface's `error`: limits and
 //! backend failures as `other(...)` with a message that says which.
 
+/// What both versions' bindings share, expanded in [`draft`] and
+/// [`draft2`] on their own generated `store`, `atomics` and `batch`
+/// modules: the linker entry, `store` (`open`, errors), the bucket's
+/// methods but `list-keys` (given, as its cursors differ), and `batch`.
+macro_rules! shared_host_impls {
+    ($($list_keys:tt)*) => {
+        struct Kv;
+
+        impl HasData for Kv {
+            type Data<'a> = KvView<'a>;
+        }
+
+        /// Add the three interfaces to `linker`.
+        pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+            store::add_to_linker::<_, Kv>(linker, HostState::kv)?;
+            atomics::add_to_linker::<_, Kv>(linker, HostState::kv)?;
+            batch::add_to_linker::<_, Kv>(linker, HostState::kv)?;
+            Ok(())
+        }
+
+        impl store::Host for KvView<'_> {
+            async fn open(&mut self, identifier: String) -> Result<Resource<KvBucket>> {
+                KvView::open(self, &identifier)
+            }
+
+            fn convert_error(&mut self, err: GuestKvError) -> wasmtime::Result<store::Error> {
+                Ok(match err {
+                    GuestKvError::NoSuchStore => store::Error::NoSuchStore,
+                    GuestKvError::AccessDenied => store::Error::AccessDenied,
+                    GuestKvError::Other(message) => store::Error::Other(message),
+                })
+            }
+        }
+
+        impl store::HostBucket for KvView<'_> {
+            async fn get(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<Option<Vec<u8>>> {
+                KvView::get(self, &bucket, key).await
+            }
+
+            async fn set(&mut self, bucket: Resource<KvBucket>, key: String, value: Vec<u8>) -> Result<()> {
+                KvView::set(self, &bucket, key, value).await
+            }
+
+            async fn delete(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<()> {
+                KvView::delete(self, &bucket, key).await
+            }
+
+            async fn exists(&mut self, bucket: Resource<KvBucket>, key: String) -> Result<bool> {
+                KvView::exists(self, &bucket, key).await
+            }
+
+            async fn drop(&mut self, bucket: Resource<KvBucket>) -> wasmtime::Result<()> {
+                self.close(bucket)
+            }
+
+            $($list_keys)*
+        }
+
+        impl batch::Host for KvView<'_> {
+            async fn get_many(
+                &mut self,
+                bucket: Resource<KvBucket>,
+                keys: Vec<String>,
+            ) -> Result<Vec<Option<(String, Vec<u8>)>>> {
+                KvView::get_many(self, &bucket, keys).await
+            }
+
+            async fn set_many(
+                &mut self,
+                bucket: Resource<KvBucket>,
+                key_values: Vec<(String, Vec<u8>)>,
+            ) -> Result<()> {
+                KvView::set_many(self, &bucket, key_values).await
+            }
+
+            async fn delete_many(&mut self, bucket: Resource<KvBucket>, keys: Vec<String>) -> Result<()> {
+                KvView::delete_many(self, &bucket, keys).await
+            }
+        }
+    };
+}
+
 pub mod draft;
 pub mod draft2;
 
@@ -452,72 +534,65 @@ mod tests {
     use super::*;
     use crate::kv::KvLimits;
 
+    /// An instance's key-value context allowing `max_ops` per request, on
+    /// an embedded store in a scratch directory (removed by the caller).
+    fn context(max_ops: u32) -> (KvCtx, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("host-kv-ctx-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let service = KvService::embedded(&dir.join("kv.redb"), KvLimits::DEFAULT).unwrap();
+        let app: Arc<str> = "a".into();
+        let access = KvAccess::new(&app, service, vec!["default".into()], max_ops);
+        (KvCtx::new(Arc::new(access)), dir)
+    }
+
+    fn view<'a>(ctx: &'a mut KvCtx, table: &'a mut ResourceTable) -> KvView<'a> {
+        KvView {
+            ctx,
+            table,
+            deadline: Instant::now(),
+        }
+    }
+
     /// The operation budget is per request: a fresh one for each request
     /// on a reused instance, one more request's worth for each request a
     /// shared instance takes; past it, an `other` error naming the flag.
     #[test]
     fn each_request_gets_its_operation_budget() {
-        let dir = std::env::temp_dir().join(format!("host-kv-budget-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let service = KvService::embedded(&dir.join("kv.redb"), KvLimits::DEFAULT).unwrap();
-        let app: Arc<str> = "a".into();
-        let access = Arc::new(KvAccess::new(&app, service, vec!["default".into()], 2));
-        let mut ctx = KvCtx::new(access);
+        let (mut ctx, dir) = context(2);
         let mut table = ResourceTable::new();
-        let mut view = KvView {
-            ctx: &mut ctx,
-            table: &mut table,
-            deadline: Instant::now(),
-        };
-        assert!(view.count("get", 1).is_ok());
-        assert!(view.count("get", 1).is_ok());
-        let Err(GuestKvError::Other(message)) = view.count("get", 1) else {
+        let mut kv = view(&mut ctx, &mut table);
+        assert!(kv.count("get", 1).is_ok());
+        assert!(kv.count("get", 1).is_ok());
+        let Err(GuestKvError::Other(message)) = kv.count("get", 1) else {
             panic!("a third operation passed a budget of 2");
         };
         assert!(message.contains("--kv-max-ops-per-request"), "{message}");
         // A batch counts one per key.
         ctx.begin();
-        let mut view = KvView {
-            ctx: &mut ctx,
-            table: &mut table,
-            deadline: Instant::now(),
-        };
-        assert!(view.count("get_many", 3).is_err());
-        assert!(view.count("get_many", 2).is_ok());
+        let mut kv = view(&mut ctx, &mut table);
+        assert!(kv.count("get_many", 3).is_err());
+        assert!(kv.count("get_many", 2).is_ok());
         ctx.another_request();
-        let mut view = KvView {
-            ctx: &mut ctx,
-            table: &mut table,
-            deadline: Instant::now(),
-        };
-        assert!(view.count("get", 2).is_ok());
-        assert!(view.count("get", 1).is_err());
+        let mut kv = view(&mut ctx, &mut table);
+        assert!(kv.count("get", 2).is_ok());
+        assert!(kv.count("get", 1).is_err());
         drop(ctx);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn numeric_cursors_are_reused_and_bounded() {
-        let dir = std::env::temp_dir().join(format!("host-kv-cursors-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let service = KvService::embedded(&dir.join("kv.redb"), KvLimits::DEFAULT).unwrap();
-        let app: Arc<str> = "a".into();
-        let access = Arc::new(KvAccess::new(&app, service, vec!["default".into()], 10));
-        let mut ctx = KvCtx::new(access);
+        let (mut ctx, dir) = context(10);
         let mut table = ResourceTable::new();
-        let mut view = KvView {
-            ctx: &mut ctx,
-            table: &mut table,
-            deadline: Instant::now(),
-        };
-        let first = view.number_cursor(Some("k1".into())).unwrap();
-        assert_eq!(view.number_cursor(Some("k1".into())).unwrap(), first);
-        assert_eq!(view.string_cursor(first).unwrap().as_deref(), Some("k1"));
-        assert!(view.string_cursor(Some(99)).is_err());
+        let mut kv = view(&mut ctx, &mut table);
+        let first = kv.number_cursor(Some("k1".into())).unwrap();
+        assert_eq!(kv.number_cursor(Some("k1".into())).unwrap(), first);
+        assert_eq!(kv.string_cursor(first).unwrap().as_deref(), Some("k1"));
+        assert!(kv.string_cursor(Some(99)).is_err());
         for i in 0..MAX_CURSORS - 1 {
-            view.number_cursor(Some(format!("c{i}"))).unwrap();
+            kv.number_cursor(Some(format!("c{i}"))).unwrap();
         }
-        assert!(view.number_cursor(Some("one more".into())).is_err());
+        assert!(kv.number_cursor(Some("one more".into())).is_err());
         ctx.begin();
         assert!(ctx.cursors.is_empty());
         drop(ctx);
