@@ -6,9 +6,10 @@
 //!
 //! Where an operation runs depends on the backend, so that none blocks an
 //! async thread for long and none pays for a thread hop it does not need:
-//! on the embedded store a read runs where it is called (a snapshot read
-//! from memory-cached pages, microseconds) and a write is queued to its
-//! writer thread and awaited (group commit); on Redis every call is sent on
+//! on the embedded store a single-key read runs where it is called (a
+//! snapshot read from cached pages, microseconds), a read of many keys (a
+//! page of keys, a batch) on the blocking pool, and a write is queued to
+//! its writer thread and awaited (group commit); on Redis every call is sent on
 //! one shared async connection, pipelined with the others.
 
 use std::future::Future;
@@ -155,11 +156,16 @@ impl KvService {
         prefix: String,
         cursor: Option<String>,
     ) -> Result<KeyPage> {
-        let cursor = cursor.as_deref();
-        self.timed(&bucket.app, op, deadline, async {
+        let app = bucket.app.clone();
+        self.timed(&app, op, deadline, async {
             match &self.store {
-                Store::Embedded(kv) => kv.list_keys(&bucket, &prefix, cursor),
-                Store::Redis(kv) => kv.list_keys(&bucket, &prefix, cursor).await,
+                Store::Embedded(kv) => {
+                    blocking(kv, move |kv| {
+                        kv.list_keys(&bucket, &prefix, cursor.as_deref())
+                    })
+                    .await
+                }
+                Store::Redis(kv) => kv.list_keys(&bucket, &prefix, cursor.as_deref()).await,
             }
         })
         .await
@@ -171,9 +177,10 @@ impl KvService {
         bucket: Bucket,
         keys: Vec<String>,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        self.timed(&bucket.app, "get_many", deadline, async {
+        let app = bucket.app.clone();
+        self.timed(&app, "get_many", deadline, async {
             match &self.store {
-                Store::Embedded(kv) => kv.get_many(&bucket, &keys),
+                Store::Embedded(kv) => blocking(kv, move |kv| kv.get_many(&bucket, &keys)).await,
                 Store::Redis(kv) => kv.get_many(&bucket, &keys).await,
             }
         })
@@ -310,4 +317,21 @@ impl KvService {
         metrics().kv_forget(app);
         Ok(usage)
     }
+}
+
+/// Run a read that may touch many pages (a page of keys, a batch of up to
+/// 4 MiB) on the blocking pool, so that a cold cache reading the disk does
+/// not hold an async thread.
+async fn blocking<T: Send + 'static>(
+    kv: &Arc<Embedded>,
+    read: impl FnOnce(&Embedded) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let kv = kv.clone();
+    tokio::task::spawn_blocking(move || read(&kv))
+        .await
+        .unwrap_or_else(|_| {
+            Err(KvError::Backend(
+                "a key-value read stopped before it finished".into(),
+            ))
+        })
 }
