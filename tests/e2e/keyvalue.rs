@@ -81,6 +81,16 @@ fn kv_ops(metrics: &str, app: &str, op: &str, result: &str) -> f64 {
     )
 }
 
+/// The host still answers its liveness probe.
+async fn assert_healthy(host: &Host) {
+    let health = client()
+        .get(host.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
 /// Run `n` requests `make(i)` with `at_once` in flight; their answers.
 async fn many<F, Fut>(n: usize, at_once: usize, make: F) -> Vec<(u16, String)>
 where
@@ -295,12 +305,7 @@ async fn limits_reach_the_guest_as_errors_and_the_host_stays_healthy(store: Stor
             .0,
         204
     );
-    let health = client()
-        .get(host.admin_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_healthy(&host).await;
     let metrics = host.metrics().await;
     assert!(kv_ops(&metrics, "small", "set", "limit") >= 3.0);
     assert_eq!(metric(&metrics, "host_kv_keys", &[("app", "small")]), 4.0);
@@ -469,12 +474,7 @@ async fn a_redis_outage_fails_kv_calls_and_nothing_else() {
         .matches("key-value store is unreachable")
         .count();
     assert_eq!(warned, 1, "{}", host.stderr());
-    let health = client()
-        .get(host.admin_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_healthy(host).await;
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(30);

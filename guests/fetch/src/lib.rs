@@ -20,7 +20,7 @@ struct App;
 impl Guest for App {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let url = query_param(&request, "url")
-            .map(|u| percent_decode(&u))
+            .map(|u| guest_sdk::percent_decode(&u))
             .or_else(|| store::get("upstream_url").ok().flatten());
         let Some(url) = url else {
             return respond(
@@ -87,27 +87,6 @@ fn relay(upstream: IncomingResponse, out: ResponseOutparam) {
             }
         }
     });
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        if bytes[i] == b'%'
-            && let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 guest_sdk::export!(App with_types_in guest_sdk);

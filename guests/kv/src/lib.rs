@@ -28,7 +28,7 @@ use guest_sdk::wasi::http::types::{
 use guest_sdk::wasi::keyvalue0_2_0_draft2::atomics::{self, Cas, CasError};
 use guest_sdk::wasi::keyvalue0_2_0_draft2::batch;
 use guest_sdk::wasi::keyvalue0_2_0_draft2::store::{self, Bucket, Error};
-use guest_sdk::{path, query_param, read_body, respond};
+use guest_sdk::{path, percent_decode, query_param, read_body, respond};
 
 /// Largest body this app reads (a link, a value, `set-many` lines).
 const MAX_BODY: usize = 4 << 20;
@@ -54,28 +54,11 @@ fn failed(err: Error) -> Reply {
     }
 }
 
-/// `%XX` escapes decoded (invalid ones kept as they are).
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = s.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn list(s: &str) -> Vec<String> {
-    s.split(',').filter(|k| !k.is_empty()).map(decode).collect()
+    s.split(',')
+        .filter(|k| !k.is_empty())
+        .map(percent_decode)
+        .collect()
 }
 
 fn visits() -> Result<Reply, Error> {
@@ -180,8 +163,8 @@ fn append(bucket: &Bucket, key: &str, suffix: &str) -> Result<Reply, Error> {
 
 fn operations(request: IncomingRequest, method: Method, rest: &str) -> Result<Reply, Error> {
     let (store_name, key) = match rest.split_once('/') {
-        Some((store, key)) => (decode(store), Some(decode(key))),
-        None => (decode(rest), None),
+        Some((store, key)) => (percent_decode(store), Some(percent_decode(key))),
+        None => (percent_decode(rest), None),
     };
     let bucket = store::open(&store_name)?;
     let param = |name: &str| query_param(&request, name);
@@ -206,7 +189,7 @@ fn operations(request: IncomingRequest, method: Method, rest: &str) -> Result<Re
             let pairs: Vec<(String, Vec<u8>)> = String::from_utf8_lossy(&body)
                 .lines()
                 .filter_map(|line| line.split_once('='))
-                .map(|(k, v)| (decode(k), v.as_bytes().to_vec()))
+                .map(|(k, v)| (percent_decode(k), v.as_bytes().to_vec()))
                 .collect();
             batch::set_many(&bucket, &pairs)?;
             return Ok(text(204, ""));
@@ -218,7 +201,7 @@ fn operations(request: IncomingRequest, method: Method, rest: &str) -> Result<Re
             }
             return Ok(text(200, n.to_string()));
         }
-        let page = bucket.list_keys(param("cursor").map(|c| decode(&c)).as_deref())?;
+        let page = bucket.list_keys(param("cursor").map(|c| percent_decode(&c)).as_deref())?;
         let keys: Vec<String> = page.keys.iter().map(|k| string(k)).collect();
         let mut out = Object::new();
         out.field("keys", &format!("[{}]", keys.join(",")));
@@ -234,7 +217,7 @@ fn operations(request: IncomingRequest, method: Method, rest: &str) -> Result<Re
             ));
         }
         if let Some(suffix) = param("append") {
-            return append(&bucket, &key, &decode(&suffix));
+            return append(&bucket, &key, &percent_decode(&suffix));
         }
         return Ok(text(400, "POST needs ?incr=N or ?append=TEXT"));
     }

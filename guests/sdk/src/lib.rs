@@ -97,6 +97,29 @@ pub fn read_body(request: IncomingRequest, max: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// `s` with its `%XX` escapes decoded (an invalid one is kept as it is;
+/// bytes that are not UTF-8 become U+FFFD).
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        if bytes[i] == b'%'
+            && let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The value of query parameter `name`, if present.
 pub fn query_param(request: &IncomingRequest, name: &str) -> Option<String> {
     let full = request.path_with_query()?;
