@@ -11,7 +11,7 @@ use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::Ceilings;
 use crate::front::FrontConfig;
 use crate::kv::KvLimits;
-use crate::kv::redis::without_credentials;
+use crate::redis_link::without_credentials;
 use crate::runtime::engine::{MemoryReset, PoolShape};
 use crate::runtime::limits::Limits;
 
@@ -49,6 +49,23 @@ impl std::fmt::Debug for KvBackend {
 }
 
 /// Apps' key-value state: where, and its limits.
+/// Cluster mode: the store replicas share, and this replica's name.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub url: String,
+    /// `--replica-id`; by default the host name and the bound admin port.
+    pub replica: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("url", &without_credentials(&self.url))
+            .field("replica", &self.replica)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct KvConfig {
     pub backend: KvBackend,
@@ -82,6 +99,8 @@ pub struct Config {
     pub memory_reset: MemoryReset,
     pub secrets: SecretPolicy,
     pub kv: KvConfig,
+    /// Cluster mode (`--cluster-url`); `None`: a standalone host.
+    pub cluster: Option<ClusterConfig>,
     pub front: FrontConfig,
     pub drain_timeout: Duration,
     pub shutdown_delay: Duration,

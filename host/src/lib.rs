@@ -81,6 +81,7 @@
 pub(crate) mod admin;
 pub(crate) mod apps;
 pub mod cli;
+pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod front;
 #[doc(hidden)]
@@ -88,6 +89,7 @@ pub mod fuzzing;
 pub(crate) mod http;
 pub(crate) mod kv;
 pub(crate) mod metrics;
+pub(crate) mod redis_link;
 pub(crate) mod routing;
 pub mod runtime;
 pub mod serve;

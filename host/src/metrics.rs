@@ -105,6 +105,13 @@ pub struct Metrics {
     /// Keys and bytes each app holds (read from the store at each scrape).
     pub kv_keys: Family<AppLabel, Gauge>,
     pub kv_bytes: Family<AppLabel, Gauge>,
+    /// Cluster mode: 1 while the cluster store answers, 0 while it does not.
+    pub cluster_store_up: Gauge,
+    /// Cluster mode: the store's revision this replica has caught up with.
+    pub cluster_revision: Gauge,
+    /// Cluster mode: changes made on other replicas applied here, by result
+    /// (`ok`, `failed`, `retry`).
+    pub cluster_applied: Family<ResultLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -135,6 +142,9 @@ impl Metrics {
             kv_duration: Family::new_with_constructor(latency_histogram),
             kv_keys: Family::default(),
             kv_bytes: Family::default(),
+            cluster_store_up: Gauge::default(),
+            cluster_revision: Gauge::default(),
+            cluster_applied: Family::default(),
             registry: MetricRegistry::default(),
         };
         registry.register(
@@ -232,6 +242,21 @@ impl Metrics {
             "Bytes of keys and values each app holds in the key-value store (read at each scrape)",
             m.kv_bytes.clone(),
         );
+        registry.register(
+            "cluster_store_up",
+            "Cluster mode: 1 while the cluster store answers, 0 while it does not",
+            m.cluster_store_up.clone(),
+        );
+        registry.register(
+            "cluster_revision",
+            "Cluster mode: the cluster store's revision this replica has caught up with",
+            m.cluster_revision.clone(),
+        );
+        registry.register(
+            "cluster_changes_applied",
+            "Cluster mode: changes from the cluster store applied here, by result (ok, failed, retry)",
+            m.cluster_applied.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -313,6 +338,14 @@ impl Metrics {
         };
         self.kv_keys.remove(&label);
         self.kv_bytes.remove(&label);
+    }
+
+    pub fn cluster_applied(&self, result: &str) {
+        self.cluster_applied
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     pub fn deploy(&self, result: &str) {

@@ -19,9 +19,11 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::apps::follow::ClusterSetup;
 use crate::apps::manifest;
 use crate::apps::registry::{DEFAULT_APP, Registry, RegistryConfig};
-use crate::apps::state_dir::StateDir;
+use crate::apps::state_dir::{CLUSTER_RECORDS, STANDALONE_RECORDS, StateDir};
+use crate::cluster::ClusterStore;
 use crate::config::{Config, DefaultApp, KvBackend, KvConfig};
 use crate::front::Router;
 use crate::http::server::{self, ConnOptions, Health};
@@ -132,7 +134,35 @@ pub async fn run(
         .local_addr()
         .context("failed to read the bound admin address")?;
 
-    let state = StateDir::open(&config.state_dir)?;
+    // A replica's records are a cache of the cluster store's, kept apart
+    // from a standalone host's own.
+    let records = match &config.cluster {
+        Some(_) => CLUSTER_RECORDS,
+        None => STANDALONE_RECORDS,
+    };
+    let state = StateDir::open_with(&config.state_dir, records)?;
+    let cluster = match &config.cluster {
+        Some(cluster) => {
+            let store =
+                ClusterStore::open(&cluster.url).context("failed to open the cluster store")?;
+            let replica = cluster.replica.clone().unwrap_or_else(|| {
+                let host = std::env::var("HOSTNAME")
+                    .ok()
+                    .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "host".to_string());
+                format!("{host}:{}", admin_addr.port())
+            });
+            tracing::info!(store = store.shown(), %replica, "cluster mode");
+            Some(ClusterSetup {
+                store: Arc::new(store),
+                replica,
+                admin: admin_addr.to_string(),
+            })
+        }
+        None => None,
+    };
     let kv = open_kv(&config.kv)?;
     let routes = Arc::new(Routes::default());
     let router = Arc::new(Router::new(config.front, routes.clone()));
@@ -157,6 +187,7 @@ pub async fn run(
             public_base: format!("{scheme}://{shown}"),
             kv: kv.clone(),
             kv_max_ops: config.kv.max_ops,
+            cluster,
         },
     );
     crate::apps::gc::start(&registry);
@@ -197,6 +228,7 @@ pub async fn run(
             return Ok(());
         }
     }
+    registry.follow();
     if config.admin_token.is_none() {
         tracing::warn!(%admin_addr, "the admin API has no token (set HOST_ADMIN_TOKEN): it is open to every local client on loopback");
     }
@@ -230,6 +262,7 @@ pub async fn run(
     )
     .await;
     let admin_served = admin_server.await.context("admin server task failed")?;
+    registry.leave_cluster().await;
     served.and(admin_served)
 }
 
@@ -250,7 +283,7 @@ async fn load_apps(config: &Config, registry: &Registry, routes: &Routes) -> Res
                 .with_context(|| format!("manifest {}", path.display()))?;
         }
     }
-    let restored = registry.restore().await?;
+    let restored = registry.restore_cluster().await?;
     tracing::info!(
         apps = restored.apps,
         from_cache = restored.from_cache,

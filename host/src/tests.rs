@@ -12,8 +12,20 @@ use std::path::{Path, PathBuf};
 /// settings (their types live with the layers) and only `cli` and `serve`
 /// read it.
 const LAYERS: &[&str] = &[
-    "fuzzing", "cli", "serve", "config", "admin", "front", "apps", "routing", "runtime", "kv",
-    "http", "metrics",
+    "fuzzing",
+    "cli",
+    "serve",
+    "config",
+    "admin",
+    "front",
+    "apps",
+    "cluster",
+    "routing",
+    "runtime",
+    "kv",
+    "redis_link",
+    "http",
+    "metrics",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

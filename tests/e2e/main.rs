@@ -7,6 +7,7 @@ mod h2raw;
 mod harness;
 
 mod browsers;
+mod cluster;
 mod contract;
 mod deploy;
 mod edges;

@@ -143,6 +143,29 @@ impl Endpoints {
             response
         };
         match (segments.as_slice(), &method) {
+            (["v1", "cluster"], &Method::GET) => {
+                let Some((replica, store, revision)) = registry.cluster_identity() else {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "this host is not in cluster mode (start it with --cluster-url)",
+                    ));
+                };
+                let replicas = match registry.replicas().await {
+                    Some(Ok(live)) => serde_json::to_value(live).unwrap_or_default(),
+                    _ => serde_json::Value::Null,
+                };
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "replica": replica,
+                        "store": store,
+                        "revision": revision,
+                        "store_problem": registry.cluster_note(),
+                        "replicas": replicas,
+                    }),
+                ))
+            }
+            (["v1", "cluster"], _) => Ok(allow("GET")),
             (["v1", "apps"], &Method::GET) => {
                 let apps = registry.list().await;
                 Ok(json(StatusCode::OK, &serde_json::json!({ "apps": apps })))

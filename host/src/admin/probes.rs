@@ -41,6 +41,10 @@ impl Probes {
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
                 };
+                if let Some(note) = self.registry.cluster_note() {
+                    body.push_str(&note);
+                    body.push('\n');
+                }
                 for (app, reason) in self.registry.failed().iter() {
                     body.push_str(&format!("app {app} is not served: {reason}\n"));
                 }

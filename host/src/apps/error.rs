@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use crate::cluster::ClusterError;
 use crate::kv::KvError;
 use crate::routing::InvalidRoute;
 use crate::runtime::outbound::InvalidOutbound;
@@ -100,5 +101,21 @@ impl From<InvalidRoute> for AppError {
 impl From<InvalidOutbound> for AppError {
     fn from(err: InvalidOutbound) -> AppError {
         AppError::Invalid(err.to_string())
+    }
+}
+
+impl From<ClusterError> for AppError {
+    fn from(err: ClusterError) -> AppError {
+        match err {
+            ClusterError::Unavailable(m) => AppError::Unavailable(format!(
+                "{m}: the change was not made; every replica keeps serving what it has; \
+                 retry once the cluster store is back"
+            )),
+            ClusterError::Replaced(m) => AppError::Unavailable(m),
+            err @ (ClusterError::Conflict { .. } | ClusterError::RouteTaken { .. }) => {
+                AppError::Conflict(err.to_string())
+            }
+            ClusterError::Corrupt(m) => AppError::Internal(m),
+        }
     }
 }

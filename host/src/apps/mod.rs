@@ -5,7 +5,8 @@
 //! record serves ([`provision`]: code from [`compiler`], the cache or a
 //! compile; secrets), stores the record ([`state_dir`]) and publishes the
 //! new routing table, all through one commit path; [`gc`] removes what no
-//! record names any more. [`views`] is what the admin API shows; [`data`]
+//! record names any more; [`follow`] is cluster mode, where the records
+//! live in the cluster store and every replica follows them. [`views`] is what the admin API shows; [`data`]
 //! is apps' key-value data as operators reach it. Every
 //! failure is an [`error::AppError`], which the admin API maps to a
 //! status.
@@ -13,6 +14,7 @@
 pub mod compiler;
 pub mod data;
 pub mod error;
+pub mod follow;
 pub mod gc;
 pub mod manifest;
 pub mod plan;

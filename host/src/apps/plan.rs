@@ -24,6 +24,7 @@ pub fn deploy(
         current,
         canary: None,
         versions,
+        revision: existing.and_then(|r| r.revision),
     }
 }
 

@@ -25,6 +25,10 @@ pub struct AppRecord {
     pub canary: Option<CanaryRecord>,
     /// Newest first; at most `--keep-versions`.
     pub versions: Vec<VersionRecord>,
+    /// In cluster mode, the cluster store's revision of this record (the
+    /// store keeps it beside the record; the local cache keeps it in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
 }
 
 /// An app declared on the command line or in the manifest: never stored,

@@ -39,6 +39,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::apps::compiler::{CodeSource, Compiler, blocking};
 use crate::apps::error::AppError;
+use crate::apps::follow::{ClusterSetup, Clustered};
 use crate::apps::plan;
 use crate::apps::provision::{Provisioner, Served, Serving};
 use crate::apps::records::{AppRecord, FailedApp, StaticApp, VersionRecord, validate_name};
@@ -73,6 +74,8 @@ pub struct RegistryConfig {
     /// The host's key-value store, and the operations a request may make.
     pub kv: KvService,
     pub kv_max_ops: u32,
+    /// Cluster mode: the store the replicas share, and this replica.
+    pub cluster: Option<ClusterSetup>,
 }
 
 #[derive(Default)]
@@ -146,7 +149,7 @@ impl Inner {
 
     /// What serves app `name` now, with the code in memory that `record`
     /// names: where making `record`'s versions starts from.
-    fn serving(&self, name: &str, record: &AppRecord) -> Serving {
+    pub(crate) fn serving(&self, name: &str, record: &AppRecord) -> Serving {
         Serving {
             live: self.live.get(name).cloned(),
             share: self.shares.get(name).cloned(),
@@ -176,6 +179,13 @@ pub(crate) enum Change {
     /// Keep a record read from disk at start that cannot be served, listed
     /// as failed with the reason.
     Fail { record: AppRecord, reason: String },
+    /// Apply a change the cluster store committed at `revision`: serve
+    /// the record (`None`: remove the app), unless this replica already
+    /// has a newer revision. Its record is cached in the state directory.
+    Follow {
+        revision: u64,
+        next: Option<(AppRecord, Served)>,
+    },
     /// Serve a static app (never stored).
     Static {
         route: Route,
@@ -186,15 +196,20 @@ pub(crate) enum Change {
 
 impl Change {
     fn saves(&self) -> bool {
-        matches!(self, Change::Save { .. } | Change::Remove { .. })
+        matches!(
+            self,
+            Change::Save { .. } | Change::Remove { .. } | Change::Follow { .. }
+        )
     }
 }
 
 pub struct Registry {
     pub(crate) provision: Provisioner,
     keep_versions: usize,
-    public_base: String,
+    pub(crate) public_base: String,
     routes: Arc<Routes>,
+    /// Cluster mode: the store and what this replica knows of it.
+    pub(crate) cluster: Option<Arc<Clustered>>,
     pub(crate) inner: Mutex<Inner>,
     /// Components being stored by deploys in progress, by digest (count):
     /// the collector keeps them.
@@ -238,13 +253,16 @@ fn version_of(wasm: &[u8], settings: AppSettings) -> Result<VersionRecord, AppEr
 }
 
 /// Keeps a digest in the registry's `storing` set while a deploy stores it.
-struct Storing<'a> {
+pub(crate) struct Storing<'a> {
     set: &'a std::sync::Mutex<HashMap<String, usize>>,
     digest: String,
 }
 
 impl<'a> Storing<'a> {
-    fn new(set: &'a std::sync::Mutex<HashMap<String, usize>>, digest: &str) -> Storing<'a> {
+    pub(crate) fn new(
+        set: &'a std::sync::Mutex<HashMap<String, usize>>,
+        digest: &str,
+    ) -> Storing<'a> {
         if let Ok(mut set) = set.lock() {
             *set.entry(digest.to_string()).or_default() += 1;
         }
@@ -275,7 +293,11 @@ impl Registry {
         routes: Arc<Routes>,
         config: RegistryConfig,
     ) -> Arc<Registry> {
+        let known = state.store_id();
         Arc::new(Registry {
+            cluster: config
+                .cluster
+                .map(|setup| Arc::new(Clustered::new(setup, known))),
             provision: Provisioner {
                 compiler: Compiler::new(engines, state, config.compile_timeout),
                 defaults: config.defaults,
@@ -304,11 +326,37 @@ impl Registry {
     /// `name` (its record is what the change started from, no static app
     /// owns the name, no other app the route), write or remove its record,
     /// serve it and publish. The app as it is now, unless it is gone.
+    ///
+    /// In cluster mode a deploy, rollback, canary or removal is committed
+    /// to the cluster store first ([`Registry::commit_to_cluster`]), and
+    /// served here as the revision it became.
     pub(crate) async fn commit(
         &self,
         name: &str,
         change: Change,
     ) -> Result<Option<AppView>, AppError> {
+        if self.cluster.is_none() || !matches!(change, Change::Save { .. } | Change::Remove { .. })
+        {
+            return self.commit_here(name, change).await;
+        }
+        if let Change::Save { record, .. } = &change {
+            self.inner.lock().await.admits(name, Some(&record.route))?;
+        }
+        let (follow, committed) = self.commit_to_cluster(name, change).await?;
+        match self.commit_here(name, follow).await {
+            Ok(view) => Ok(view),
+            Err(err) => Ok(self.applied_later(name, committed, err)),
+        }
+    }
+
+    /// Publish the routing table and the failed apps as they are.
+    pub(crate) async fn publish_now(&self) {
+        let mut inner = self.inner.lock().await;
+        self.publish(&mut inner);
+    }
+
+    /// [`Registry::commit`] on this host alone.
+    async fn commit_here(&self, name: &str, change: Change) -> Result<Option<AppView>, AppError> {
         let mut inner = self.inner.lock().await;
         let changed = || {
             AppError::Conflict(format!(
@@ -340,6 +388,16 @@ impl Registry {
                 }
                 inner.admits(name, Some(&record.route))?;
             }
+            Change::Follow { revision, next } => {
+                let local = inner.stored(name).and_then(|r| r.revision).unwrap_or(0);
+                if local >= *revision {
+                    // A newer change is served here already.
+                    return Ok(self.view(&inner, name));
+                }
+                if let Some((record, _)) = next {
+                    inner.admits(name, Some(&record.route))?;
+                }
+            }
             Change::Fail { .. } => {}
             Change::Static { route, .. } => {
                 if inner.live.contains_key(name) {
@@ -358,9 +416,16 @@ impl Registry {
                 let record = record.clone();
                 blocking(move || Ok(state.save_record(&record)?)).await?;
             }
-            Change::Remove { .. } => {
+            Change::Remove { .. } | Change::Follow { next: None, .. } => {
                 let owned = name.to_string();
                 blocking(move || Ok(state.remove_record(&owned)?)).await?;
+            }
+            Change::Follow {
+                next: Some((record, _)),
+                ..
+            } => {
+                let record = record.clone();
+                blocking(move || Ok(state.save_record(&record)?)).await?;
             }
             _ => {}
         }
@@ -368,10 +433,13 @@ impl Registry {
         // The restore publishes once, when every stored app is in.
         let restoring = matches!(change, Change::Restore { .. } | Change::Fail { .. });
         match change {
-            Change::Save { record, served, .. } | Change::Restore { record, served } => {
-                Self::install(&mut inner, record, served)
-            }
-            Change::Remove { .. } => {
+            Change::Save { record, served, .. }
+            | Change::Restore { record, served }
+            | Change::Follow {
+                next: Some((record, served)),
+                ..
+            } => Self::install(&mut inner, record, served),
+            Change::Remove { .. } | Change::Follow { next: None, .. } => {
                 inner.records.remove(name);
                 inner.failed.remove(name);
                 // A failed record may share its name with a static app:
@@ -637,19 +705,31 @@ impl Registry {
         }
     }
 
+    /// Every app; in cluster mode with the revision each replica serves.
     pub async fn list(&self) -> Vec<AppView> {
-        let inner = self.inner.lock().await;
-        let names: BTreeSet<&String> = inner.live.keys().chain(inner.failed.keys()).collect();
-        names
-            .into_iter()
-            .filter_map(|name| self.view(&inner, name))
-            .collect()
+        let mut views: Vec<AppView> = {
+            let inner = self.inner.lock().await;
+            let names: BTreeSet<&String> = inner.live.keys().chain(inner.failed.keys()).collect();
+            names
+                .into_iter()
+                .filter_map(|name| self.view(&inner, name))
+                .collect()
+        };
+        self.with_replicas(&mut views).await;
+        views
     }
 
+    /// App `name`; in cluster mode with the revision each replica serves.
     pub async fn get(&self, name: &str) -> Result<AppView, AppError> {
-        let inner = self.inner.lock().await;
-        self.view(&inner, name)
-            .ok_or_else(|| AppError::NotFound(format!("no app named {name}")))
+        let view = {
+            let inner = self.inner.lock().await;
+            self.view(&inner, name)
+                .ok_or_else(|| AppError::NotFound(format!("no app named {name}")))?
+        };
+        let mut views = [view];
+        self.with_replicas(&mut views).await;
+        let [view] = views;
+        Ok(view)
     }
 
     /// Deployed apps that failed to restore, with the reason: for
@@ -692,10 +772,14 @@ impl Registry {
         let settings = request.settings;
         let version = blocking(move || version_of(&bytes, settings)).await?;
         let digest = version.digest.clone();
+        let from_cluster = self.cluster_record(name).await?;
         let (before, after, serving, _storing) = {
             let inner = self.inner.lock().await;
             inner.admits(name, None)?;
-            let before = inner.stored(name).cloned();
+            let before = match from_cluster {
+                Some(record) => record,
+                None => inner.stored(name).cloned(),
+            };
             if name == DEFAULT_APP && before.is_none() {
                 return Err(AppError::Invalid(format!(
                     "the app name `{DEFAULT_APP}` is reserved for the host's default guest; pick another name"
@@ -754,9 +838,16 @@ impl Registry {
         what: &str,
         plan: impl FnOnce(&AppRecord) -> Result<AppRecord, AppError>,
     ) -> Result<AppView, AppError> {
+        let from_cluster = self.cluster_record(name).await?;
         let (before, after, serving) = {
             let inner = self.inner.lock().await;
-            let before = inner.deployed(name)?.clone();
+            let before = match from_cluster {
+                Some(record) => {
+                    inner.admits(name, None)?;
+                    record.ok_or_else(|| AppError::NotFound(format!("no app named {name}")))?
+                }
+                None => inner.deployed(name)?.clone(),
+            };
             let after = plan(&before)?;
             let serving = inner.serving(name, &after);
             (before, after, serving)
@@ -809,10 +900,11 @@ impl Registry {
     /// with it); for one that declares none, whatever an older version
     /// left is deleted if the store can be reached.
     pub async fn remove(&self, name: &str, keep_data: bool) -> Result<Removed, AppError> {
+        let from_cluster = self.cluster_record(name).await?;
         let before = {
             let inner = self.inner.lock().await;
-            match inner.stored(name) {
-                Some(record) => record.clone(),
+            match from_cluster.unwrap_or_else(|| inner.stored(name).cloned()) {
+                Some(record) => record,
                 None => {
                     inner.admits(name, None)?;
                     return Err(AppError::NotFound(format!("no app named {name}")));

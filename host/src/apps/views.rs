@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apps::records::{AppRecord, CanaryRecord, StaticApp, VersionRecord};
 use crate::apps::settings::AppSettings;
+use crate::cluster::replicas::Failed;
 use crate::routing::Route;
 use crate::runtime::component::World;
 
@@ -40,6 +41,23 @@ pub struct AppView {
     /// start); absent for served apps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// Cluster mode: the cluster store's revision of the app's record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// Cluster mode: the revision each live replica serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaView>>,
+}
+
+/// What one replica serves of an app.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaView {
+    pub replica: String,
+    /// The revision it serves (0: none yet).
+    pub revision: u64,
+    /// A newer revision it could not serve, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Failed>,
 }
 
 impl AppView {
@@ -56,6 +74,8 @@ impl AppView {
             canary: None,
             versions: vec![VersionView::new(app.version.clone(), true)],
             failed: None,
+            revision: None,
+            replicas: None,
         }
     }
 
@@ -80,6 +100,8 @@ impl AppView {
                 .map(|v| VersionView::new(v.clone(), v.version == record.current))
                 .collect(),
             failed,
+            revision: record.revision,
+            replicas: None,
         }
     }
 }

@@ -294,6 +294,28 @@ pub struct ServeArgs {
     #[arg(long, env = "HOST_KV_URL_FILE", value_name = "FILE")]
     pub kv_url_file: Option<PathBuf>,
 
+    /// Cluster mode: share deploys with every host replica on this Redis
+    /// (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`): an admin change on any
+    /// replica reaches all of them, and apps' key-value data lives there
+    /// too unless --kv-url says otherwise. Never logged.
+    #[arg(
+        long,
+        env = "HOST_CLUSTER_URL",
+        value_name = "URL",
+        conflicts_with = "cluster_url_file",
+        hide_env_values = true
+    )]
+    pub cluster_url: Option<String>,
+
+    /// Read the --cluster-url from this file (a mounted secret).
+    #[arg(long, env = "HOST_CLUSTER_URL_FILE", value_name = "FILE")]
+    pub cluster_url_file: Option<PathBuf>,
+
+    /// This replica's name in the cluster (default: the host name and the
+    /// admin port; on Kubernetes, the pod name).
+    #[arg(long, env = "HOST_REPLICA_ID", value_name = "ID")]
+    pub replica_id: Option<String>,
+
     /// Longest key-value key, in bytes.
     #[arg(long, env = "HOST_KV_MAX_KEY_BYTES", default_value_t = KvLimits::DEFAULT.max_key_bytes)]
     pub kv_max_key_bytes: usize,

@@ -76,7 +76,21 @@ pub struct DeployArgs {
     #[arg(long)]
     pub instance_concurrency: Option<u32>,
     #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// Waiting until every replica of a cluster serves a change.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// In cluster mode, return only once every live replica serves the
+    /// change (or fail naming the ones that do not, and why).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS", requires = "wait")]
+    pub wait_timeout: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -93,6 +107,8 @@ pub struct RollbackArgs {
     /// The version to make current (default: the one before the current).
     #[arg(long)]
     pub to: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -115,6 +131,8 @@ pub struct CanaryArgs {
     /// Stop the canary.
     #[arg(long, conflicts_with_all = ["version", "weight", "promote"])]
     pub abort: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -220,6 +238,7 @@ pub async fn rollback(args: RollbackArgs) -> Result<()> {
     let app = client
         .send(client.request(Method::POST, &path).json(&body))
         .await?;
+    wait_for(&client, &args.wait, &app).await?;
     report(&args.server, &app, |app| {
         format!(
             "{} rolled back: version {} is current",
@@ -245,6 +264,7 @@ pub async fn canary(args: CanaryArgs) -> Result<()> {
         }))
     };
     let app = client.send(request).await?;
+    wait_for(&client, &args.wait, &app).await?;
     report(&args.server, &app, |app| {
         let name = app["name"].as_str().unwrap_or("?");
         let current = app["current_version"].as_str().unwrap_or("?");
@@ -339,6 +359,7 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
     let app = client
         .send(client.request(Method::POST, &path).multipart(form))
         .await?;
+    wait_for(&client, &args.wait, &app).await?;
     report(&args.server, &app, |app| {
         format!(
             "deployed {} version {}\nserving at {}",
@@ -347,6 +368,70 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
             app["url"].as_str().unwrap_or("?")
         )
     })
+}
+
+/// With `--wait`, in cluster mode: poll the app until every live replica
+/// serves `app`'s revision (or a newer one); fail if one cannot, or at the
+/// timeout, naming the replicas that do not. A standalone host serves a
+/// change once it answers, so there is nothing to wait for.
+async fn wait_for(client: &Client, wait: &WaitArgs, app: &Value) -> Result<()> {
+    let Some(revision) = app["revision"].as_u64().filter(|_| wait.wait) else {
+        return Ok(());
+    };
+    let name = app["name"].as_str().unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait.wait_timeout);
+    loop {
+        let now = client
+            .send(client.request(Method::GET, &format!("/v1/apps/{name}")))
+            .await?;
+        let replicas = now["replicas"].as_array().cloned().unwrap_or_default();
+        let behind: Vec<&Value> = replicas
+            .iter()
+            .filter(|r| r["revision"].as_u64().unwrap_or(0) < revision)
+            .collect();
+        if let Some(failed) = behind.iter().find(|r| {
+            r["failed"]["revision"]
+                .as_u64()
+                .is_some_and(|f| f >= revision)
+        }) {
+            bail!(
+                "replica {} cannot serve revision {revision} of {name}: {}",
+                failed["replica"].as_str().unwrap_or("?"),
+                failed["failed"]["reason"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+            );
+        }
+        if behind.is_empty() && !replicas.is_empty() {
+            eprintln!(
+                "{name} revision {revision} is served by all {} replica(s)",
+                replicas.len()
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let shown: Vec<String> = behind
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} (at revision {})",
+                        r["replica"].as_str().unwrap_or("?"),
+                        r["revision"]
+                    )
+                })
+                .collect();
+            bail!(
+                "timed out after {} s waiting for every replica to serve revision {revision} of {name}; not yet: {}",
+                wait.wait_timeout,
+                if shown.is_empty() {
+                    "no live replica was listed (is the cluster store reachable?)".to_string()
+                } else {
+                    shown.join(", ")
+                }
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 pub(crate) fn report(
@@ -380,15 +465,45 @@ fn print_app(app: &Value, detailed: bool) -> Result<()> {
         Some(reason) => format!("  NOT SERVED: {reason}"),
         None => String::new(),
     };
+    let replicas = app["replicas"].as_array().cloned().unwrap_or_default();
+    let cluster = match app["revision"].as_u64() {
+        Some(revision) => {
+            let serving = replicas
+                .iter()
+                .filter(|r| r["revision"].as_u64() == Some(revision))
+                .count();
+            format!(
+                "  revision {revision} ({serving}/{} replicas)",
+                replicas.len()
+            )
+        }
+        None => String::new(),
+    };
     writeln!(
         out,
-        "{:<20} {:<8} {:<14} {}{canary}{failed}",
+        "{:<20} {:<8} {:<14} {}{canary}{cluster}{failed}",
         s(&app["name"]),
         s(&app["source"]),
         s(&app["current_version"]),
         s(&app["url"])
     )?;
     if detailed {
+        for r in &replicas {
+            let failed = match r["failed"].as_object() {
+                Some(f) => format!(
+                    "  cannot serve revision {}: {}",
+                    f["revision"],
+                    s(&f["reason"])
+                ),
+                None => String::new(),
+            };
+            writeln!(
+                out,
+                "  replica {:<30} revision {}{failed}",
+                s(&r["replica"]),
+                r["revision"]
+            )?;
+        }
         for v in app["versions"].as_array().into_iter().flatten() {
             let mark = if v["current"].as_bool() == Some(true) {
                 "*"

@@ -12,10 +12,10 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::Ceilings;
 use crate::cli::args::ServeArgs;
-use crate::config::{Config, DefaultApp, KvBackend, KvConfig};
+use crate::config::{ClusterConfig, Config, DefaultApp, KvBackend, KvConfig};
 use crate::front::FrontConfig;
 use crate::kv::KvLimits;
-use crate::kv::redis::without_credentials;
+use crate::redis_link::without_credentials;
 use crate::runtime::engine::{self, PoolShape};
 use crate::runtime::limits::{Limits, MAX_INSTANCE_CONCURRENCY, MAX_INSTANCE_REUSE};
 
@@ -64,6 +64,7 @@ pub fn config(mut args: ServeArgs) -> Result<Config> {
         None => default_state_dir(),
     };
     let kv = kv_config(&args, &state_dir)?;
+    let cluster = cluster_config(&args)?;
     let default_app = match args.component {
         // --no-default-app wins, even over HOST_COMPONENT from the environment.
         _ if args.no_default_app => DefaultApp::None,
@@ -309,6 +310,7 @@ pub fn config(mut args: ServeArgs) -> Result<Config> {
         memory_reset: args.memory_reset,
         secrets,
         kv,
+        cluster,
         front: FrontConfig {
             max_concurrent,
             version_headers: args.version_headers,
@@ -362,34 +364,66 @@ fn physical_memory() -> Option<u64> {
 /// Where apps' key-value data lives (`--kv-url` or the URL in
 /// `--kv-url-file`, else the embedded store in the state directory) and
 /// its limits.
+/// A Redis URL given as `--FLAG` or in the file of `--FLAG-file`, checked
+/// (parsed now, so a typo stops the start instead of every call).
+fn redis_url(flag: &str, url: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {
+    let url = match (url, file) {
+        (Some(url), _) => url.trim().to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read the --{flag}-file {}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    ensure!(
+        !url.starts_with("rediss://"),
+        "--{flag}: TLS to Redis (rediss://) is not supported yet; use redis:// on a private \
+         network, or a TLS tunnel (stunnel, a sidecar) on loopback"
+    );
+    ensure!(
+        url.starts_with("redis://"),
+        "--{flag} must be a redis:// URL (redis://[USER:PASSWORD@]HOST:PORT[/DB]), got {}",
+        without_credentials(&url)
+    );
+    crate::redis_link::Link::open(&url, "Redis").map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?;
+    Ok(Some(url))
+}
+
+/// Cluster mode, if `--cluster-url` (or its file) is given.
+fn cluster_config(args: &ServeArgs) -> Result<Option<ClusterConfig>> {
+    let Some(url) = redis_url("cluster-url", &args.cluster_url, &args.cluster_url_file)? else {
+        ensure!(
+            args.replica_id.is_none(),
+            "--replica-id applies to cluster mode only: add --cluster-url"
+        );
+        return Ok(None);
+    };
+    let replica = match &args.replica_id {
+        Some(id) => {
+            let id = id.trim();
+            ensure!(
+                !id.is_empty()
+                    && id.len() <= 253
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)),
+                "--replica-id must be 1-253 letters, digits, `-`, `_`, `.` or `:`, got {id:?}"
+            );
+            Some(id.to_string())
+        }
+        None => None,
+    };
+    Ok(Some(ClusterConfig { url, replica }))
+}
+
 fn kv_config(args: &ServeArgs, state_dir: &Path) -> Result<KvConfig> {
-    let url = match (&args.kv_url, &args.kv_url_file) {
-        (Some(url), _) => Some(url.trim().to_string()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("failed to read the --kv-url-file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        (None, None) => None,
+    let url = match redis_url("kv-url", &args.kv_url, &args.kv_url_file)? {
+        Some(url) => Some(url),
+        // A cluster keeps apps' data where it keeps its apps.
+        None => redis_url("cluster-url", &args.cluster_url, &args.cluster_url_file)?,
     };
     let backend = match url {
-        Some(url) => {
-            ensure!(
-                !url.starts_with("rediss://"),
-                "--kv-url: TLS to Redis (rediss://) is not supported yet; use redis:// on a private \
-                 network, or a TLS tunnel (stunnel, a sidecar) on loopback"
-            );
-            ensure!(
-                url.starts_with("redis://"),
-                "--kv-url must be a redis:// URL (redis://[USER:PASSWORD@]HOST:PORT[/DB]), got {}",
-                without_credentials(&url)
-            );
-            // Parsed now, so a typo stops the start instead of every call.
-            crate::kv::redis::Redis::open(&url, KvLimits::DEFAULT)
-                .map_err(|e| anyhow::anyhow!("--kv-url: {e}"))?;
-            KvBackend::Redis(url)
-        }
+        Some(url) => KvBackend::Redis(url),
         None => KvBackend::Embedded(state_dir.join("kv.redb")),
     };
     let max_key_bytes = in_range("kv-max-key-bytes", args.kv_max_key_bytes, 1..=64 * 1024)?;

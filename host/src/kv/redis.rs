@@ -11,27 +11,16 @@
 //! ```
 //!
 //! App and store names hold no `:`, so one bucket's keys can never be
-//! another's, and no store is the usage hash. Every call is sent on one shared async connection
-//! (multiplexed: calls from every request are pipelined on it, so the host
-//! holds one connection however busy it is, and no thread waits on a
-//! socket), with connect and response timeouts. When Redis is down a call
-//! fails within them and says so; the connection is dropped and, after a
-//! backoff (0.1 s doubling to 5 s) during which calls fail at once, made
-//! again. The URL's credentials are never logged or shown.
+//! another's, and no store is the usage hash. Every call goes through one
+//! shared [`Link`] (one multiplexed connection, timeouts, a backoff while
+//! Redis is down, credentials never shown).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, FromRedisValue, Script, Value};
+use redis::{FromRedisValue, Script, Value};
 
 use crate::kv::{Bucket, KeyPage, KvError, KvLimits, Usage, prefix_end};
+use crate::redis_link::{Link, LinkError, Request};
 
 type Result<T, E = KvError> = std::result::Result<T, E>;
-
-/// Longest wait to connect, and for one reply.
-const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The Lua that writes one key within the app's quota: a function of the
 /// bucket hash, its index, the usage hash, the key, the value and the two
@@ -71,9 +60,7 @@ end
 
 /// The Redis store.
 pub struct Redis {
-    client: Client,
-    /// Where it is, without credentials, for messages.
-    shown: String,
+    link: Link,
     limits: KvLimits,
     set: Script,
     swap: Script,
@@ -82,48 +69,16 @@ pub struct Redis {
     set_many: Script,
     delete_many: Script,
     get_many: Script,
-    /// The async connection every async call shares (`None` until the
-    /// first, and after it failed), and a lock so one task makes it.
-    mux: ArcSwapOption<MultiplexedConnection>,
-    mux_connecting: tokio::sync::Mutex<()>,
-    /// Set after a failed connect: calls fail at once until then, so a
-    /// Redis that is down costs each call nothing (the first call after it
-    /// tries again), with the wait doubling while it stays down.
-    down: Mutex<Option<Backoff>>,
-}
-
-/// When Redis was last found unreachable, and how long to wait now.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    until: Instant,
-    wait: Duration,
-}
-
-/// The first wait after Redis is found down, and the longest.
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// `redis://user:password@host:port/db` → `redis://host:port/db`.
-pub(crate) fn without_credentials(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-            format!("{scheme}://{rest}")
-        }
-        None => "the Redis URL".to_string(),
-    }
 }
 
 impl Redis {
     /// A store on the Redis at `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`).
     /// Nothing is connected until the first operation.
     pub fn open(url: &str, limits: KvLimits) -> Result<Redis> {
-        let shown = without_credentials(url);
-        let client = Client::open(url)
-            .map_err(|e| KvError::Invalid(format!("{shown} is not a usable Redis URL: {e}")))?;
+        let link = Link::open(url, "the Redis key-value store")
+            .map_err(|LinkError(e)| KvError::Invalid(e))?;
         Ok(Redis {
-            client,
-            shown,
+            link,
             limits,
             set: Script::new(&format!(
                 "{PUT} local r = put(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])) return r"
@@ -206,9 +161,6 @@ impl Redis {
                  if total > tonumber(ARGV[1]) then return {0, total} end
                  return {1, redis.call('HMGET', KEYS[1], unpack(ARGV, 2))}",
             ),
-            mux: ArcSwapOption::empty(),
-            mux_connecting: tokio::sync::Mutex::new(()),
-            down: Mutex::new(None),
         })
     }
 
@@ -218,113 +170,20 @@ impl Redis {
 
     /// Where it is, without credentials.
     pub fn shown(&self) -> &str {
-        &self.shown
+        self.link.shown()
     }
 
     /// What went wrong talking to Redis, said without credentials.
     fn failed(&self, err: redis::RedisError) -> KvError {
-        KvError::Backend(format!(
-            "the Redis key-value store at {} failed: {}",
-            self.shown, err
-        ))
+        KvError::Backend(self.link.failed(err).0)
     }
 
-    /// Fail at once while backing off after Redis was found down, saying
-    /// when it is tried again.
-    fn not_backing_off(&self) -> Result<()> {
-        let now = Instant::now();
-        let backoff = self.down.lock().ok().and_then(|down| *down);
-        if let Some(backoff) = backoff
-            && now < backoff.until
-        {
-            return Err(KvError::Backend(format!(
-                "the Redis key-value store at {} is unreachable; retrying in {} ms",
-                self.shown,
-                (backoff.until - now).as_millis().max(1)
-            )));
-        }
-        Ok(())
-    }
-
-    /// A connection worked: if Redis was down, it is back.
-    fn came_back(&self) {
-        if let Ok(mut down) = self.down.lock()
-            && down.take().is_some()
-        {
-            tracing::info!(store = %self.shown, "the Redis key-value store is reachable again");
-        }
-    }
-
-    /// The shared async connection (made on first use, and again after it
-    /// failed): every async call is pipelined on it, with no thread hop.
-    async fn multiplexed(&self) -> Result<Arc<MultiplexedConnection>> {
-        if let Some(connection) = self.mux.load_full() {
-            return Ok(connection);
-        }
-        let _one = self.mux_connecting.lock().await;
-        if let Some(connection) = self.mux.load_full() {
-            return Ok(connection);
-        }
-        self.not_backing_off()?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
-        match self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(connection) => {
-                self.came_back();
-                let connection = Arc::new(connection);
-                self.mux.store(Some(connection.clone()));
-                Ok(connection)
-            }
-            Err(err) => {
-                self.went_down();
-                Err(self.failed(err))
-            }
-        }
-    }
-
-    /// Send `request` on the shared connection; if the connection failed,
-    /// drop it (the next call connects again) and back off.
+    /// Send `request` on the shared link.
     async fn query<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T> {
-        let shared = self.multiplexed().await?;
-        let mut connection = (*shared).clone();
-        let out = match &request {
-            Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
-            Request::Script(script) => script.invoke_async(&mut connection).await,
-        };
-        out.map_err(|e| {
-            // A lost connection is dropped (if no other call has replaced
-            // it already), and the next call connects again; a slow reply
-            // only fails its own call.
-            if e.is_io_error() || e.is_connection_dropped() {
-                self.mux.compare_and_swap(&Some(shared), None);
-            }
-            self.failed(e)
-        })
-    }
-
-    /// Connecting to Redis failed: back off before the next try (twice as
-    /// long as last time, up to [`BACKOFF_MAX`]). Connects happen one at a
-    /// time, so each failed attempt doubles the wait once.
-    fn went_down(&self) {
-        let Ok(mut down) = self.down.lock() else {
-            return;
-        };
-        let wait = match *down {
-            Some(last) => (last.wait * 2).min(BACKOFF_MAX),
-            None => {
-                tracing::warn!(store = %self.shown, "the Redis key-value store is unreachable; key-value calls fail until it returns");
-                BACKOFF_FIRST
-            }
-        };
-        *down = Some(Backoff {
-            until: Instant::now() + wait,
-            wait,
-        });
+        self.link
+            .query(request)
+            .await
+            .map_err(|LinkError(e)| KvError::Backend(e))
     }
 
     /// Run `script` on `bucket`'s keys (its hash, index and the app's
@@ -379,12 +238,6 @@ impl Redis {
             .err()
             .unwrap_or_else(|| KvError::Limit("over the app's quota".into()))
     }
-}
-
-/// One command or script call.
-enum Request<'a> {
-    Cmd(redis::Cmd),
-    Script(redis::ScriptInvocation<'a>),
 }
 
 fn status(reply: &[Value]) -> i64 {
@@ -548,7 +401,7 @@ impl Redis {
                 .unwrap_or_else(|| KvError::Limit("get-many is over its size limit".into()))),
             _ => Err(KvError::Backend(format!(
                 "the Redis key-value store at {} gave an unexpected answer to get-many",
-                self.shown
+                self.link.shown()
             ))),
         }
     }
@@ -618,23 +471,5 @@ impl Redis {
             cursor = next;
         }
         Ok(held)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::without_credentials;
-
-    #[test]
-    fn credentials_are_never_shown() {
-        assert_eq!(
-            without_credentials("redis://user:p@ss@db.example:6379/2"),
-            "redis://db.example:6379/2"
-        );
-        assert_eq!(
-            without_credentials("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-        assert_eq!(without_credentials("nonsense"), "the Redis URL");
     }
 }

@@ -103,6 +103,7 @@ fn registry(state: &Scratch, keep: usize) -> (Arc<Registry>, Arc<Routes>) {
             kv: KvService::embedded(&state.0.join("kv.redb"), KvLimits::DEFAULT)
                 .expect("key-value store"),
             kv_max_ops: 100,
+            cluster: None,
         },
     );
     (registry, routes)
