@@ -508,8 +508,25 @@ async fn a_redis_outage_stops_changes_not_serving() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A replica that joins now, with nothing cached, knows no app: it
+    // starts, but is not ready (it would answer 404 for every app) and
+    // says why.
+    let late = cluster.join();
+    let response = client()
+        .get(cluster.replica(late).admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("never loaded the cluster's apps"), "{body}");
+    // `host apps` says the replicas cannot be listed.
+    let out = cluster.replica(0).cli(&["apps"], &[]);
+    assert!(out.stdout.contains("replicas unknown"), "{}", out.stdout);
+
     // Redis comes back (empty: it kept nothing): the replicas put back what
-    // they serve, and a deploy works and reaches every replica.
+    // they serve, and a deploy works and reaches every replica (the late
+    // one too, which becomes ready).
     cluster.redis.restart();
     let start = Instant::now();
     let v2 = loop {
@@ -526,6 +543,22 @@ async fn a_redis_outage_stops_changes_not_serving() {
     };
     for host in cluster.running() {
         serves(host, "/up", &v2).await;
+    }
+    let start = Instant::now();
+    while client()
+        .get(cluster.replica(late).admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+        != 200
+    {
+        assert!(
+            start.elapsed() < CONVERGE,
+            "the late replica never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The history came back with it: a rollback returns to v1 everywhere.
     let (status, body) = cluster

@@ -50,7 +50,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         validator.display()
     );
     let files = manifests();
-    assert_eq!(files.len(), 4, "{files:?}");
+    assert_eq!(files.len(), 6, "{files:?}");
     let out = Command::new(validator)
         .arg("--strict")
         .args(&files)
@@ -59,7 +59,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     let report =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
-    assert_eq!(report.matches("passed").count(), 4, "{report}");
+    assert_eq!(report.matches("passed").count(), 8, "{report}");
 }
 
 #[test]
@@ -147,4 +147,98 @@ fn probes_ports_and_grace_period_match_the_host_flags() {
         .any(|v| v["configMap"]["name"] == config["metadata"]["name"]);
     assert!(mounted, "the apps ConfigMap is mounted");
     assert_eq!(flag("--manifest"), "/etc/host/apps.toml");
+}
+
+/// Cluster mode: the Deployment reads the cluster URL from the Secret
+/// secret.yaml defines, mounted where the flag says; the URL names the
+/// Redis Service of redis.yaml, which keeps its data (append-only file on a
+/// volume claim) behind a password from the same Secret; the admin API has
+/// a Service of its own.
+#[test]
+fn the_cluster_manifests_fit_together() {
+    let root = workspace_root().join("deploy/kubernetes");
+    let deployment = documents(&root.join("deployment.yaml")).remove(0);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let url_file = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--cluster-url-file="))
+        .expect("the host runs in cluster mode");
+    let (dir, file) = url_file.rsplit_once('/').unwrap();
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .expect("the cluster URL's directory is mounted");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let secret_name = volume["secret"]["secretName"].as_str().unwrap();
+    let key = volume["secret"]["items"][0]["key"].as_str().unwrap();
+    assert_eq!(volume["secret"]["items"][0]["path"], file);
+    let secrets_dir = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--secrets-dir="))
+        .unwrap();
+    assert!(
+        !dir.starts_with(secrets_dir),
+        "apps must not be able to read the cluster URL as a secret"
+    );
+    let replica_id = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "HOST_REPLICA_ID")
+        .expect("each pod names itself");
+    assert_eq!(
+        replica_id["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+
+    let secret = documents(&root.join("secret.yaml")).remove(0);
+    assert_eq!(secret["metadata"]["name"], secret_name);
+    let url = secret["stringData"][key].as_str().unwrap();
+    let redis = documents(&root.join("redis.yaml"));
+    let service = redis
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .expect("a Redis Service");
+    let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    let service_name = service["metadata"]["name"].as_str().unwrap();
+    assert!(
+        url.starts_with("redis://") && url.contains(&format!("@{service_name}:{port}/")),
+        "{url} names the Redis Service"
+    );
+    let statefulset = redis
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("a Redis StatefulSet");
+    let spec = &statefulset["spec"]["template"]["spec"]["containers"][0];
+    let command = spec.to_string();
+    assert!(command.contains("--appendonly yes"), "{command}");
+    assert!(command.contains("--requirepass"), "{command}");
+    assert!(
+        statefulset["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty()),
+        "Redis keeps its data on a volume claim"
+    );
+
+    let services = documents(&root.join("service.yaml"));
+    assert!(
+        services
+            .iter()
+            .any(|s| s["spec"]["ports"][0]["targetPort"] == "admin"),
+        "the admin API has a Service"
+    );
 }

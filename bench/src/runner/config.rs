@@ -8,7 +8,7 @@ use ::tests::{guest_path, release_bin, target_dir};
 use anyhow::{Context, Result, bail};
 
 /// Every section, in report order; BENCH_ONLY picks among them.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     "throughput",
     "micro",
     "cold",
@@ -16,6 +16,7 @@ pub const SECTIONS: [&str; 7] = [
     "echo",
     "foreign",
     "kv",
+    "cluster",
 ];
 
 /// Concurrency of the hello throughput runs.

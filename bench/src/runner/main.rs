@@ -35,6 +35,10 @@
 //! hello app at c=16 and 64 in the same run, and `redis-benchmark -t incr`
 //! on that Redis at the same concurrency.
 //!
+//! Cluster mode: three replicas on one redis-server, convergence time of
+//! 20 deploys of the hello guest (p50/p99) and the throughput of one
+//! replica against a standalone host, and of three replicas at once.
+//!
 //! The servers are started, watched and stopped with the e2e suite's process
 //! helpers (the `tests` library). Everything it starts is stopped before it
 //! exits, on an error or a panic too (they are killed when dropped; an
@@ -45,10 +49,12 @@
 //! target/bench-tools) when missing. Environment: ROUNDS (3), DURATION
 //! seconds per run (5), APPS (1000) for the many-apps RSS measurement,
 //! FOREIGN_APPS (50) for the many-Python-apps one. BENCH_ONLY=foreign,cold,...
-//! runs only those sections (throughput, micro, cold, memory, echo, foreign, kv)
+//! runs only those sections (throughput, micro, cold, memory, echo, foreign, kv,
+//! cluster)
 //! and prints the report instead of writing BENCHMARKS.md; NO_BUILD=1 (read
 //! by the Makefile) runs the binaries already in target/ without building.
 
+mod cluster;
 mod config;
 mod foreign;
 mod kv;
@@ -118,6 +124,9 @@ fn run() -> Result<()> {
     }
     if b.cfg.selected("kv") {
         results.kv = Some(kv::kv(&b, &tmp.0.join("kv"))?);
+    }
+    if b.cfg.selected("cluster") {
+        results.cluster = Some(cluster::cluster(&b, &tmp.0.join("cluster"))?);
     }
     drop(tmp);
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::Bench;
+use crate::cluster::{self, Cluster};
 use crate::config::{CONCURRENCY, RESTART_APPS};
 use crate::foreign::{self, Foreign};
 use crate::kv::{self, Kv};
@@ -26,6 +27,7 @@ pub struct Results {
     pub echo: Option<Echo>,
     pub foreign: Option<Foreign>,
     pub kv: Option<Kv>,
+    pub cluster: Option<Cluster>,
 }
 
 /// The server each one is compared with: wasmtime serve in the same mode.
@@ -167,6 +169,9 @@ pub fn render(b: &Bench, r: &Results) -> String {
     }
     if let Some(k) = &r.kv {
         kv::report(w, b, k);
+    }
+    if let Some(c) = &r.cluster {
+        cluster::report(w, b, c);
     }
     lines.join("\n")
 }

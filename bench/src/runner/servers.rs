@@ -165,14 +165,32 @@ impl Http {
         name: &str,
         wasm: Vec<u8>,
         settings: serde_json::Value,
-    ) -> Result<()> {
+    ) -> Result<serde_json::Value> {
         let (status, body) = self
             .runtime
             .block_on(host.deploy(name, wasm, settings, None));
         if !(200..300).contains(&status) {
             bail!("deploying {name} answered {status}: {body}");
         }
-        Ok(())
+        Ok(body)
+    }
+
+    /// The status of `GET url` and the version that answered it (its
+    /// `x-app-version`, with `--version-headers`).
+    pub fn version(&self, url: &str) -> Result<(u16, String)> {
+        let request = self.client.get(url).timeout(Duration::from_secs(5));
+        self.runtime.block_on(async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let version = response
+                .headers()
+                .get("x-app-version")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            response.bytes().await?;
+            Ok((status, version))
+        })
     }
 }
 

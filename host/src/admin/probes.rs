@@ -36,7 +36,7 @@ impl Probes {
         match path {
             "/healthz" => Some(text(StatusCode::OK, "ok\n".into(), "text/plain")),
             "/readyz" => {
-                let (status, mut body) = if self.health.ready() {
+                let (status, mut body) = if self.health.ready() && self.registry.cluster_ready() {
                     (StatusCode::OK, "ready\n".to_string())
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())

@@ -135,6 +135,12 @@ impl Clustered {
         }
     }
 
+    /// Has this replica ever loaded the cluster's apps (or found its store
+    /// new)? A replica that never has serves nothing it should.
+    fn ever_synced(&self) -> bool {
+        self.known().is_some()
+    }
+
     /// What `/readyz` should say about the store.
     pub(crate) fn note(&self) -> Option<String> {
         self.note.lock().ok().and_then(|n| n.clone())
@@ -401,11 +407,18 @@ impl Registry {
             None => {
                 cluster.up.store(false, Ordering::SeqCst);
                 metrics().cluster_store_up.set(0);
-                let note = format!(
-                    "the cluster store at {} was unreachable at start: serving the {} app(s) this replica last knew until it is back",
-                    cluster.store.shown(),
-                    restored.apps
-                );
+                let note = if cluster.ever_synced() {
+                    format!(
+                        "the cluster store at {} was unreachable at start: serving the {} app(s) this replica last knew until it is back",
+                        cluster.store.shown(),
+                        restored.apps
+                    )
+                } else {
+                    format!(
+                        "the cluster store at {} was unreachable at start and this replica has never loaded the cluster's apps: not ready until it can",
+                        cluster.store.shown()
+                    )
+                };
                 tracing::warn!("{note}");
                 cluster.set_note(Some(note));
             }
@@ -504,17 +517,16 @@ impl Registry {
         Ok(())
     }
 
-    /// Put back into an empty store the apps this replica serves, at the
-    /// revisions it serves them, with their components.
-    async fn seed(&self, records: &[AppRecord]) -> Result<(), AppError> {
-        let Some(cluster) = self.clustered() else {
-            return Ok(());
-        };
-        let Some(id) = cluster.known() else {
-            return Ok(());
-        };
+    /// What this replica serves, as the store keeps it (name, revision,
+    /// record, route), with the components stored again: for a store that
+    /// lost data. The highest revision among them and `seq`.
+    async fn put_back(
+        &self,
+        cluster: &Clustered,
+        records: &[AppRecord],
+        mut seq: u64,
+    ) -> Result<(Vec<(String, u64, String, String)>, u64), AppError> {
         let mut apps = Vec::new();
-        let mut seq = cluster.synced.load(Ordering::SeqCst);
         for record in records {
             for digest in record.digests() {
                 let (owned, state) = (digest.to_string(), self.state().clone());
@@ -531,10 +543,46 @@ impl Registry {
                 record.route.to_string(),
             ));
         }
+        Ok((apps, seq))
+    }
+
+    /// Put back into an empty store the apps this replica serves, at the
+    /// revisions it serves them, with their components.
+    async fn seed(&self, records: &[AppRecord]) -> Result<(), AppError> {
+        let Some(cluster) = self.clustered() else {
+            return Ok(());
+        };
+        let Some(id) = cluster.known() else {
+            return Ok(());
+        };
+        let synced = cluster.synced.load(Ordering::SeqCst);
+        let (apps, seq) = self.put_back(cluster, records, synced).await?;
         let head = Head { id, seq };
         if cluster.store.seed(&head, &apps).await? {
             tracing::warn!(store = %cluster.store.shown(), apps = apps.len(), revision = seq, "the cluster store had lost its data: put back the apps this replica serves");
         }
+        Ok(())
+    }
+
+    /// Bring a store that is behind this replica (its revision `head.seq`
+    /// is below `synced`: it lost its latest writes) up to what this
+    /// replica serves.
+    async fn repair(
+        &self,
+        head: &Head,
+        synced: u64,
+        records: &[AppRecord],
+    ) -> Result<(), AppError> {
+        let Some(cluster) = self.clustered() else {
+            return Ok(());
+        };
+        let (apps, seq) = self.put_back(cluster, records, synced).await?;
+        let target = Head {
+            id: head.id.clone(),
+            seq,
+        };
+        let put = cluster.store.repair(&target, &apps).await?;
+        tracing::warn!(store = %cluster.store.shown(), store_revision = head.seq, revision = seq, apps = put, "the cluster store was behind this replica (it lost its latest writes): put back the newer apps this replica serves");
         Ok(())
     }
 
@@ -593,6 +641,13 @@ impl Registry {
         };
         cluster.store_answered(true, None);
         match cluster.known() {
+            // A new cluster: this replica gives the store its id.
+            None if head.id.is_empty() => {
+                if let Err(err) = cluster.ensure_id(self).await {
+                    tracing::warn!(error = %err, "failed to set up the cluster store");
+                }
+                return;
+            }
             _ if head.id.is_empty() => {
                 let records: Vec<AppRecord> =
                     self.inner.lock().await.records.values().cloned().collect();
@@ -600,6 +655,27 @@ impl Registry {
                     tracing::warn!(error = %err, "failed to put the apps back into the emptied cluster store");
                 }
                 return;
+            }
+            // A store emptied and given an id by a replica that knew
+            // nothing: this one puts back what it serves.
+            Some(known)
+                if known != head.id && head.seq == 0 && self.serves_cluster_apps().await =>
+            {
+                let records: Vec<AppRecord> =
+                    self.inner.lock().await.records.values().cloned().collect();
+                if let Err(err) = self.seed(&records).await {
+                    tracing::warn!(error = %err, "failed to put the apps back into the emptied cluster store");
+                }
+                return;
+            }
+            // A replica with nothing to lose takes the store as it is.
+            Some(known)
+                if known != head.id
+                    && cluster.synced.load(Ordering::SeqCst) == 0
+                    && !self.serves_cluster_apps().await =>
+            {
+                tracing::info!(store = %cluster.store.shown(), "adopting the cluster store's id");
+                cluster.remember(self, &head.id).await;
             }
             Some(known) if known != head.id => {
                 let note = format!(
@@ -615,7 +691,18 @@ impl Registry {
             Some(_) => {}
             None => cluster.remember(self, &head.id).await,
         }
-        if head.seq == cluster.synced.load(Ordering::SeqCst) {
+        let synced = cluster.synced.load(Ordering::SeqCst);
+        if head.seq < synced {
+            // The store lost its latest writes (a Redis restarted from an
+            // older snapshot): put back what this replica serves.
+            let records: Vec<AppRecord> =
+                self.inner.lock().await.records.values().cloned().collect();
+            if let Err(err) = self.repair(&head, synced, &records).await {
+                tracing::warn!(error = %err, "failed to bring the cluster store up to what this replica serves");
+            }
+            return;
+        }
+        if head.seq == synced {
             return;
         }
         let snapshot = match cluster.store.snapshot().await {
@@ -751,6 +838,12 @@ impl Registry {
         self.publish_now().await;
     }
 
+    /// Does this replica serve (or know of) any of the cluster's apps?
+    async fn serves_cluster_apps(&self) -> bool {
+        let inner = self.inner.lock().await;
+        !inner.records.is_empty() || !inner.failed.is_empty()
+    }
+
     /// Report this replica: what it serves, at which revision.
     async fn send_heartbeat(&self) {
         let Some(cluster) = self.clustered() else {
@@ -846,6 +939,14 @@ impl Registry {
     /// What `/readyz` says of the cluster store, if anything is wrong.
     pub fn cluster_note(&self) -> Option<String> {
         self.clustered()?.note()
+    }
+
+    /// Can this replica take traffic, as far as the cluster goes? Not if
+    /// it has never loaded the cluster's apps (it started with an empty
+    /// cache while the store was down): it would answer 404 for all of
+    /// them. It becomes ready once it has.
+    pub fn cluster_ready(&self) -> bool {
+        self.clustered().is_none_or(|c| c.ever_synced())
     }
 
     /// This replica and the store, for `GET /v1/cluster`.

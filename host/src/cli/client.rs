@@ -238,14 +238,14 @@ pub async fn rollback(args: RollbackArgs) -> Result<()> {
     let app = client
         .send(client.request(Method::POST, &path).json(&body))
         .await?;
-    wait_for(&client, &args.wait, &app).await?;
     report(&args.server, &app, |app| {
         format!(
             "{} rolled back: version {} is current",
             app["name"].as_str().unwrap_or("?"),
             app["current_version"].as_str().unwrap_or("?")
         )
-    })
+    })?;
+    wait_for(&client, &args.wait, &app).await
 }
 
 /// `host canary`: Start, promote or abort a canary.
@@ -264,7 +264,6 @@ pub async fn canary(args: CanaryArgs) -> Result<()> {
         }))
     };
     let app = client.send(request).await?;
-    wait_for(&client, &args.wait, &app).await?;
     report(&args.server, &app, |app| {
         let name = app["name"].as_str().unwrap_or("?");
         let current = app["current_version"].as_str().unwrap_or("?");
@@ -276,7 +275,8 @@ pub async fn canary(args: CanaryArgs) -> Result<()> {
             ),
             None => format!("{name}: no canary; version {current} serves all requests"),
         }
-    })
+    })?;
+    wait_for(&client, &args.wait, &app).await
 }
 
 /// `host remove`: Delete an app, and its key-value data unless
@@ -359,7 +359,6 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
     let app = client
         .send(client.request(Method::POST, &path).multipart(form))
         .await?;
-    wait_for(&client, &args.wait, &app).await?;
     report(&args.server, &app, |app| {
         format!(
             "deployed {} version {}\nserving at {}",
@@ -367,7 +366,8 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
             app["current_version"].as_str().unwrap_or("?"),
             app["url"].as_str().unwrap_or("?")
         )
-    })
+    })?;
+    wait_for(&client, &args.wait, &app).await
 }
 
 /// With `--wait`, in cluster mode: poll the app until every live replica
@@ -467,6 +467,9 @@ fn print_app(app: &Value, detailed: bool) -> Result<()> {
     };
     let replicas = app["replicas"].as_array().cloned().unwrap_or_default();
     let cluster = match app["revision"].as_u64() {
+        Some(revision) if app["replicas"].is_null() => {
+            format!("  revision {revision} (replicas unknown: the cluster store cannot be read)")
+        }
         Some(revision) => {
             let serving = replicas
                 .iter()

@@ -122,6 +122,7 @@ pub struct ClusterStore {
     head: Script,
     adopt: Script,
     seed: Script,
+    repair: Script,
     snapshot: Script,
     save: Script,
     remove: Script,
@@ -186,9 +187,14 @@ impl ClusterStore {
                  return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0'}",
             ),
             // Put back what a replica serves into a store that lost its
-            // data: only if it is still empty.
+            // data: only if it is still empty (no id, or an id a new
+            // replica gave it but no change yet).
             seed: Script::new(
-                "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+                "if redis.call('EXISTS', KEYS[1]) == 1
+                    and (tonumber(redis.call('GET', KEYS[2]) or '0') > 0
+                         or redis.call('HLEN', KEYS[3]) > 0) then
+                   return 0
+                 end
                  redis.call('SET', KEYS[1], ARGV[1])
                  redis.call('SET', KEYS[2], ARGV[2])
                  for i = 3, #ARGV, 4 do
@@ -197,6 +203,29 @@ impl ClusterStore {
                    redis.call('HSET', KEYS[5], ARGV[i + 3], ARGV[i])
                  end
                  return 1",
+            ),
+            // Put back into a store that lost its latest writes what a
+            // replica serves at newer revisions than the store holds: per
+            // app, only over an older revision (never over a newer change),
+            // on a free route; and raise the revision counter past them, so
+            // that no revision is handed out twice. ARGV as for `seed`.
+            repair: Script::new(
+                "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+                 local put = 0
+                 for i = 3, #ARGV, 4 do
+                   local now = tonumber(redis.call('HGET', KEYS[4], ARGV[i]) or '0')
+                   local owner = redis.call('HGET', KEYS[5], ARGV[i + 3])
+                   if now < tonumber(ARGV[i + 2]) and (not owner or owner == ARGV[i]) then
+                     redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+                     redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 2])
+                     redis.call('HSET', KEYS[5], ARGV[i + 3], ARGV[i])
+                     put = put + 1
+                   end
+                 end
+                 if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then
+                   redis.call('SET', KEYS[2], ARGV[2])
+                 end
+                 return put",
             ),
             snapshot: Script::new(
                 "return {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0',
@@ -343,6 +372,32 @@ impl ClusterStore {
         }
         let done: i64 = self.query(Request::Script(call)).await?;
         Ok(done == 1)
+    }
+
+    /// Bring a store that is behind `head` (it lost its latest writes) up
+    /// to `apps` where it holds older revisions of them, and its revision
+    /// counter up to `head.seq`: how many apps were put back.
+    pub async fn repair(
+        &self,
+        head: &Head,
+        apps: &[(String, u64, String, String)],
+    ) -> Result<u64, ClusterError> {
+        let mut call = self.repair.prepare_invoke();
+        for key in Self::keys() {
+            call.key(key);
+        }
+        call.arg(&head.id).arg(head.seq);
+        for (name, revision, record, route) in apps {
+            call.arg(name).arg(record).arg(revision).arg(route);
+        }
+        let put: i64 = self.query(Request::Script(call)).await?;
+        if put < 0 {
+            return Err(ClusterError::Replaced(format!(
+                "the cluster store at {} holds another cluster's data",
+                self.shown()
+            )));
+        }
+        Ok(put as u64)
     }
 
     /// Every app at one revision.

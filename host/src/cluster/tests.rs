@@ -165,7 +165,13 @@ fn only_an_empty_store_is_seeded() {
             store.save("kept", &new, "b", "/a").await,
             Err(ClusterError::RouteTaken { .. })
         ));
-        // A store with data is never overwritten by a seed.
+        // A store with data is never overwritten by a seed; one that a new
+        // replica only gave an id is (it holds nothing).
+        let fresh = RedisServer::start();
+        let other_store = ClusterStore::open(&fresh.url()).unwrap();
+        other_store.adopt("new").await.unwrap();
+        assert!(other_store.seed(&head, &apps).await.unwrap());
+        assert_eq!(other_store.head().await.unwrap(), head);
         let other = Head {
             id: "other".into(),
             seq: 100,
@@ -179,6 +185,54 @@ fn only_an_empty_store_is_seeded() {
             old_route: Some("/a"),
         };
         assert_eq!(store.save("kept", &next, "ra2", "/a").await.unwrap(), 10);
+    });
+}
+
+#[test]
+fn a_store_behind_the_replicas_gets_their_newer_records_and_revisions() {
+    let redis = RedisServer::start();
+    runtime().block_on(async {
+        let store = ClusterStore::open(&redis.url()).unwrap();
+        store.adopt("id").await.unwrap();
+        let new = |app| Planned {
+            app,
+            expected: 0,
+            old_route: None,
+        };
+        store.save("id", &new("a"), "a1", "/a").await.unwrap();
+        store.save("id", &new("b"), "b2", "/b").await.unwrap();
+        // The replica served a at 5, b at 2 (as the store), c at 4 (lost),
+        // and d at 3 on a route the store gave to b meanwhile.
+        let apps = vec![
+            ("a".to_string(), 5, "a5".to_string(), "/a".to_string()),
+            ("b".to_string(), 2, "b-old".to_string(), "/b".to_string()),
+            ("c".to_string(), 4, "c4".to_string(), "/c".to_string()),
+            ("d".to_string(), 3, "d3".to_string(), "/b".to_string()),
+        ];
+        let head = Head {
+            id: "id".into(),
+            seq: 6,
+        };
+        assert_eq!(store.repair(&head, &apps).await.unwrap(), 2);
+        let snapshot = store.snapshot().await.unwrap();
+        let held: Vec<_> = snapshot
+            .apps
+            .iter()
+            .map(|e| (e.name.as_str(), e.revision, e.record.as_str()))
+            .collect();
+        assert_eq!(held, [("b", 2, "b2"), ("c", 4, "c4"), ("a", 5, "a5")]);
+        // No revision is handed out twice.
+        assert_eq!(snapshot.head.seq, 6);
+        assert_eq!(store.save("id", &new("e"), "e", "/e").await.unwrap(), 7);
+        // Never into another cluster's store.
+        let other = Head {
+            id: "other".into(),
+            seq: 9,
+        };
+        assert!(matches!(
+            store.repair(&other, &apps).await,
+            Err(ClusterError::Replaced(_))
+        ));
     });
 }
 
