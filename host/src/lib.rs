@@ -33,7 +33,13 @@
 //!   directory, settings and secrets, the compiler and its cache, making
 //!   what a record serves (`apps::provision`), the version/canary state
 //!   machine (`apps::plan`), the registry and its one commit path, views,
-//!   the garbage collector; one error type, `apps::error::AppError`.
+//!   the garbage collector; one error type, `apps::error::AppError`; and
+//!   cluster mode (`apps::follow`, `apps::replica`): changes committed to
+//!   the cluster store first, and every replica following it.
+//! - [`cluster`]: the cluster store (`--cluster-url`): what replicas share
+//!   through one Redis (records by revision with compare-and-set,
+//!   components by digest, routes, heartbeats), the subscription to its
+//!   changes; records are JSON text to it.
 //! - [`routing`]: routes, the live apps and their canaries, the routing
 //!   table and its atomic swap: pure data and lookups.
 //! - [`runtime`]: everything that touches wasmtime: engines, components,
@@ -45,6 +51,9 @@
 //!   limits and quotas, the embedded redb backend and the Redis one, and
 //!   `kv::service`, the one door the guests, the admin API and the metrics
 //!   use.
+//! - [`redis_link`]: one shared connection to a Redis (multiplexed,
+//!   timeouts, backoff, credentials never shown), for [`kv`] and
+//!   [`cluster`].
 //! - [`http`]: serving a listener (accept, TLS, hyper, idle and head
 //!   deadlines, drain), knowing no apps; the host's own error responses.
 //! - [`metrics`]: the Prometheus metrics.
@@ -76,7 +85,10 @@
 //! meanwhile and the route is free, write the record (`apps::state_dir`)
 //! and publish the new table (`routing::Routes`) in one step. Rollback,
 //! canary, promote, abort, remove, static apps and the restore at start
-//! take the same commit path.
+//! take the same commit path. In cluster mode the commit goes to the
+//! cluster store first (compare-and-set on the app's revision), and every
+//! other replica, woken by the store, makes and commits the same record
+//! (`apps::follow`).
 
 pub(crate) mod admin;
 pub(crate) mod apps;

@@ -19,9 +19,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::admin::Admin;
-use crate::apps::follow::ClusterSetup;
 use crate::apps::manifest;
 use crate::apps::registry::{DEFAULT_APP, Registry, RegistryConfig};
+use crate::apps::replica::ClusterSetup;
 use crate::apps::state_dir::{CLUSTER_RECORDS, STANDALONE_RECORDS, StateDir};
 use crate::cluster::ClusterStore;
 use crate::config::{Config, DefaultApp, KvBackend, KvConfig};

@@ -29,20 +29,19 @@
 //!   serves in a heartbeat ([`crate::cluster::replicas`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use tokio::sync::Notify;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::apps::compiler::blocking;
 use crate::apps::error::AppError;
 use crate::apps::records::{AppRecord, validate_name};
 use crate::apps::registry::{Change, Registry, Restored, Storing};
+use crate::apps::replica::Clustered;
 use crate::apps::state_dir::sha256_hex;
 use crate::apps::views::{AppView, ReplicaView};
-use crate::cluster::replicas::{self, Failed, Heartbeat, Live, Serving};
-use crate::cluster::{ClusterError, ClusterStore, Head, Planned, Snapshot, watch};
+use crate::cluster::replicas::{self, Heartbeat, Live, Serving};
+use crate::cluster::{ClusterError, Head, Planned, Snapshot, watch};
 use crate::metrics::metrics;
 
 /// How often a replica checks the store's head even when no announcement
@@ -54,158 +53,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a listing waits for the replicas' heartbeats.
 const LISTING_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What cluster mode needs from the command line.
-#[derive(Clone)]
-pub struct ClusterSetup {
-    pub store: Arc<ClusterStore>,
-    /// This replica's id in heartbeats.
-    pub replica: String,
-    /// Its admin API, for the heartbeat.
-    pub admin: String,
-}
-
-impl std::fmt::Debug for ClusterSetup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterSetup")
-            .field("store", &self.store.shown())
-            .field("replica", &self.replica)
-            .finish()
-    }
-}
-
-/// A registry's cluster state.
-pub(crate) struct Clustered {
-    pub(crate) store: Arc<ClusterStore>,
-    pub(crate) replica: String,
-    admin: String,
-    started_at: u64,
-    /// The store id this replica synced with (kept in the local cache).
-    known: Mutex<Option<String>>,
-    /// The store's revision this replica has applied everything up to.
-    synced: AtomicU64,
-    /// Apps whose newest revision this replica could not serve.
-    behind: Mutex<BTreeMap<String, Failed>>,
-    /// Did the last call to the store succeed?
-    up: AtomicBool,
-    /// What `/readyz` says about the store, if anything is wrong.
-    note: Mutex<Option<String>>,
-    /// Wakes the follower (an announcement, a change made here).
-    wake: Arc<Notify>,
-    /// Wakes the heartbeat (something changed here).
-    beat: Notify,
-    /// Makes the subscription again (the store came back).
-    resubscribe: Arc<Notify>,
-    /// One sync at a time.
-    syncing: tokio::sync::Mutex<()>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-impl Clustered {
-    pub(crate) fn new(setup: ClusterSetup, known: Option<String>) -> Clustered {
-        Clustered {
-            store: setup.store,
-            replica: setup.replica,
-            admin: setup.admin,
-            started_at: now_secs(),
-            known: Mutex::new(known),
-            synced: AtomicU64::new(0),
-            behind: Mutex::new(BTreeMap::new()),
-            up: AtomicBool::new(true),
-            note: Mutex::new(None),
-            wake: Arc::new(Notify::new()),
-            beat: Notify::new(),
-            resubscribe: Arc::new(Notify::new()),
-            syncing: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn known(&self) -> Option<String> {
-        self.known.lock().ok().and_then(|k| k.clone())
-    }
-
-    fn set_note(&self, note: Option<String>) {
-        if let Ok(mut now) = self.note.lock() {
-            *now = note;
-        }
-    }
-
-    /// Has this replica ever loaded the cluster's apps (or found its store
-    /// new)? A replica that never has serves nothing it should.
-    fn ever_synced(&self) -> bool {
-        self.known().is_some()
-    }
-
-    /// What `/readyz` should say about the store.
-    pub(crate) fn note(&self) -> Option<String> {
-        self.note.lock().ok().and_then(|n| n.clone())
-    }
-
-    /// The store answered (`true`) or not: log and count each change.
-    fn store_answered(&self, up: bool, error: Option<&ClusterError>) {
-        let was = self.up.swap(up, Ordering::SeqCst);
-        metrics().cluster_store_up.set(i64::from(up));
-        match (was, up) {
-            (true, false) => {
-                tracing::error!(store = %self.store.shown(), error = ?error.map(ToString::to_string), "the cluster store is unreachable: every replica keeps serving what it has; admin changes answer 503 until it is back");
-                self.set_note(Some(format!(
-                    "the cluster store at {} is unreachable: serving what this replica has; admin changes answer 503",
-                    self.store.shown()
-                )));
-            }
-            (false, true) => {
-                tracing::info!(store = %self.store.shown(), "the cluster store is reachable again; catching up");
-                self.set_note(None);
-                self.resubscribe.notify_one();
-            }
-            _ => {}
-        }
-    }
-
-    fn mark_behind(&self, app: &str, revision: u64, reason: String) {
-        if let Ok(mut behind) = self.behind.lock() {
-            behind.insert(app.to_string(), Failed { revision, reason });
-        }
-    }
-
-    fn caught_up(&self, app: &str) {
-        if let Ok(mut behind) = self.behind.lock() {
-            behind.remove(app);
-        }
-    }
-
-    fn failed_at(&self, app: &str) -> Option<Failed> {
-        self.behind.lock().ok()?.get(app).cloned()
-    }
-
-    /// The store's id, adopting one (an empty store gets a new one, or the
-    /// one this replica knew) when this replica knows none yet.
-    async fn ensure_id(&self, registry: &Registry) -> Result<String, ClusterError> {
-        if let Some(id) = self.known() {
-            return Ok(id);
-        }
-        let fresh = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        let head = self.store.adopt(&fresh).await?;
-        self.remember(registry, &head.id).await;
-        Ok(head.id)
-    }
-
-    async fn remember(&self, registry: &Registry, id: &str) {
-        if let Ok(mut known) = self.known.lock() {
-            *known = Some(id.to_string());
-        }
-        let state = registry.state().clone();
-        let id = id.to_string();
-        if let Err(err) = blocking(move || Ok(state.save_store_id(&id)?)).await {
-            tracing::warn!(error = %err, "failed to keep the cluster store's id in the state directory");
-        }
-    }
-}
 
 /// Parse an app's entry in the store into its record.
 fn record_of(name: &str, revision: u64, json: &str) -> Result<AppRecord, AppError> {
@@ -273,7 +120,7 @@ impl Registry {
             return Ok((change, None));
         };
         let result = async {
-            let id = cluster.ensure_id(self).await?;
+            let id = cluster.ensure_id(self.state()).await?;
             match change {
                 Change::Save {
                     before,
@@ -448,11 +295,11 @@ impl Registry {
                 self.seed(&records).await?;
                 return cluster.store.head().await.map_err(AppError::from);
             }
-            let id = cluster.ensure_id(self).await?;
+            let id = cluster.ensure_id(self.state()).await?;
             return Ok(Head { id, seq: 0 });
         }
         let snapshot = cluster.store.snapshot().await?;
-        cluster.remember(self, &snapshot.head.id).await;
+        cluster.remember(self.state(), &snapshot.head.id).await;
         let state = self.state().clone();
         let mut keep = Vec::new();
         for entry in &snapshot.apps {
@@ -643,7 +490,7 @@ impl Registry {
         match cluster.known() {
             // A new cluster: this replica gives the store its id.
             None if head.id.is_empty() => {
-                if let Err(err) = cluster.ensure_id(self).await {
+                if let Err(err) = cluster.ensure_id(self.state()).await {
                     tracing::warn!(error = %err, "failed to set up the cluster store");
                 }
                 return;
@@ -675,7 +522,7 @@ impl Registry {
                     && !self.serves_cluster_apps().await =>
             {
                 tracing::info!(store = %cluster.store.shown(), "adopting the cluster store's id");
-                cluster.remember(self, &head.id).await;
+                cluster.remember(self.state(), &head.id).await;
             }
             Some(known) if known != head.id => {
                 let note = format!(
@@ -689,7 +536,7 @@ impl Registry {
                 return;
             }
             Some(_) => {}
-            None => cluster.remember(self, &head.id).await,
+            None => cluster.remember(self.state(), &head.id).await,
         }
         let synced = cluster.synced.load(Ordering::SeqCst);
         if head.seq < synced {

@@ -6,7 +6,8 @@
 //! compile; secrets), stores the record ([`state_dir`]) and publishes the
 //! new routing table, all through one commit path; [`gc`] removes what no
 //! record names any more; [`follow`] is cluster mode, where the records
-//! live in the cluster store and every replica follows them. [`views`] is what the admin API shows; [`data`]
+//! live in the cluster store and every replica follows them ([`replica`]:
+//! what a replica keeps of it). [`views`] is what the admin API shows; [`data`]
 //! is apps' key-value data as operators reach it. Every
 //! failure is an [`error::AppError`], which the admin API maps to a
 //! status.
@@ -21,6 +22,7 @@ pub mod plan;
 pub mod provision;
 pub mod records;
 pub mod registry;
+pub mod replica;
 pub mod secrets;
 pub mod settings;
 pub mod state_dir;

@@ -39,10 +39,10 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::apps::compiler::{CodeSource, Compiler, blocking};
 use crate::apps::error::AppError;
-use crate::apps::follow::{ClusterSetup, Clustered};
 use crate::apps::plan;
 use crate::apps::provision::{Provisioner, Served, Serving};
 use crate::apps::records::{AppRecord, FailedApp, StaticApp, VersionRecord, validate_name};
+use crate::apps::replica::{ClusterSetup, Clustered};
 use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::{AppSettings, Ceilings};
 use crate::apps::state_dir::{StateDir, sha256_hex};
