@@ -31,7 +31,7 @@ GUEST_WIT := $(wildcard guests/wit/*.wit guests/wit/deps/*.wit)
 JS_WIT := target/js-wit
 KUBE_VALIDATE := $(TOOLS)/bin/kubernetes-validate
 
-.PHONY: help wasm-target build-guest build-guests build run test tools redis-server lint fuzz fuzz-nightly bench fmt clean
+.PHONY: help wasm-target build-guest build-guests build run test tools redis-server lint fuzz fuzz-nightly bench bench-cluster fmt clean
 
 help:
 	@echo "build-guest   build the default guest (target/$(WASM_TARGET)/release/guest.wasm)"
@@ -42,6 +42,7 @@ help:
 	@echo "lint          rustfmt check and clippy (host, tests, guests), warnings as errors"
 	@echo "fuzz          fuzz every input parser for FUZZ_SECONDS each (default 60; cargo-fuzz, nightly)"
 	@echo "bench         measure host vs native hyper vs wasmtime serve; updates BENCHMARKS.md"
+	@echo "bench-cluster only the cluster section (3 replicas on Redis): convergence, throughput; prints it"
 
 # rustup installs the toolchain that rust-toolchain.toml pins, but it does not
 # add targets to a toolchain that is already installed: a machine with Rust
@@ -190,6 +191,11 @@ ifndef BENCH_PREBUILT
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest $(addprefix -p ,$(BENCH_GUESTS))
 endif
 	target/release/bench
+
+# Only the cluster section of `make bench` (three replicas on one
+# redis-server: convergence of 20 deploys, throughput); prints its report.
+bench-cluster:
+	BENCH_ONLY=cluster $(MAKE) bench
 
 fmt:
 	$(CARGO) fmt --all
