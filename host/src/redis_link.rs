@@ -62,6 +62,8 @@ pub struct Link {
     /// What it is and where, without credentials, for messages.
     what: &'static str,
     shown: String,
+    /// Longest wait to connect, and for one reply.
+    timeout: Duration,
     /// The async connection every call shares (`None` until the first, and
     /// after it failed), and a lock so one task makes it.
     mux: ArcSwapOption<MultiplexedConnection>,
@@ -76,6 +78,16 @@ impl Link {
     /// A link to the Redis at `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`).
     /// Nothing is connected until the first call.
     pub fn open(url: &str, what: &'static str) -> Result<Link, LinkError> {
+        Link::open_with_timeout(url, what, TIMEOUT)
+    }
+
+    /// A link whose replies may take up to `timeout` (large values: its
+    /// calls must not hold up the ones on a link with the short timeout).
+    pub fn open_with_timeout(
+        url: &str,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<Link, LinkError> {
         let shown = without_credentials(url);
         let client = Client::open(url)
             .map_err(|e| LinkError(format!("{shown} is not a usable Redis URL: {e}")))?;
@@ -83,6 +95,7 @@ impl Link {
             client,
             what,
             shown,
+            timeout,
             mux: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
             down: Mutex::new(None),
@@ -164,7 +177,7 @@ impl Link {
         self.not_backing_off()?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
+            .set_response_timeout(Some(self.timeout));
         match self
             .client
             .get_multiplexed_async_connection_with_config(&config)

@@ -22,7 +22,7 @@ use crate::admin::Admin;
 use crate::apps::manifest;
 use crate::apps::registry::{DEFAULT_APP, Registry, RegistryConfig};
 use crate::apps::replica::ClusterSetup;
-use crate::apps::state_dir::{CLUSTER_RECORDS, STANDALONE_RECORDS, StateDir};
+use crate::apps::state_dir::{CLUSTER_SUBDIR, StateDir};
 use crate::cluster::ClusterStore;
 use crate::config::{Config, DefaultApp, KvBackend, KvConfig};
 use crate::front::Router;
@@ -134,13 +134,12 @@ pub async fn run(
         .local_addr()
         .context("failed to read the bound admin address")?;
 
-    // A replica's records are a cache of the cluster store's, kept apart
-    // from a standalone host's own.
-    let records = match &config.cluster {
-        Some(_) => CLUSTER_RECORDS,
-        None => STANDALONE_RECORDS,
+    // A replica's state directory is a cache of the cluster store, kept
+    // apart from a standalone host's own apps.
+    let state = match &config.cluster {
+        Some(_) => StateDir::open(&config.state_dir.join(CLUSTER_SUBDIR))?,
+        None => StateDir::open(&config.state_dir)?,
     };
-    let state = StateDir::open_with(&config.state_dir, records)?;
     let cluster = match &config.cluster {
         Some(cluster) => {
             let store =

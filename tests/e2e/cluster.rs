@@ -186,7 +186,7 @@ async fn a_deploy_on_one_replica_reaches_all_three() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // Every replica compiled the code itself, from the component.
+    // Every replica lists the others.
     let (_, cluster_info) = cluster
         .replica(2)
         .admin(Method::GET, "/v1/cluster", None, None)
@@ -332,7 +332,17 @@ async fn concurrent_deploys_of_one_app_lose_no_update() {
                     bb["revision"].as_u64().unwrap(),
                 );
                 assert_ne!(ra, rb);
-                if ra > rb { version(&ba) } else { version(&bb) }
+                let (later, earlier) = if ra > rb { (&ba, &bb) } else { (&bb, &ba) };
+                // The later one was planned on the earlier one: its
+                // history holds it (no update lost).
+                let history: Vec<&str> = later["versions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v["version"].as_str().unwrap())
+                    .collect();
+                assert!(history.contains(&version(earlier).as_str()), "{later}");
+                version(later)
             }
             other => panic!("round {round}: {other:?}: {ba} {bb}"),
         };
@@ -413,6 +423,24 @@ async fn replicas_killed_restarted_or_joining_converge() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     cluster.kill(1);
     let _ = doomed.await;
+    // A change after it, waited for on replica 0: revisions apply in
+    // order, so replica 0 has then applied the doomed deploy too, if it
+    // was committed.
+    let dir = TempDir::new("marker");
+    let marker = dir.write("marker.wasm", &wasm("counter-guest"));
+    let out = cluster.replica(0).cli(
+        &[
+            "deploy",
+            marker.to_str().unwrap(),
+            "--name",
+            "marker",
+            "--route",
+            "/marker",
+            "--wait",
+        ],
+        &[],
+    );
+    assert!(out.success, "{}{}", out.stdout, out.stderr);
     let c_now = version(&app(cluster.replica(0), "c").await);
     let a_now = version(&app(cluster.replica(0), "a").await);
 
@@ -697,4 +725,112 @@ async fn key_value_data_written_through_one_replica_is_read_through_another() {
             .unwrap_or_else(|| panic!("{body}"));
     }
     assert_eq!(last, 30);
+}
+
+/// Routes swapped between apps while a replica is paused (SIGSTOP): it
+/// catches up with all of it in one snapshot, and serves every app at its
+/// new route, with no clash on the way.
+#[tokio::test]
+async fn a_paused_replica_catches_up_with_routes_swapped_between_apps() {
+    let cluster = Cluster::start(3);
+    let guest = wasm("counter-guest");
+    let on = |i: usize| cluster.replica(i);
+    let deploy_at = |i: usize, name: &'static str, route: &'static str, n: usize| {
+        let wasm = variant(&guest, n);
+        async move {
+            let (status, body) = on(i)
+                .deploy(name, wasm, json!({ "route": route }), None)
+                .await;
+            assert_eq!(status, 201, "{body}");
+            version(&body)
+        }
+    };
+    let a1 = deploy_at(0, "a", "/a", 1).await;
+    let b1 = deploy_at(0, "b", "/b", 2).await;
+    for host in cluster.running() {
+        serves(host, "/a", &a1).await;
+        serves(host, "/b", &b1).await;
+    }
+    let paused = cluster.replica(2);
+    paused.signal(libc::SIGSTOP);
+    // a: /a → /c; b: /b → /a; a: /c → /b. Each step is valid on its own.
+    let a2 = deploy_at(0, "a", "/c", 3).await;
+    let b2 = deploy_at(1, "b", "/a", 4).await;
+    let a3 = deploy_at(0, "a", "/b", 5).await;
+    for host in [on(0), on(1)] {
+        serves(host, "/a", &b2).await;
+        serves(host, "/b", &a3).await;
+    }
+    paused.signal(libc::SIGCONT);
+    serves(paused, "/a", &b2).await;
+    serves(paused, "/b", &a3).await;
+    assert_ne!(a2, a3);
+    let (status, _, _) = get(paused, "/c").await;
+    assert_eq!(status, 404, "no app is left at /c");
+    // Nothing is owed: every replica reports the latest revisions.
+    let start = Instant::now();
+    loop {
+        let shown = app(on(0), "b").await;
+        let replicas = shown["replicas"].as_array().unwrap().clone();
+        if replicas.len() == 3
+            && replicas
+                .iter()
+                .all(|r| r["revision"] == shown["revision"] && r["failed"].is_null())
+        {
+            break;
+        }
+        assert!(start.elapsed() < CONVERGE, "{shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A host switched to cluster mode and back keeps its own apps: the
+/// cluster's cache is kept apart, and its collector deletes nothing of the
+/// standalone host's.
+#[tokio::test]
+async fn a_standalone_host_switched_to_cluster_mode_and_back_keeps_its_apps() {
+    let redis = RedisServer::start();
+    let state = TempDir::new("switch");
+    let standalone = |state: &TempDir| {
+        Host::start_in(
+            &state.0,
+            &["--no-default-app", "--version-headers", "true"],
+            &[],
+        )
+    };
+    let host = standalone(&state);
+    let (status, body) = deploy(&host, "own", wasm("counter-guest")).await;
+    assert_eq!(status, 201, "{body}");
+    let own = version(&body);
+    drop(host);
+
+    let url = redis.url();
+    let replica = Host::start_in(
+        &state.0,
+        &[
+            "--no-default-app",
+            "--version-headers",
+            "true",
+            "--cluster-url",
+            &url,
+        ],
+        &[],
+    );
+    // The cluster knows nothing of it; its changes wake the collectors.
+    assert_eq!(get(&replica, "/own").await.0, 404);
+    for n in 0..3 {
+        let (status, body) = deploy(&replica, "shared", variant(&wasm("counter-guest"), n)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, _) = replica
+        .admin(Method::DELETE, "/v1/apps/shared", None, None)
+        .await;
+    assert_eq!(status, 200);
+    // The collector runs shortly after a change; give it the chance.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(replica);
+
+    let host = standalone(&state);
+    let (status, served, _) = get(&host, "/own").await;
+    assert_eq!((status, served.as_str()), (200, own.as_str()));
 }

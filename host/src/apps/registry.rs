@@ -42,7 +42,7 @@ use crate::apps::error::AppError;
 use crate::apps::plan;
 use crate::apps::provision::{Provisioner, Served, Serving};
 use crate::apps::records::{AppRecord, FailedApp, StaticApp, VersionRecord, validate_name};
-use crate::apps::replica::{ClusterSetup, Clustered};
+use crate::apps::replica::{ClusterSetup, Clustered, Followed};
 use crate::apps::secrets::SecretPolicy;
 use crate::apps::settings::{AppSettings, Ceilings};
 use crate::apps::state_dir::{StateDir, sha256_hex};
@@ -97,6 +97,9 @@ pub(crate) struct Inner {
     /// Every record on disk has been restored (or marked failed): until
     /// then the collector does not run, as it cannot know what they name.
     pub(crate) restored: bool,
+    /// Cluster mode: the revision at which each app was removed here, so
+    /// that a change from before it, applied late, does not bring it back.
+    pub(crate) removed: HashMap<String, u64>,
 }
 
 impl Inner {
@@ -133,6 +136,22 @@ impl Inner {
         Ok(())
     }
 
+    /// In cluster mode: can app `name` take `route` here? Only this
+    /// replica's static apps are checked: the cluster store holds every
+    /// deployed app's route, and checks it when the change commits (what
+    /// this replica serves may lag behind it).
+    fn admits_in_cluster(&self, name: &str, route: &Route) -> Result<(), AppError> {
+        self.admits(name, None)?;
+        if let Some(other) = self.route_owner(route, name)
+            && self.statics.contains_key(other)
+        {
+            return Err(AppError::Conflict(format!(
+                "route {route} is served by app {other}, declared on this replica's command line or manifest"
+            )));
+        }
+        Ok(())
+    }
+
     /// The record of deployed app `name`, as a change starts from it.
     fn deployed(&self, name: &str) -> Result<&AppRecord, AppError> {
         self.admits(name, None)?;
@@ -145,6 +164,15 @@ impl Inner {
         self.records
             .get(name)
             .ok_or_else(|| AppError::NotFound(format!("no app named {name}")))
+    }
+
+    /// Cluster mode: is a change to `name` at `revision` older than what
+    /// this replica has (the revision it serves, or removed it at)? An app
+    /// only listed as failed here has nothing newer.
+    fn superseded(&self, name: &str, revision: u64, saves: bool) -> bool {
+        let served = self.records.get(name).and_then(|r| r.revision).unwrap_or(0);
+        let removed = self.removed.get(name).copied().unwrap_or(0);
+        served >= revision || (saves && served == 0 && removed >= revision)
     }
 
     /// What serves app `name` now, with the code in memory that `record`
@@ -340,13 +368,111 @@ impl Registry {
             return self.commit_here(name, change).await;
         }
         if let Change::Save { record, .. } = &change {
-            self.inner.lock().await.admits(name, Some(&record.route))?;
+            self.inner
+                .lock()
+                .await
+                .admits_in_cluster(name, &record.route)?;
         }
         let (follow, committed) = self.commit_to_cluster(name, change).await?;
         match self.commit_here(name, follow).await {
-            Ok(view) => Ok(view),
+            Ok(view) => {
+                self.followed(name);
+                Ok(view)
+            }
             Err(err) => Ok(self.applied_later(name, committed, err)),
         }
+    }
+
+    /// Cluster mode: swap in every change of one snapshot of the store at
+    /// once (each app's record written to the cache, one routing table
+    /// published), so that routes moved between apps never clash on the
+    /// way. A change older than what is served here is skipped; one that
+    /// cannot be applied (a static app here holds its name or route, the
+    /// disk failed) leaves that app as it was. Each change's result.
+    pub(crate) async fn commit_follow(
+        &self,
+        batch: Vec<(String, u64, Followed)>,
+    ) -> Vec<(String, u64, Result<(), AppError>)> {
+        let mut inner = self.inner.lock().await;
+        let mut results = Vec::new();
+        let mut todo = Vec::new();
+        for (name, revision, change) in batch {
+            let saves = matches!(change, Followed::Save(..));
+            if inner.superseded(&name, revision, saves) {
+                results.push((name, revision, Ok(())));
+            } else if inner.statics.contains_key(&name) {
+                let err = AppError::Conflict(format!(
+                    "app {name} is declared on this replica's command line or manifest"
+                ));
+                results.push((name, revision, Err(err)));
+            } else {
+                todo.push((name, revision, change));
+            }
+        }
+        // Every changed app leaves the table first; each comes back with
+        // its new record, or as it was if that fails.
+        let mut before: HashMap<String, Arc<LiveApp>> = HashMap::new();
+        for (name, _, _) in &todo {
+            if let Some(app) = inner.live.remove(name) {
+                before.insert(name.clone(), app);
+            }
+        }
+        todo.sort_by_key(|(_, revision, change)| (matches!(change, Followed::Save(..)), *revision));
+        let state = self.state().clone();
+        for (name, revision, change) in todo {
+            let result = match change {
+                Followed::Remove => {
+                    let (state, owned) = (state.clone(), name.clone());
+                    match blocking(move || Ok(state.remove_record(&owned)?)).await {
+                        Ok(()) => {
+                            inner.records.remove(&name);
+                            inner.failed.remove(&name);
+                            inner.removed.insert(name.clone(), revision);
+                            before.remove(&name);
+                            Ok(())
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
+                Followed::Save(saved) => {
+                    let (record, served) = *saved;
+                    match inner.route_owner(&record.route, &name) {
+                        Some(other) => Err(AppError::Conflict(format!(
+                            "route {} is served by app {other} on this replica",
+                            record.route
+                        ))),
+                        None => {
+                            let (state, saved) = (state.clone(), record.clone());
+                            match blocking(move || Ok(state.save_record(&saved)?)).await {
+                                Ok(()) => {
+                                    before.remove(&name);
+                                    Self::install(&mut inner, record, served);
+                                    Ok(())
+                                }
+                                Err(err) => Err(err),
+                            }
+                        }
+                    }
+                }
+            };
+            results.push((name, revision, result));
+        }
+        // What could not be applied serves as before, if its route is
+        // still free.
+        for (name, app) in before {
+            match inner.route_owner(&app.route, &name) {
+                None => {
+                    inner.live.insert(name, app);
+                }
+                Some(other) => {
+                    tracing::error!(app = %name, other, route = %app.route, "not served here until its change applies: its route went to another app");
+                }
+            }
+        }
+        self.publish(&mut inner);
+        drop(inner);
+        self.collect.notify_one();
+        results
     }
 
     /// Publish the routing table and the failed apps as they are.
@@ -356,7 +482,11 @@ impl Registry {
     }
 
     /// [`Registry::commit`] on this host alone.
-    async fn commit_here(&self, name: &str, change: Change) -> Result<Option<AppView>, AppError> {
+    pub(crate) async fn commit_here(
+        &self,
+        name: &str,
+        change: Change,
+    ) -> Result<Option<AppView>, AppError> {
         let mut inner = self.inner.lock().await;
         let changed = || {
             AppError::Conflict(format!(
@@ -389,8 +519,7 @@ impl Registry {
                 inner.admits(name, Some(&record.route))?;
             }
             Change::Follow { revision, next } => {
-                let local = inner.stored(name).and_then(|r| r.revision).unwrap_or(0);
-                if local >= *revision {
+                if inner.superseded(name, *revision, next.is_some()) {
                     // A newer change is served here already.
                     return Ok(self.view(&inner, name));
                 }
@@ -440,6 +569,9 @@ impl Registry {
                 ..
             } => Self::install(&mut inner, record, served),
             Change::Remove { .. } | Change::Follow { next: None, .. } => {
+                if let Change::Follow { revision, .. } = &change {
+                    inner.removed.insert(name.to_string(), *revision);
+                }
                 inner.records.remove(name);
                 inner.failed.remove(name);
                 // A failed record may share its name with a static app:
@@ -795,7 +927,11 @@ impl Registry {
                     )));
                 }
             };
-            inner.admits(name, Some(&route))?;
+            if self.cluster.is_some() {
+                inner.admits_in_cluster(name, &route)?;
+            } else {
+                inner.admits(name, Some(&route))?;
+            }
             let after = plan::deploy(
                 before.as_ref(),
                 name,
@@ -852,6 +988,9 @@ impl Registry {
             let serving = inner.serving(name, &after);
             (before, after, serving)
         };
+        // In cluster mode this replica may not have fetched every version
+        // of the store's record yet.
+        let _fetched = self.fetch_for_change(&after).await?;
         let served = self.provision.record(&after, serving, None).await?;
         let change = Change::Save {
             before: Some(before),
@@ -903,6 +1042,9 @@ impl Registry {
         let from_cluster = self.cluster_record(name).await?;
         let before = {
             let inner = self.inner.lock().await;
+            if from_cluster.is_some() {
+                inner.admits(name, None)?;
+            }
             match from_cluster.unwrap_or_else(|| inner.stored(name).cloned()) {
                 Some(record) => record,
                 None => {

@@ -6,20 +6,33 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
 use crate::apps::compiler::blocking;
+use crate::apps::provision::Served;
+use crate::apps::records::AppRecord;
 use crate::apps::state_dir::StateDir;
 use crate::cluster::replicas::Failed;
 use crate::cluster::{ClusterError, ClusterStore};
 use crate::metrics::metrics;
 
+/// The longest wait before a replica tries again a revision it could not
+/// serve.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// One app's change from the store, ready to swap in: its record and what
+/// serves it, or its removal.
+pub(crate) enum Followed {
+    Save(Box<(AppRecord, Served)>),
+    Remove,
 }
 
 /// What cluster mode needs from the command line.
@@ -51,8 +64,13 @@ pub(crate) struct Clustered {
     pub(crate) known: Mutex<Option<String>>,
     /// The store's revision this replica has applied everything up to.
     pub(crate) synced: AtomicU64,
-    /// Apps whose newest revision this replica could not serve.
-    pub(crate) behind: Mutex<BTreeMap<String, Failed>>,
+    /// Apps whose newest revision this replica could not serve (yet), and
+    /// when it tries again: after 1 s, doubling to [`RETRY_MAX`].
+    pub(crate) behind: Mutex<BTreeMap<String, (Failed, Instant, Duration)>>,
+    /// Has this replica loaded the cluster's apps (at start from the store,
+    /// or from a cache of an earlier run while the store was down)? Until
+    /// then it is not ready.
+    pub(crate) loaded: AtomicBool,
     /// Did the last call to the store succeed?
     pub(crate) up: AtomicBool,
     /// What `/readyz` says about the store, if anything is wrong.
@@ -77,6 +95,7 @@ impl Clustered {
             known: Mutex::new(known),
             synced: AtomicU64::new(0),
             behind: Mutex::new(BTreeMap::new()),
+            loaded: AtomicBool::new(false),
             up: AtomicBool::new(true),
             note: Mutex::new(None),
             wake: Arc::new(Notify::new()),
@@ -96,10 +115,10 @@ impl Clustered {
         }
     }
 
-    /// Has this replica ever loaded the cluster's apps (or found its store
-    /// new)? A replica that never has serves nothing it should.
-    pub(crate) fn ever_synced(&self) -> bool {
-        self.known().is_some()
+    /// Has this replica loaded the cluster's apps? One that never has
+    /// serves nothing it should.
+    pub(crate) fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::SeqCst)
     }
 
     /// What `/readyz` should say about the store.
@@ -107,41 +126,77 @@ impl Clustered {
         self.note.lock().ok().and_then(|n| n.clone())
     }
 
-    /// The store answered (`true`) or not: log and count each change.
-    pub(crate) fn store_answered(&self, up: bool, error: Option<&ClusterError>) {
-        let was = self.up.swap(up, Ordering::SeqCst);
-        metrics().cluster_store_up.set(i64::from(up));
-        match (was, up) {
-            (true, false) => {
-                tracing::error!(store = %self.store.shown(), error = ?error.map(ToString::to_string), "the cluster store is unreachable: every replica keeps serving what it has; admin changes answer 503 until it is back");
-                self.set_note(Some(format!(
-                    "the cluster store at {} is unreachable: serving what this replica has; admin changes answer 503",
-                    self.store.shown()
-                )));
-            }
-            (false, true) => {
-                tracing::info!(store = %self.store.shown(), "the cluster store is reachable again; catching up");
-                self.set_note(None);
-                self.resubscribe.notify_one();
-            }
-            _ => {}
+    /// A call to the store failed: if it could not be reached, the store
+    /// is down (logged and counted once, until it answers again).
+    pub(crate) fn store_failed(&self, error: &ClusterError) {
+        if !matches!(error, ClusterError::Unavailable(_)) {
+            return;
+        }
+        metrics().cluster_store_up.set(0);
+        if self.up.swap(false, Ordering::SeqCst) {
+            tracing::error!(store = %self.store.shown(), %error, "the cluster store is unreachable: every replica keeps serving what it has; admin changes answer 503 until it is back");
+            // `/readyz` is open to anyone: the store's address is for the
+            // log only.
+            self.set_note(Some(
+                "the cluster store is unreachable: serving what this replica has; admin changes answer 503"
+                    .to_string(),
+            ));
         }
     }
 
+    /// A call to the store succeeded: if it was down, it is back.
+    pub(crate) fn store_ok(&self) {
+        metrics().cluster_store_up.set(1);
+        if !self.up.swap(true, Ordering::SeqCst) {
+            tracing::info!(store = %self.store.shown(), "the cluster store is reachable again; catching up");
+            self.set_note(None);
+            self.resubscribe.notify_one();
+        }
+    }
+
+    /// Revision `revision` of `app` could not be served here: say why,
+    /// and try again later (sooner for a newer revision).
     pub(crate) fn mark_behind(&self, app: &str, revision: u64, reason: String) {
         if let Ok(mut behind) = self.behind.lock() {
-            behind.insert(app.to_string(), Failed { revision, reason });
+            let wait = match behind.get(app) {
+                Some((failed, _, wait)) if failed.revision == revision => {
+                    (*wait * 2).min(RETRY_MAX)
+                }
+                _ => Duration::from_secs(1),
+            };
+            behind.insert(
+                app.to_string(),
+                (Failed { revision, reason }, Instant::now() + wait, wait),
+            );
         }
     }
 
+    /// `app` is served at its latest revision here (or gone).
     pub(crate) fn caught_up(&self, app: &str) {
         if let Ok(mut behind) = self.behind.lock() {
             behind.remove(app);
         }
     }
 
-    pub(crate) fn failed_at(&self, app: &str) -> Option<Failed> {
-        self.behind.lock().ok()?.get(app).cloned()
+    /// Is it too early to try `revision` of `app` again?
+    pub(crate) fn backing_off(&self, app: &str, revision: u64) -> bool {
+        self.behind.lock().is_ok_and(|behind| {
+            behind
+                .get(app)
+                .is_some_and(|(f, at, _)| f.revision == revision && Instant::now() < *at)
+        })
+    }
+
+    /// What this replica could not serve, by app.
+    pub(crate) fn failures(&self) -> BTreeMap<String, Failed> {
+        self.behind
+            .lock()
+            .map(|b| {
+                b.iter()
+                    .map(|(k, (f, _, _))| (k.clone(), f.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The store's id, adopting one (an empty store gets a new one, or the

@@ -4,11 +4,14 @@
 //! ```text
 //! STATE_DIR/
 //!   apps/NAME.json                 one record per deployed app
-//!   cluster-apps/NAME.json         in cluster mode instead: the cluster's
-//!                                  records as this replica last knew them
-//!   cluster-apps/store-id          the id of the cluster store they came from
 //!   components/SHA256.wasm         uploaded components, content-addressed
 //!   cache/SHA256-ENGINE.cwasm      code this host compiled itself
+//!   cluster/                       in cluster mode, the same layout again: a
+//!                                  cache of the cluster store's records,
+//!                                  components and code (and apps/store-id,
+//!                                  the store's id), kept apart so that a
+//!                                  host switched to cluster mode and back
+//!                                  never loses or mixes up its own apps
 //! ```
 //!
 //! Every write goes to a temporary file that is fsynced and renamed into
@@ -52,16 +55,11 @@ const CACHE_MAGIC: &[u8] = b"host-precompiled-v1\n";
 
 pub struct StateDir {
     root: PathBuf,
-    /// Where records are: `apps`, or `cluster-apps` in cluster mode (a
-    /// cache of the cluster store, kept apart so that a host switched to
-    /// cluster mode never mistakes its own apps for the cluster's, or the
-    /// other way round).
-    records: &'static str,
 }
 
-/// The records directory of a standalone host, and of a cluster replica.
-pub const STANDALONE_RECORDS: &str = "apps";
-pub const CLUSTER_RECORDS: &str = "cluster-apps";
+/// Where a replica keeps its cache of the cluster, under the state
+/// directory.
+pub const CLUSTER_SUBDIR: &str = "cluster";
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -71,37 +69,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 impl StateDir {
     /// Open (creating if needed) the state directory at `root`.
-    #[cfg(test)]
     pub fn open(root: &Path) -> Result<StateDir> {
-        StateDir::open_with(root, STANDALONE_RECORDS)
-    }
-
-    /// Open the state directory at `root` with its records in `records`
-    /// ([`STANDALONE_RECORDS`] or [`CLUSTER_RECORDS`]).
-    pub fn open_with(root: &Path, records: &'static str) -> Result<StateDir> {
-        for sub in [records, "components", "cache"] {
+        for sub in ["apps", "components", "cache"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io("create state directory", &dir))?;
         }
         Ok(StateDir {
             root: root.to_path_buf(),
-            records,
         })
     }
 
     /// The id of the cluster store the cached records came from, if known.
     pub fn store_id(&self) -> Option<String> {
-        let path = self.root.join(self.records).join("store-id");
+        let path = self.root.join("apps").join("store-id");
         let id = fs::read_to_string(path).ok()?;
         let id = id.trim();
         (!id.is_empty()).then(|| id.to_string())
     }
 
     pub fn save_store_id(&self, id: &str) -> Result<()> {
-        write_atomic(
-            &self.root.join(self.records).join("store-id"),
-            id.as_bytes(),
-        )
+        write_atomic(&self.root.join("apps").join("store-id"), id.as_bytes())
     }
 
     /// Is the component of `digest` stored here?
@@ -120,7 +107,7 @@ impl StateDir {
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
-        self.root.join(self.records).join(format!("{name}.json"))
+        self.root.join("apps").join(format!("{name}.json"))
     }
 
     /// Store an uploaded component under its digest (once).
@@ -193,7 +180,7 @@ impl StateDir {
     /// Every app record on disk; unreadable ones come back as errors naming
     /// the file, so one bad record never hides the others.
     pub fn load_records(&self) -> Result<Vec<Result<AppRecord>>> {
-        let dir = self.root.join(self.records);
+        let dir = self.root.join("apps");
         let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
             .map_err(io("list", &dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -381,9 +381,24 @@ async fn wait_for(client: &Client, wait: &WaitArgs, app: &Value) -> Result<()> {
     let name = app["name"].as_str().unwrap_or_default();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait.wait_timeout);
     loop {
-        let now = client
+        // Through a load balancer a poll may reach a replica that has not
+        // got the app yet (404), or one that is stopping: asked again.
+        let now = match client
             .send(client.request(Method::GET, &format!("/v1/apps/{name}")))
-            .await?;
+            .await
+        {
+            Ok(now) => now,
+            Err(err) if std::time::Instant::now() >= deadline => {
+                bail!(
+                    "timed out after {} s waiting for every replica to serve revision {revision} of {name}: {err:#}",
+                    wait.wait_timeout
+                )
+            }
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let replicas = now["replicas"].as_array().cloned().unwrap_or_default();
         let behind: Vec<&Value> = replicas
             .iter()

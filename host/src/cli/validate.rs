@@ -391,11 +391,9 @@ fn redis_url(flag: &str, url: &Option<String>, file: &Option<PathBuf>) -> Result
 
 /// Cluster mode, if `--cluster-url` (or its file) is given.
 fn cluster_config(args: &ServeArgs) -> Result<Option<ClusterConfig>> {
+    // `--replica-id` alone is ignored: a manifest may set it for every pod
+    // (from the pod name) whether or not the host runs in cluster mode.
     let Some(url) = redis_url("cluster-url", &args.cluster_url, &args.cluster_url_file)? else {
-        ensure!(
-            args.replica_id.is_none(),
-            "--replica-id applies to cluster mode only: add --cluster-url"
-        );
         return Ok(None);
     };
     let replica = match &args.replica_id {

@@ -33,9 +33,16 @@ pub mod watch;
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use redis::{Script, Value};
 
 use crate::redis_link::{Link, LinkError, Request};
+
+/// Longest wait for a component's bytes to go to or come from the store:
+/// they travel on a connection of their own, so a large one holds up no
+/// heartbeat or change.
+const COMPONENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The pub/sub channel changes are announced on.
 pub const CHANNEL: &str = "cluster:changes";
@@ -114,11 +121,17 @@ pub struct Planned<'a> {
     pub app: &'a str,
     pub expected: u64,
     pub old_route: Option<&'a str>,
+    /// The store's revision the replica has applied: a store below it has
+    /// lost writes, and takes no change until it is repaired.
+    pub floor: u64,
 }
 
 /// The cluster's data in one Redis.
 pub struct ClusterStore {
     link: Link,
+    /// For components' bytes.
+    bulk: Link,
+    put_component: Script,
     head: Script,
     adopt: Script,
     seed: Script,
@@ -132,11 +145,14 @@ pub struct ClusterStore {
 }
 
 /// Checks every change script starts with: the store is the one the
-/// replica knows (`ARGV[1]`), and the app's revision is the expected one
-/// (`ARGV[3]`, app `ARGV[2]`).
+/// replica knows (`ARGV[1]`) and not behind what it has applied (`ARGV[8]`:
+/// a store that lost its latest writes would hand out their revisions
+/// again), and the app's revision is the expected one (`ARGV[3]`, app
+/// `ARGV[2]`).
 const CHECK: &str = r#"
 local id = redis.call('GET', KEYS[1])
 if id ~= ARGV[1] then return {3, id or ''} end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[8]) then return {4, 0} end
 local current = tonumber(redis.call('HGET', KEYS[4], ARGV[2]) or '0')
 if current ~= tonumber(ARGV[3]) then return {0, current} end
 "#;
@@ -177,8 +193,19 @@ impl ClusterStore {
     pub fn open(url: &str) -> Result<ClusterStore, ClusterError> {
         let link = Link::open(url, "the cluster store")
             .map_err(|LinkError(e)| ClusterError::Corrupt(e))?;
+        let bulk = Link::open_with_timeout(url, "the cluster store", COMPONENT_TIMEOUT)
+            .map_err(|LinkError(e)| ClusterError::Corrupt(e))?;
         Ok(ClusterStore {
             link,
+            bulk,
+            // The bytes once, and when they were last stored (again), in
+            // one step: the collector never sees one without the other,
+            // and a component stored again is safe for a grace period.
+            put_component: Script::new(
+                "redis.call('SET', KEYS[1], ARGV[2], 'NX')
+                 redis.call('HSET', KEYS[2], ARGV[1], redis.call('TIME')[1])
+                 return 1",
+            ),
             head: Script::new(
                 "return {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0'}",
             ),
@@ -216,6 +243,10 @@ impl ClusterStore {
                    local now = tonumber(redis.call('HGET', KEYS[4], ARGV[i]) or '0')
                    local owner = redis.call('HGET', KEYS[5], ARGV[i + 3])
                    if now < tonumber(ARGV[i + 2]) and (not owner or owner == ARGV[i]) then
+                     local routes = redis.call('HGETALL', KEYS[5])
+                     for j = 1, #routes, 2 do
+                       if routes[j + 1] == ARGV[i] then redis.call('HDEL', KEYS[5], routes[j]) end
+                     end
                      redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
                      redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 2])
                      redis.call('HSET', KEYS[5], ARGV[i + 3], ARGV[i])
@@ -231,7 +262,8 @@ impl ClusterStore {
                 "return {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0',
                          redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}",
             ),
-            // ARGV: id, app, expected, record, old route, new route, channel.
+            // ARGV: id, app, expected, record, old route, new route,
+            // channel, floor.
             save: Script::new(&format!(
                 "{CHECK}
                  local owner = redis.call('HGET', KEYS[5], ARGV[6])
@@ -247,7 +279,8 @@ impl ClusterStore {
                  redis.call('PUBLISH', ARGV[7], rev .. ' ' .. ARGV[2])
                  return {{1, rev}}"
             )),
-            // ARGV: id, app, expected, (unused), route, (unused), channel.
+            // ARGV: id, app, expected, (unused), route, (unused), channel,
+            // floor.
             remove: Script::new(&format!(
                 "{CHECK}
                  if current == 0 then return {{0, 0}} end
@@ -457,7 +490,8 @@ impl ClusterStore {
             .arg(record)
             .arg(planned.old_route.unwrap_or(""))
             .arg(route)
-            .arg(CHANNEL);
+            .arg(CHANNEL)
+            .arg(planned.floor);
         let reply: Vec<Value> = self.query(Request::Script(call)).await?;
         match int(reply.first()) {
             1 => Ok(int(reply.get(1))),
@@ -465,6 +499,11 @@ impl ClusterStore {
                 route: route.to_string(),
                 owner: text(reply.get(1)),
             }),
+            4 => Err(ClusterError::Replaced(format!(
+                "the cluster store at {} is behind this replica (it lost its latest writes); \
+                 the replicas are putting back what they serve: retry in a moment",
+                self.shown()
+            ))),
             3 => Err(ClusterError::Replaced(format!(
                 "the cluster store at {} is not the one this replica synced with (its data was lost \
                  or replaced); the change was not made: wait for the replicas to put their apps \
@@ -503,16 +542,9 @@ impl ClusterStore {
 
     /// Store a component's bytes under its digest (once).
     pub async fn put_component(&self, digest: &str, bytes: &[u8]) -> Result<(), ClusterError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(component_key(digest))
-            .arg(bytes)
-            .arg("NX");
-        pipe.cmd("TIME");
-        let (_, (secs, _)): (Option<String>, (u64, u64)) = self.query(Request::Pipe(pipe)).await?;
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(COMPONENTS).arg(digest).arg(secs);
-        let _: i64 = self.query(Request::Cmd(cmd)).await?;
+        let mut call = self.put_component.key(component_key(digest));
+        call.key(COMPONENTS).arg(digest).arg(bytes);
+        let _: i64 = self.bulk.query(Request::Script(call)).await?;
         Ok(())
     }
 
@@ -520,7 +552,7 @@ impl ClusterStore {
     pub async fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, ClusterError> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(component_key(digest));
-        self.query(Request::Cmd(cmd)).await
+        Ok(self.bulk.query(Request::Cmd(cmd)).await?)
     }
 
     /// Delete the components no record names (stored long enough ago):

@@ -39,6 +39,7 @@ fn changes_are_compare_and_set_on_the_apps_revision() {
             app,
             expected: 0,
             old_route: None,
+            floor: 0,
         };
         assert_eq!(store.save("one", &new("a"), "r1", "/a").await.unwrap(), 1);
         // A second "first deploy" of the same app loses, told the revision.
@@ -52,6 +53,7 @@ fn changes_are_compare_and_set_on_the_apps_revision() {
             app: "a",
             expected: 1,
             old_route: Some("/a"),
+            floor: 0,
         };
         assert_eq!(store.save("one", &on_1, "r2", "/a").await.unwrap(), 2);
         // The loser's retry on a stale revision loses again; nothing changed.
@@ -83,6 +85,7 @@ fn changes_are_compare_and_set_on_the_apps_revision() {
             app: "a",
             expected: 2,
             old_route: Some("/a"),
+            floor: 0,
         };
         assert_eq!(store.remove("one", &on_2).await.unwrap(), 4);
         assert!(store.app("a").await.unwrap().is_none());
@@ -103,6 +106,7 @@ fn a_route_is_held_by_one_app() {
             app,
             expected: 0,
             old_route: None,
+            floor: 0,
         };
         store.save("id", &new("a"), "a", "/x").await.unwrap();
         let err = store.save("id", &new("b"), "b", "/x").await.unwrap_err();
@@ -120,6 +124,7 @@ fn a_route_is_held_by_one_app() {
             app: "a",
             expected: 1,
             old_route: Some("/x"),
+            floor: 0,
         };
         store.save("id", &moved, "a", "/y").await.unwrap();
         store.save("id", &new("c"), "c", "/x").await.unwrap();
@@ -128,6 +133,7 @@ fn a_route_is_held_by_one_app() {
             app: "c",
             expected: 4,
             old_route: Some("/x"),
+            floor: 0,
         };
         store.remove("id", &gone).await.unwrap();
         store.save("id", &new("d"), "d", "/x").await.unwrap();
@@ -160,6 +166,7 @@ fn only_an_empty_store_is_seeded() {
             app: "b",
             expected: 0,
             old_route: None,
+            floor: 0,
         };
         assert!(matches!(
             store.save("kept", &new, "b", "/a").await,
@@ -183,6 +190,7 @@ fn only_an_empty_store_is_seeded() {
             app: "a",
             expected: 7,
             old_route: Some("/a"),
+            floor: 0,
         };
         assert_eq!(store.save("kept", &next, "ra2", "/a").await.unwrap(), 10);
     });
@@ -198,6 +206,7 @@ fn a_store_behind_the_replicas_gets_their_newer_records_and_revisions() {
             app,
             expected: 0,
             old_route: None,
+            floor: 0,
         };
         store.save("id", &new("a"), "a1", "/a").await.unwrap();
         store.save("id", &new("b"), "b2", "/b").await.unwrap();
@@ -223,6 +232,18 @@ fn a_store_behind_the_replicas_gets_their_newer_records_and_revisions() {
         assert_eq!(held, [("b", 2, "b2"), ("c", 4, "c4"), ("a", 5, "a5")]);
         // No revision is handed out twice.
         assert_eq!(snapshot.head.seq, 6);
+        // A replica that has applied more than the store holds commits
+        // nothing until the store is repaired.
+        let ahead = Planned {
+            app: "e",
+            expected: 0,
+            old_route: None,
+            floor: 9,
+        };
+        assert!(matches!(
+            store.save("id", &ahead, "e", "/e").await,
+            Err(ClusterError::Replaced(_))
+        ));
         assert_eq!(store.save("id", &new("e"), "e", "/e").await.unwrap(), 7);
         // Never into another cluster's store.
         let other = Head {
@@ -248,6 +269,7 @@ fn components_go_only_when_no_record_names_them() {
             app: "a",
             expected: 0,
             old_route: None,
+            floor: 0,
         };
         store.save("id", &new, &record("d1"), "/a").await.unwrap();
         // Within the grace period nothing goes.
