@@ -52,6 +52,11 @@ impl Cluster {
     /// Start replica `i` (again) on its state directory: back once its
     /// startup line is out, i.e. once it is ready.
     fn restart(&mut self, i: usize) {
+        self.restart_with(i, &[]);
+    }
+
+    /// [`Cluster::restart`] with extra environment.
+    fn restart_with(&mut self, i: usize, env: &[(&str, &str)]) {
         let url = self.redis.url();
         let host = Host::start_in(
             &self.states[i].0,
@@ -64,7 +69,7 @@ impl Cluster {
                 "--replica-id",
                 &format!("replica-{i}"),
             ],
-            &[],
+            env,
         );
         self.replicas[i] = Some(host);
     }
@@ -833,4 +838,89 @@ async fn a_standalone_host_switched_to_cluster_mode_and_back_keeps_its_apps() {
     let host = standalone(&state);
     let (status, served, _) = get(&host, "/own").await;
     assert_eq!((status, served.as_str()), (200, own.as_str()));
+}
+
+/// A version one replica cannot serve (a secret its environment lacks)
+/// leaves that replica on the version before, says why in `host apps`, and
+/// makes `--wait` fail naming it; the others serve it.
+#[tokio::test]
+async fn a_replica_that_cannot_serve_a_version_keeps_the_old_one_and_says_why() {
+    let mut cluster = Cluster::start(0);
+    for i in 0..3 {
+        cluster.states.push(TempDir::new("replica"));
+        cluster.replicas.push(None);
+        if i < 2 {
+            cluster.restart_with(i, &[("APP_SECRET_TOKEN", "s3cret")]);
+        } else {
+            cluster.restart(i);
+        }
+    }
+    let (status, body) = deploy(cluster.replica(0), "web", wasm("config-guest")).await;
+    assert_eq!(status, 201, "{body}");
+    let v1 = version(&body);
+    for host in cluster.running() {
+        serves(host, "/web", &v1).await;
+    }
+    let dir = TempDir::new("components");
+    let v2_file = dir.write("v2.wasm", &variant(&wasm("config-guest"), 1));
+    let out = cluster.replica(1).cli(
+        &[
+            "deploy",
+            v2_file.to_str().unwrap(),
+            "--name",
+            "web",
+            "--secret",
+            "TOKEN=env:APP_SECRET_TOKEN",
+            "--wait",
+        ],
+        &[],
+    );
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("replica replica-2 cannot serve revision")
+            && out.stderr.contains("APP_SECRET_TOKEN"),
+        "{}",
+        out.stderr
+    );
+    let v2 = version(&app(cluster.replica(1), "web").await);
+    assert_ne!(v1, v2);
+    serves(cluster.replica(0), "/web", &v2).await;
+    serves(cluster.replica(1), "/web", &v2).await;
+    for _ in 0..10 {
+        assert_eq!(get(cluster.replica(2), "/web").await.1, v1);
+    }
+    let out = cluster.replica(0).cli(&["apps", "web"], &[]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(out.stdout.contains("(2/3 replicas)"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("cannot serve revision"),
+        "{}",
+        out.stdout
+    );
+    // The value never appears.
+    assert!(!out.stdout.contains("s3cret") && !out.stderr.contains("s3cret"));
+}
+
+/// A replica that starts while the store is down and has never loaded the
+/// cluster is not ready; once the store answers (a new, empty one) it is,
+/// with no deploy needed.
+#[tokio::test]
+async fn a_replica_started_before_its_store_becomes_ready_when_it_answers() {
+    let mut cluster = Cluster::start(0);
+    cluster.redis.kill();
+    let i = cluster.join();
+    let readyz = |host: &Host| {
+        let url = host.admin_url("/readyz");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(readyz(cluster.replica(i)).await, 503);
+    cluster.redis.restart();
+    let start = Instant::now();
+    while readyz(cluster.replica(i)).await != 200 {
+        assert!(start.elapsed() < CONVERGE, "never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = deploy(cluster.replica(i), "first", wasm("counter-guest")).await;
+    assert_eq!(status, 201, "{body}");
 }

@@ -33,7 +33,7 @@
 //! - *Visibility.* Each replica reports the revision of every app it
 //!   serves in a heartbeat ([`crate::cluster::replicas`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -188,8 +188,7 @@ impl Registry {
                 for digest in record.digests().filter(|d| !known.contains(d)) {
                     let (state, owned) = (self.state().clone(), digest.to_string());
                     let bytes = blocking(move || Ok(state.read_component(&owned)?)).await?;
-                    self.noted(cluster.store.put_component(digest, &bytes))
-                        .await?;
+                    cluster.store.put_component(digest, &bytes).await?;
                 }
                 let old_route = before.as_ref().map(|b| b.route.to_string());
                 let planned = Planned {
@@ -413,15 +412,13 @@ impl Registry {
             if self.state().has_component(digest) {
                 continue;
             }
-            let bytes = self
-                .noted(cluster.store.component(digest))
-                .await?
-                .ok_or_else(|| {
-                    AppError::Invalid(format!(
-                        "the cluster store holds no component {digest}, which app {} names",
-                        record.name
-                    ))
-                })?;
+            // Not `noted`: a slow transfer is not the store going down.
+            let bytes = cluster.store.component(digest).await?.ok_or_else(|| {
+                AppError::Invalid(format!(
+                    "the cluster store holds no component {digest}, which app {} names",
+                    record.name
+                ))
+            })?;
             let (owned, state) = (digest.to_string(), self.state().clone());
             blocking(move || {
                 if sha256_hex(&bytes) != owned {
@@ -448,10 +445,12 @@ impl Registry {
         let mut apps = Vec::new();
         for record in records {
             for digest in record.digests() {
+                if cluster.store.has_component(digest).await? {
+                    continue;
+                }
                 let (owned, state) = (digest.to_string(), self.state().clone());
                 if let Ok(bytes) = blocking(move || Ok(state.read_component(&owned)?)).await {
-                    self.noted(cluster.store.put_component(digest, &bytes))
-                        .await?;
+                    cluster.store.put_component(digest, &bytes).await?;
                 }
             }
             let revision = record.revision.unwrap_or(0);
@@ -557,8 +556,10 @@ impl Registry {
             // A new cluster: this replica gives the store its id.
             None if head.id.is_empty() => {
                 let state = self.state().clone();
-                if let Err(err) = self.noted(cluster.ensure_id(&state)).await {
-                    tracing::warn!(error = %err, "failed to set up the cluster store");
+                match self.noted(cluster.ensure_id(&state)).await {
+                    // Nothing to load: a new cluster.
+                    Ok(_) => cluster.loaded.store(true, Ordering::SeqCst),
+                    Err(err) => tracing::warn!(error = %err, "failed to set up the cluster store"),
                 }
                 return;
             }
@@ -596,7 +597,9 @@ impl Registry {
                 tracing::warn!(error = %err, "failed to bring the cluster store up to what this replica serves");
                 return;
             }
-        } else if head.seq == synced {
+        } else if head.seq == synced && !cluster.retry_due() {
+            // Caught up (what it could not serve waits for its retry).
+            cluster.loaded.store(true, Ordering::SeqCst);
             return;
         }
         let Ok(snapshot) = self.noted(cluster.store.snapshot()).await else {
@@ -608,24 +611,32 @@ impl Registry {
         if self.apply(cluster, &snapshot).await {
             cluster.synced.store(snapshot.head.seq, Ordering::SeqCst);
             metrics().cluster_revision.set(snapshot.head.seq as i64);
-            cluster.loaded.store(true, Ordering::SeqCst);
         }
+        // Loaded as far as it can be: what it cannot serve is listed as
+        // failed and reported, as at start.
+        cluster.loaded.store(true, Ordering::SeqCst);
         cluster.beat.notify_one();
     }
 
     /// Apply `snapshot`: make every changed app ready, then swap them all
-    /// in at once. Whether all of it is applied (else the next scan tries
-    /// again what failed, after its backoff).
+    /// in at once. Whether the store need not be read again for it: false
+    /// if the store failed on the way (what this replica cannot serve is
+    /// listed, and tried again after its backoff: `Clustered::retry_due`).
     async fn apply(&self, cluster: &Clustered, snapshot: &Snapshot) -> bool {
         // Only what is served counts: an app listed as failed here is
-        // tried again.
-        let (served, known): (HashMap<String, u64>, Vec<String>) = {
+        // tried again; a change from before an app's removal here is not.
+        let (skip, statics, known): (Vec<bool>, Vec<bool>, Vec<String>) = {
             let inner = self.inner.lock().await;
             (
-                inner
-                    .records
-                    .values()
-                    .map(|r| (r.name.clone(), r.revision.unwrap_or(0)))
+                snapshot
+                    .apps
+                    .iter()
+                    .map(|e| inner.superseded(&e.name, e.revision, true))
+                    .collect(),
+                snapshot
+                    .apps
+                    .iter()
+                    .map(|e| inner.statics.contains_key(&e.name))
                     .collect(),
                 inner
                     .records
@@ -638,12 +649,18 @@ impl Registry {
         let mut complete = true;
         let mut batch = Vec::new();
         let mut guards = Vec::new();
-        for entry in &snapshot.apps {
-            if served.get(&entry.name).copied().unwrap_or(0) >= entry.revision {
+        for (i, entry) in snapshot.apps.iter().enumerate() {
+            if skip[i] || cluster.backing_off(&entry.name, entry.revision) {
                 continue;
             }
-            if cluster.backing_off(&entry.name, entry.revision) {
-                complete = false;
+            if statics[i] {
+                // Nothing to fetch or compile: it cannot be served here.
+                let err = AppError::Conflict(format!(
+                    "app {} is declared on this replica's command line or manifest",
+                    entry.name
+                ));
+                self.not_served(cluster, &entry.name, entry.revision, &entry.record, err)
+                    .await;
                 continue;
             }
             match self
@@ -659,7 +676,7 @@ impl Registry {
                     ));
                 }
                 Err(err) => {
-                    complete = false;
+                    complete &= !matches!(err, AppError::Unavailable(_));
                     self.not_served(cluster, &entry.name, entry.revision, &entry.record, err)
                         .await;
                 }
@@ -681,7 +698,7 @@ impl Registry {
                     tracing::info!(app = %name, revision, "applied a change from the cluster");
                 }
                 Err(err) => {
-                    complete = false;
+                    complete &= !matches!(err, AppError::Unavailable(_));
                     let json = snapshot
                         .apps
                         .iter()

@@ -169,7 +169,7 @@ impl Inner {
     /// Cluster mode: is a change to `name` at `revision` older than what
     /// this replica has (the revision it serves, or removed it at)? An app
     /// only listed as failed here has nothing newer.
-    fn superseded(&self, name: &str, revision: u64, saves: bool) -> bool {
+    pub(crate) fn superseded(&self, name: &str, revision: u64, saves: bool) -> bool {
         let served = self.records.get(name).and_then(|r| r.revision).unwrap_or(0);
         let removed = self.removed.get(name).copied().unwrap_or(0);
         served >= revision || (saves && served == 0 && removed >= revision)
@@ -400,7 +400,7 @@ impl Registry {
             let saves = matches!(change, Followed::Save(..));
             if inner.superseded(&name, revision, saves) {
                 results.push((name, revision, Ok(())));
-            } else if inner.statics.contains_key(&name) {
+            } else if saves && inner.statics.contains_key(&name) {
                 let err = AppError::Conflict(format!(
                     "app {name} is declared on this replica's command line or manifest"
                 ));
@@ -413,7 +413,11 @@ impl Registry {
         // its new record, or as it was if that fails.
         let mut before: HashMap<String, Arc<LiveApp>> = HashMap::new();
         for (name, _, _) in &todo {
-            if let Some(app) = inner.live.remove(name) {
+            // A static app of the same name stays served (only a failed
+            // listing of the cluster's app goes).
+            if !inner.statics.contains_key(name)
+                && let Some(app) = inner.live.remove(name)
+            {
                 before.insert(name.clone(), app);
             }
         }
@@ -465,7 +469,14 @@ impl Registry {
                     inner.live.insert(name, app);
                 }
                 Some(other) => {
-                    tracing::error!(app = %name, other, route = %app.route, "not served here until its change applies: its route went to another app");
+                    let reason = format!(
+                        "not served here until its change applies: its route {} went to app {other}",
+                        app.route
+                    );
+                    tracing::error!(app = %name, "{reason}");
+                    if let Some(record) = inner.records.remove(&name) {
+                        inner.failed.insert(name, FailedApp { record, reason });
+                    }
                 }
             }
         }

@@ -187,6 +187,14 @@ impl Clustered {
         })
     }
 
+    /// Is a revision this replica could not serve due to be tried again?
+    pub(crate) fn retry_due(&self) -> bool {
+        let now = Instant::now();
+        self.behind
+            .lock()
+            .is_ok_and(|behind| behind.values().any(|(_, at, _)| *at <= now))
+    }
+
     /// What this replica could not serve, by app.
     pub(crate) fn failures(&self) -> BTreeMap<String, Failed> {
         self.behind

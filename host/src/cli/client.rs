@@ -380,6 +380,12 @@ async fn wait_for(client: &Client, wait: &WaitArgs, app: &Value) -> Result<()> {
     };
     let name = app["name"].as_str().unwrap_or_default();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait.wait_timeout);
+    // A replica that cannot serve the revision tries again by itself (a
+    // route another app's change frees, a compile that timed out under
+    // load): a failure counts once it has lasted this long.
+    let persistent = std::time::Duration::from_secs(10);
+    let mut failing_since: std::collections::HashMap<String, std::time::Instant> =
+        std::collections::HashMap::new();
     loop {
         // Through a load balancer a poll may reach a replica that has not
         // got the app yet (404), or one that is stopping: asked again.
@@ -388,6 +394,14 @@ async fn wait_for(client: &Client, wait: &WaitArgs, app: &Value) -> Result<()> {
             .await
         {
             Ok(now) => now,
+            // A refusal (a token, a name) will not change by asking again.
+            Err(err)
+                if ["(HTTP 400)", "(HTTP 401)", "(HTTP 403)"]
+                    .iter()
+                    .any(|code| err.to_string().ends_with(code)) =>
+            {
+                return Err(err);
+            }
             Err(err) if std::time::Instant::now() >= deadline => {
                 bail!(
                     "timed out after {} s waiting for every replica to serve revision {revision} of {name}: {err:#}",
@@ -404,10 +418,26 @@ async fn wait_for(client: &Client, wait: &WaitArgs, app: &Value) -> Result<()> {
             .iter()
             .filter(|r| r["revision"].as_u64().unwrap_or(0) < revision)
             .collect();
-        if let Some(failed) = behind.iter().find(|r| {
-            r["failed"]["revision"]
-                .as_u64()
-                .is_some_and(|f| f >= revision)
+        let failing: Vec<&&Value> = behind
+            .iter()
+            .filter(|r| {
+                r["failed"]["revision"]
+                    .as_u64()
+                    .is_some_and(|f| f >= revision)
+            })
+            .collect();
+        failing_since.retain(|id, _| failing.iter().any(|r| r["replica"] == id.as_str()));
+        for r in &failing {
+            let id = r["replica"].as_str().unwrap_or("?").to_string();
+            failing_since
+                .entry(id)
+                .or_insert_with(std::time::Instant::now);
+        }
+        if let Some(failed) = failing.iter().find(|r| {
+            failing_since
+                .get(r["replica"].as_str().unwrap_or("?"))
+                .is_some_and(|since| since.elapsed() >= persistent)
+                || std::time::Instant::now() >= deadline
         }) {
             bail!(
                 "replica {} cannot serve revision {revision} of {name}: {}",

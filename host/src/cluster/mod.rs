@@ -548,6 +548,13 @@ impl ClusterStore {
         Ok(())
     }
 
+    /// Is a component stored?
+    pub async fn has_component(&self, digest: &str) -> Result<bool, ClusterError> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(component_key(digest));
+        Ok(self.link.query(Request::Cmd(cmd)).await?)
+    }
+
     /// A component's bytes, if stored.
     pub async fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, ClusterError> {
         let mut cmd = redis::cmd("GET");
