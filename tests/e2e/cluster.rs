@@ -6,14 +6,12 @@
 //! through every replica sees no error while apps change; and apps' data
 //! is shared.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Host, RedisServer, TempDir, client, metric, variant, wasm};
+use crate::harness::{Host, Load, RedisServer, TempDir, client, metric, variant, wasm};
 
 /// How long a replica may take to serve a change (generous: the machine
 /// is shared; the bench measures the real figure).
@@ -475,14 +473,7 @@ async fn replicas_killed_restarted_or_joining_converge() {
         let (status, served, _) = get(host, &format!("/{name}")).await;
         assert_eq!((status, served.as_str()), (200, v.as_str()), "/{name}");
     }
-    let (status, ready) = {
-        let r = client()
-            .get(host.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
+    let (status, ready) = host.readyz().await;
     assert_eq!((status, ready.as_str()), (200, "ready\n"));
 }
 
@@ -524,14 +515,7 @@ async fn a_redis_outage_stops_changes_not_serving() {
     let host = cluster.replica(1);
     let start = Instant::now();
     loop {
-        let body = client()
-            .get(host.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, body) = host.readyz().await;
         let metrics = host.metrics().await;
         if body.contains("cluster store") && metric(&metrics, "host_cluster_store_up", &[]) == 0.0 {
             assert!(body.starts_with("ready\n"), "{body}");
@@ -545,13 +529,8 @@ async fn a_redis_outage_stops_changes_not_serving() {
     // starts, but is not ready (it would answer 404 for every app) and
     // says why.
     let late = cluster.join();
-    let response = client()
-        .get(cluster.replica(late).admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 503);
-    let body = response.text().await.unwrap();
+    let (status, body) = cluster.replica(late).readyz().await;
+    assert_eq!(status, 503);
     assert!(body.contains("never loaded the cluster's apps"), "{body}");
     // `host apps` says the replicas cannot be listed.
     let out = cluster.replica(0).cli(&["apps"], &[]);
@@ -578,15 +557,7 @@ async fn a_redis_outage_stops_changes_not_serving() {
         serves(host, "/up", &v2).await;
     }
     let start = Instant::now();
-    while client()
-        .get(cluster.replica(late).admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-        != 200
-    {
+    while cluster.replica(late).readyz().await.0 != 200 {
         assert!(
             start.elapsed() < CONVERGE,
             "the late replica never became ready"
@@ -614,32 +585,7 @@ async fn load_through_every_replica_sees_no_error_during_deploys_and_rollbacks()
     for host in cluster.running() {
         serves(host, "/live", &version(&body)).await;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let urls: Vec<String> = cluster.running().map(|h| h.url("/live?ms=0")).collect();
-    let load = (0..6)
-        .map(|w| {
-            let (urls, stop, served) = (urls.clone(), stop.clone(), served.clone());
-            tokio::spawn(async move {
-                let http = client();
-                let mut failures = Vec::new();
-                // Bounded: stops when told, or after 20,000 requests.
-                for i in 0..20_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match http.get(&urls[(w + i) % urls.len()]).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(r) => failures.push(r.status().to_string()),
-                        Err(e) => failures.push(e.to_string()),
-                    }
-                }
-                failures
-            })
-        })
-        .collect::<Vec<_>>();
+    let load = Load::start(cluster.running().map(|h| h.url("/live?ms=0")).collect(), 6);
 
     let mut last = String::new();
     for i in 0..5 {
@@ -662,12 +608,7 @@ async fn load_through_every_replica_sees_no_error_during_deploys_and_rollbacks()
     for host in cluster.running() {
         serves(host, "/live?ms=0", &last).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for worker in load {
-        failures.extend(worker.await.unwrap());
-    }
-    let served = served.load(Ordering::Relaxed);
+    let (served, failures) = load.stop().await;
     eprintln!("served {served} requests across 3 replicas during 5 deploys and 5 rollbacks");
     assert!(
         failures.is_empty(),
@@ -910,14 +851,10 @@ async fn a_replica_started_before_its_store_becomes_ready_when_it_answers() {
     let mut cluster = Cluster::start(0);
     cluster.redis.kill();
     let i = cluster.join();
-    let readyz = |host: &Host| {
-        let url = host.admin_url("/readyz");
-        async move { client().get(url).send().await.unwrap().status().as_u16() }
-    };
-    assert_eq!(readyz(cluster.replica(i)).await, 503);
+    assert_eq!(cluster.replica(i).readyz().await.0, 503);
     cluster.redis.restart();
     let start = Instant::now();
-    while readyz(cluster.replica(i)).await != 200 {
+    while cluster.replica(i).readyz().await.0 != 200 {
         assert!(start.elapsed() < CONVERGE, "never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

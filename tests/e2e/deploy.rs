@@ -2,13 +2,13 @@
 //! canaries, every kind of rejected deploy, and the admin token.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::future::join_all;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::harness::{Host, assert_schema, client, guest, start_failure_with, wasm};
+use crate::harness::{Host, Load, assert_schema, client, guest, start_failure_with, wasm};
 
 /// GET `url`: (status, x-app-name, x-app-version, body).
 async fn get(url: &str) -> (u16, String, String, String) {
@@ -501,32 +501,7 @@ async fn deploys_and_rollbacks_under_load_drop_nothing() {
         .await;
     assert_eq!(status, 201);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let url = host.url("/live?ms=0");
-    let load = (0..8)
-        .map(|_| {
-            let (url, stop, served) = (url.clone(), stop.clone(), served.clone());
-            tokio::spawn(async move {
-                let http = client();
-                let mut failures = Vec::new();
-                // Bounded: stops when told, or after 20,000 requests.
-                for _ in 0..20_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match http.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(r) => failures.push(r.status().to_string()),
-                        Err(e) => failures.push(e.to_string()),
-                    }
-                }
-                failures
-            })
-        })
-        .collect::<Vec<_>>();
+    let load = Load::start(vec![host.url("/live?ms=0")], 8);
 
     for i in 0..20 {
         let name = if i % 2 == 0 {
@@ -541,12 +516,7 @@ async fn deploys_and_rollbacks_under_load_drop_nothing() {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut failures = Vec::new();
-    for worker in load {
-        failures.extend(worker.await.unwrap());
-    }
-    let served = served.load(Ordering::Relaxed);
+    let (served, failures) = load.stop().await;
     eprintln!("served {served} requests during 20 deploys and 20 rollbacks");
     assert!(
         failures.is_empty(),

@@ -652,14 +652,7 @@ async fn redis_credentials_come_from_a_file_and_are_never_shown() {
     let (status, refused) = get(&other, "/secret/kv/default/n").await;
     assert_eq!(status, 422, "{refused}");
     let metrics = host.metrics().await;
-    let readyz = client()
-        .get(host.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, readyz) = host.readyz().await;
     for text in [
         body,
         refused,

@@ -139,6 +139,17 @@ impl Host {
         }
     }
 
+    /// The host's `/readyz`: its status and body.
+    pub async fn readyz(&self) -> (u16, String) {
+        let response = client()
+            .get(self.admin_url("/readyz"))
+            .send()
+            .await
+            .expect("readyz request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("readyz body"))
+    }
+
     /// The host's `/metrics` text.
     pub async fn metrics(&self) -> String {
         client()

@@ -5,10 +5,11 @@
 //! This library is what the suite shares with the bench runner (`bench`,
 //! `make bench`): finding the built binaries and guests, starting a server
 //! and reading its addresses, watching and stopping it, scratch directories,
-//! a client for a host's admin API, and a real redis-server.
+//! a client for a host's admin API, a load loop, and a real redis-server.
 
 mod admin;
 mod component;
+mod load;
 mod paths;
 mod process;
 mod redis;
@@ -16,6 +17,7 @@ mod tempdir;
 
 pub use admin::*;
 pub use component::*;
+pub use load::*;
 pub use paths::*;
 pub use process::*;
 pub use redis::*;
