@@ -112,10 +112,24 @@ redis-server:
 		$(SUDO) apt-get install -y -qq redis-server >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }; }
 
-tools: $(KUBE_VALIDATE) $(SCHEMATHESIS) redis-server
+# Real photos for the avatar example's tests and bench: the sample photos
+# bundled in scikit-image's wheel (PyPI), extracted as they are; the tests
+# and the bench make phone-style JPEGs and 3 and 12 MP mosaics of them
+# (`avatar prepare`).
+PHOTOS := $(TOOLS)/photos
+SKIMAGE_PHOTOS := astronaut.png chelsea.png coffee.png motorcycle_left.png hubble_deep_field.jpg rocket.jpg
+$(PHOTOS)/.done: | $(TOOLS)/bin/pip
+	rm -rf $(TOOLS)/wheels && $(TOOLS)/bin/pip download --quiet --disable-pip-version-check \
+		--no-deps --only-binary :all: --dest $(TOOLS)/wheels scikit-image==0.26.0
+	mkdir -p $(PHOTOS)
+	$(TOOLS)/bin/python -c "import glob, sys, zipfile; z = zipfile.ZipFile(glob.glob('$(TOOLS)/wheels/scikit_image-*.whl')[0]); \
+		[open('$(PHOTOS)/' + n, 'wb').write(z.read('skimage/data/' + n)) for n in sys.argv[1:]]" $(SKIMAGE_PHOTOS)
+	touch $@
+
+tools: $(KUBE_VALIDATE) $(SCHEMATHESIS) redis-server $(PHOTOS)/.done
 
 test: build-guests tools
-	$(CARGO) build -p host
+	$(CARGO) build -p host -p avatar
 	$(CARGO) test --workspace --exclude guest-sdk $(addprefix --exclude ,$(GUESTS) $(BENCH_GUESTS))
 
 lint: wasm-target

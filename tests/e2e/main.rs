@@ -6,6 +6,7 @@
 mod h2raw;
 mod harness;
 
+mod avatar;
 mod browsers;
 mod cluster;
 mod contract;

@@ -1,0 +1,515 @@
+//! The avatar pipeline, one library for the `avatar` guest (compiled to
+//! WebAssembly) and its native baseline (`avatar` binary, the same code):
+//! an uploaded JPEG, PNG or WebP becomes a square thumbnail.
+//!
+//! 1. *Sniff* the format from the first bytes (not from a header a client
+//!    sets): anything else is [`AvatarError::NotAnImage`].
+//! 2. *Check the header* before decoding: the dimensions are read without
+//!    decoding pixels, and an image over [`Limits::max_pixels`] is refused
+//!    ([`AvatarError::TooLarge`]) before a byte is allocated for it. The
+//!    decoder also runs under an allocation cap, so a small file that
+//!    claims reasonable dimensions but inflates beyond them cannot either.
+//! 3. *Decode* and apply the EXIF orientation (phone photos are stored
+//!    sideways with a tag saying so).
+//! 4. *Crop* the centre square and *resize* it to `size`×`size` with a
+//!    Lanczos3 filter (`fast_image_resize`, SIMD where the target has it:
+//!    SSE4.1/AVX2 natively, `simd128` in WebAssembly).
+//! 5. *Encode* as JPEG (`quality`) or WebP (lossless: what the `image`
+//!    crate's encoder writes), and an ETag of the output.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::webp::WebPEncoder;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+use sha2::{Digest, Sha256};
+
+/// What a request may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Side of the square output, in pixels.
+    pub size: u32,
+    pub format: Output,
+    /// JPEG quality, 1..=100.
+    pub quality: u8,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            size: 256,
+            format: Output::Jpeg,
+            quality: 80,
+        }
+    }
+}
+
+/// The smallest and largest `size` allowed.
+pub const SIZES: std::ops::RangeInclusive<u32> = 32..=1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Jpeg,
+    Webp,
+}
+
+impl Output {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Output::Jpeg => "image/jpeg",
+            Output::Webp => "image/webp",
+        }
+    }
+}
+
+/// What an upload may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// Most pixels a decoded image may have (width × height).
+    pub max_pixels: u64,
+    /// Most bytes the decoder may allocate.
+    pub max_alloc_bytes: u64,
+}
+
+impl Default for Limits {
+    /// 10 MiB uploads; 25 megapixels (a 24 MP camera photo; a 48 MP one is
+    /// not an avatar); 128 MiB for the decoder, enough for 25 MP of RGBA.
+    /// The pipeline holds at most two full-size RGB buffers at once, so an
+    /// app with 512 MiB of memory serves the largest accepted image.
+    fn default() -> Limits {
+        Limits {
+            max_upload_bytes: 10 << 20,
+            max_pixels: 25_000_000,
+            max_alloc_bytes: 128 << 20,
+        }
+    }
+}
+
+/// Why an upload was refused; each kind has its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AvatarError {
+    /// Not a JPEG, PNG or WebP (415).
+    NotAnImage,
+    /// Over the upload cap, or dimensions over the pixel cap (413).
+    TooLarge(String),
+    /// Truncated or corrupt (400).
+    Corrupt(String),
+    /// A valid request the pipeline cannot serve (422): a bad option, or
+    /// an image that would decode past the allocation cap.
+    Unprocessable(String),
+}
+
+impl AvatarError {
+    pub fn status(&self) -> u16 {
+        match self {
+            AvatarError::NotAnImage => 415,
+            AvatarError::TooLarge(_) => 413,
+            AvatarError::Corrupt(_) => 400,
+            AvatarError::Unprocessable(_) => 422,
+        }
+    }
+}
+
+impl std::fmt::Display for AvatarError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AvatarError::NotAnImage => {
+                write!(f, "the upload is not a JPEG, PNG or WebP image")
+            }
+            AvatarError::TooLarge(m) | AvatarError::Corrupt(m) | AvatarError::Unprocessable(m) => {
+                write!(f, "{m}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AvatarError {}
+
+/// A finished avatar.
+#[derive(Debug, Clone)]
+pub struct Avatar {
+    pub bytes: Vec<u8>,
+    pub content_type: &'static str,
+    /// A strong ETag of `bytes` (quoted).
+    pub etag: String,
+    /// The input's dimensions, before orientation.
+    pub source: (u32, u32),
+}
+
+/// The input format, from its first bytes.
+pub fn sniff(bytes: &[u8]) -> Result<ImageFormat, AvatarError> {
+    match image::guess_format(bytes) {
+        Ok(format @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP)) => Ok(format),
+        _ => Err(AvatarError::NotAnImage),
+    }
+}
+
+fn corrupt(err: image::ImageError) -> AvatarError {
+    match err {
+        image::ImageError::Limits(e) => AvatarError::Unprocessable(format!(
+            "the image would take more memory to decode than allowed ({e})"
+        )),
+        image::ImageError::Unsupported(e) => {
+            AvatarError::Unprocessable(format!("this image is not supported: {e}"))
+        }
+        other => AvatarError::Corrupt(format!("the image is truncated or corrupt: {other}")),
+    }
+}
+
+/// Make the avatar of `upload`.
+pub fn process(upload: &[u8], options: Options, limits: Limits) -> Result<Avatar, AvatarError> {
+    if upload.len() > limits.max_upload_bytes {
+        return Err(AvatarError::TooLarge(format!(
+            "the upload is {} bytes; at most {} are accepted",
+            upload.len(),
+            limits.max_upload_bytes
+        )));
+    }
+    if !SIZES.contains(&options.size) {
+        return Err(AvatarError::Unprocessable(format!(
+            "size must be {} to {}, got {}",
+            SIZES.start(),
+            SIZES.end(),
+            options.size
+        )));
+    }
+    if !(1..=100).contains(&options.quality) {
+        return Err(AvatarError::Unprocessable(format!(
+            "quality must be 1 to 100, got {}",
+            options.quality
+        )));
+    }
+    let format = sniff(upload)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_whole(upload) {
+        // The JPEG decoder fills what is missing with grey: a cut-off
+        // upload would come back as a half-grey avatar.
+        return Err(AvatarError::Corrupt(
+            "the JPEG is truncated: it has no end-of-image marker after its image data".into(),
+        ));
+    }
+    // The header first, with no limit of the decoder's own (so that a bomb
+    // is refused here, saying its size); then the allocation cap.
+    let mut reader = ImageReader::with_format(Cursor::new(upload), format);
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    // The header alone: refused before any pixel is allocated.
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels || width == 0 || height == 0 {
+        return Err(AvatarError::TooLarge(format!(
+            "the image is {width}×{height} ({:.1} megapixels); at most {:.1} are accepted",
+            pixels as f64 / 1e6,
+            limits.max_pixels as f64 / 1e6
+        )));
+    }
+    let mut caps = image::Limits::default();
+    caps.max_alloc = Some(limits.max_alloc_bytes);
+    decoder.set_limits(caps).map_err(corrupt)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut decoded = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    decoded.apply_orientation(orientation);
+    // At most two full-size buffers live at once: the decoded image and
+    // its centre square (the square moves into the resizer uncopied).
+    let square = crop_square(decoded);
+    let resized = resize(square, options.size)?;
+    let bytes = encode(&resized, options)?;
+    let etag = format!("\"{}\"", hex(&Sha256::digest(&bytes)[..16]));
+    Ok(Avatar {
+        bytes,
+        content_type: options.format.content_type(),
+        etag,
+        source: (width, height),
+    })
+}
+
+/// Does a JPEG end its image data (an end-of-image marker after the last
+/// start-of-scan)? Data a camera appends after it is allowed.
+fn jpeg_is_whole(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(scan), Some(end)) => end > scan,
+        _ => false,
+    }
+}
+
+/// The centre square of `image`, as RGB8.
+fn crop_square(image: DynamicImage) -> image::RgbImage {
+    let (w, h) = (image.width(), image.height());
+    let side = w.min(h);
+    let square = image.crop_imm((w - side) / 2, (h - side) / 2, side, side);
+    drop(image);
+    square.into_rgb8()
+}
+
+/// `square` resized to `size`×`size` with Lanczos3.
+fn resize(square: image::RgbImage, size: u32) -> Result<Image<'static>, AvatarError> {
+    let side = square.width();
+    let source = Image::from_vec_u8(side, side, square.into_raw(), PixelType::U8x3)
+        .map_err(|e| AvatarError::Unprocessable(format!("cannot resize: {e}")))?;
+    let mut target = Image::new(size, size, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    Resizer::new()
+        .resize(&source, &mut target, &options)
+        .map_err(|e| AvatarError::Unprocessable(format!("cannot resize: {e}")))?;
+    Ok(target)
+}
+
+fn encode(image: &Image<'_>, options: Options) -> Result<Vec<u8>, AvatarError> {
+    let mut out = Vec::new();
+    let (w, h) = (image.width(), image.height());
+    let failed = |e: image::ImageError| AvatarError::Unprocessable(format!("cannot encode: {e}"));
+    match options.format {
+        Output::Jpeg => JpegEncoder::new_with_quality(&mut out, options.quality)
+            .encode(image.buffer(), w, h, image::ExtendedColorType::Rgb8)
+            .map_err(failed)?,
+        Output::Webp => WebPEncoder::new_lossless(&mut out)
+            .encode(image.buffer(), w, h, image::ExtendedColorType::Rgb8)
+            .map_err(failed)?,
+    }
+    Ok(out)
+}
+
+/// `jpeg` with an EXIF segment whose orientation tag is `orientation`
+/// (1 to 8), as a phone writes it: for test inputs.
+pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    // TIFF, little-endian: header, then one IFD with one SHORT entry.
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes());
+    tiff.extend_from_slice(&1u16.to_le_bytes());
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A PNG that claims `width`×`height` pixels but holds almost nothing: a
+/// decompression bomb's header, for tests (CRCs right, so only its size
+/// gives it away).
+pub fn png_bomb(width: u32, height: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    // zlib: a header and one empty stored block.
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x01, 0x01, 0x00, 0x00, 0xFF, 0xFF],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `?size=N&format=webp&quality=Q` and an `Accept` header as options.
+pub fn options_from(query: &str, accept: Option<&str>) -> Result<Options, AvatarError> {
+    let mut options = Options::default();
+    if accept.is_some_and(|a| a.contains("image/webp")) {
+        options.format = Output::Webp;
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |what: &str| {
+            value.parse::<u32>().map_err(|_| {
+                AvatarError::Unprocessable(format!("{what} must be a whole number, got {value:?}"))
+            })
+        };
+        match key {
+            "size" => options.size = number("size")?,
+            "quality" => {
+                options.quality = u8::try_from(number("quality")?).unwrap_or(0);
+            }
+            "format" => {
+                options.format = match value {
+                    "jpeg" | "jpg" => Output::Jpeg,
+                    "webp" => Output::Webp,
+                    other => {
+                        return Err(AvatarError::Unprocessable(format!(
+                            "format must be jpeg or webp, got {other:?}"
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let image = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+        });
+        let mut out = Vec::new();
+        DynamicImage::ImageRgb8(image)
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn an_image_becomes_a_square_of_the_size_asked() {
+        for format in [Output::Jpeg, Output::Webp] {
+            let options = Options {
+                size: 64,
+                format,
+                quality: 80,
+            };
+            let avatar = process(&png(300, 200), options, Limits::default()).unwrap();
+            let back = image::load_from_memory(&avatar.bytes).unwrap();
+            assert_eq!((back.width(), back.height()), (64, 64));
+            assert_eq!(avatar.content_type, format.content_type());
+            assert_eq!(avatar.source, (300, 200));
+        }
+    }
+
+    #[test]
+    fn bad_input_gets_its_status() {
+        let limits = Limits::default();
+        let options = Options::default();
+        assert_eq!(
+            process(b"hello", options, limits).unwrap_err().status(),
+            415
+        );
+        let mut cut = png(200, 200);
+        cut.truncate(cut.len() / 2);
+        assert_eq!(process(&cut, options, limits).unwrap_err().status(), 400);
+        let mut jpeg = Vec::new();
+        image::load_from_memory(&png(200, 200))
+            .unwrap()
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        assert!(process(&jpeg, options, limits).is_ok());
+        jpeg.truncate(jpeg.len() * 2 / 3);
+        let err = process(&jpeg, options, limits).unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+        let small = Limits {
+            max_pixels: 100,
+            ..limits
+        };
+        assert_eq!(
+            process(&png(20, 20), options, small).unwrap_err().status(),
+            413
+        );
+        let tiny = Limits {
+            max_upload_bytes: 10,
+            ..limits
+        };
+        assert_eq!(
+            process(&png(20, 20), options, tiny).unwrap_err().status(),
+            413
+        );
+        let odd = Options {
+            size: 2000,
+            ..options
+        };
+        assert_eq!(
+            process(&png(20, 20), odd, limits).unwrap_err().status(),
+            422
+        );
+    }
+
+    #[test]
+    fn exif_orientation_is_applied_and_bombs_are_refused_from_the_header() {
+        // Left half red, right half blue; stored with "rotate 90° CW".
+        let image = image::RgbImage::from_fn(400, 200, |x, _| {
+            if x < 200 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(image)
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        let rotated = with_exif_orientation(&jpeg, 6);
+        let options = Options {
+            size: 64,
+            ..Options::default()
+        };
+        let top = |bytes: &[u8]| {
+            let out = process(bytes, options, Limits::default()).unwrap();
+            image::load_from_memory(&out.bytes)
+                .unwrap()
+                .to_rgb8()
+                .get_pixel(32, 4)
+                .0
+        };
+        // Upright: the top of the square is half red, half blue; rotated:
+        // all red (what was the left is now the top).
+        assert!(
+            top(&rotated)[0] > 200 && top(&rotated)[2] < 60,
+            "{:?}",
+            top(&rotated)
+        );
+        assert!(top(&jpeg)[2] > 100, "{:?}", top(&jpeg));
+        let bomb = png_bomb(50_000, 50_000);
+        let err = process(&bomb, options, Limits::default()).unwrap_err();
+        assert_eq!(err.status(), 413, "{err}");
+        assert!(bomb.len() < 100);
+    }
+
+    #[test]
+    fn options_come_from_the_query_and_accept() {
+        let o = options_from("size=128&quality=90", Some("image/webp,*/*")).unwrap();
+        assert_eq!(
+            o,
+            Options {
+                size: 128,
+                format: Output::Webp,
+                quality: 90
+            }
+        );
+        assert!(options_from("format=gif", None).is_err());
+        assert!(options_from("size=big", None).is_err());
+    }
+}

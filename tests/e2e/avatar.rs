@@ -1,0 +1,286 @@
+//! The avatar example (`guests/avatar`) through the real binary: real
+//! photos (scikit-image's sample photos, which `make tools` extracts, made
+//! into phone-style JPEGs and 3 and 12 MP mosaics by `avatar prepare`) in
+//! every format in and out, the same output as the native pipeline, EXIF
+//! orientation, each kind of bad upload with its status (bombs refused from
+//! their header, the host's memory unchanged), and concurrent uploads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::json;
+
+use crate::harness::{Host, TempDir, client, profile_dir, target_dir, wasm};
+
+/// The native `avatar` tool (`make test` builds it).
+fn tool(args: &[&str]) -> String {
+    let bin = profile_dir().join("avatar");
+    let out = Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (`cargo build -p avatar`)", bin.display()));
+    assert!(
+        out.status.success(),
+        "avatar {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The test images, made once from the real photos.
+fn images() -> &'static Path {
+    static IMAGES: OnceLock<TempDir> = OnceLock::new();
+    &IMAGES
+        .get_or_init(|| {
+            let dir = TempDir::new("avatar-images");
+            let photos = target_dir().join("tools/photos");
+            tool(&["prepare", photos.to_str().unwrap(), dir.0.to_str().unwrap()]);
+            dir
+        })
+        .0
+}
+
+fn image(name: &str) -> Vec<u8> {
+    std::fs::read(images().join(name)).unwrap()
+}
+
+/// A host serving the avatar app at `/avatar` with 512 MiB of memory.
+async fn app() -> Host {
+    let host = Host::bare(&[]);
+    let (status, body) = host
+        .deploy(
+            "avatar",
+            wasm("avatar-guest"),
+            json!({"route": "/avatar", "memory_mib": 512}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    host
+}
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    etag: String,
+    cache_control: String,
+    body: Vec<u8>,
+}
+
+async fn upload(host: &Host, query: &str, accept: Option<&str>, body: Vec<u8>) -> Reply {
+    let mut request = client()
+        .post(host.url(&format!("/avatar{query}")))
+        .body(body);
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let (content_type, etag, cache_control) = (
+        header("content-type"),
+        header("etag"),
+        header("cache-control"),
+    );
+    Reply {
+        status: response.status().as_u16(),
+        content_type,
+        etag,
+        cache_control,
+        body: response.bytes().await.unwrap().to_vec(),
+    }
+}
+
+/// `WIDTH HEIGHT FORMAT` of an image, read by the native tool.
+fn info(bytes: &[u8], scratch: &TempDir, name: &str) -> (String, PathBuf) {
+    let path = scratch.write(name, bytes);
+    (tool(&["info", path.to_str().unwrap()]), path)
+}
+
+#[tokio::test]
+async fn photos_in_every_format_become_avatars_in_every_format() {
+    let host = app().await;
+    let scratch = TempDir::new("avatar-out");
+    for input in [
+        "astronaut.jpg",
+        "coffee.jpg",
+        "photo.png",
+        "photo.webp",
+        "mosaic-3mp.jpg",
+        "mosaic-12mp.jpg",
+    ] {
+        let reply = upload(&host, "", None, image(input)).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{input}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.content_type, "image/jpeg");
+        assert!(
+            reply.cache_control.contains("max-age"),
+            "{}",
+            reply.cache_control
+        );
+        assert!(
+            reply.etag.starts_with('"') && reply.etag.len() > 10,
+            "{}",
+            reply.etag
+        );
+        let (shown, _) = info(&reply.body, &scratch, "out.jpg");
+        assert_eq!(shown, "256 256 Jpeg", "{input}");
+    }
+    // WebP by query or by Accept; another size; the same input gives the
+    // same ETag.
+    let by_query = upload(&host, "?format=webp&size=64", None, image("chelsea.jpg")).await;
+    assert_eq!(
+        (by_query.status, by_query.content_type.as_str()),
+        (200, "image/webp")
+    );
+    assert_eq!(info(&by_query.body, &scratch, "q.webp").0, "64 64 WebP");
+    let by_accept = upload(
+        &host,
+        "",
+        Some("image/avif,image/webp,*/*"),
+        image("chelsea.jpg"),
+    )
+    .await;
+    assert_eq!(info(&by_accept.body, &scratch, "a.webp").0, "256 256 WebP");
+    let again = upload(&host, "", Some("image/webp"), image("chelsea.jpg")).await;
+    assert_eq!(again.etag, by_accept.etag);
+    let quality = upload(&host, "?quality=30", None, image("chelsea.jpg")).await;
+    let full = upload(&host, "?quality=95", None, image("chelsea.jpg")).await;
+    assert!(quality.body.len() < full.body.len());
+    // The form for browsers.
+    let form = client().get(host.url("/avatar")).send().await.unwrap();
+    assert_eq!(form.status(), 200);
+    assert!(form.text().await.unwrap().contains("<input type=\"file\""));
+}
+
+#[tokio::test]
+async fn the_wasm_avatar_matches_the_native_one_and_honours_exif_orientation() {
+    let host = app().await;
+    let scratch = TempDir::new("avatar-same");
+    for input in ["coffee.jpg", "rotated.jpg", "mosaic-3mp.jpg"] {
+        let reply = upload(&host, "", None, image(input)).await;
+        assert_eq!(reply.status, 200);
+        let wasm_out = scratch.write(&format!("wasm-{input}"), &reply.body);
+        let native_out = scratch.0.join(format!("native-{input}"));
+        tool(&[
+            images().join(input).to_str().unwrap(),
+            native_out.to_str().unwrap(),
+        ]);
+        let diff = tool(&[
+            "diff",
+            wasm_out.to_str().unwrap(),
+            native_out.to_str().unwrap(),
+        ]);
+        let (max, mean): (u32, f64) = {
+            let mut it = diff.split(' ');
+            (
+                it.next().unwrap().parse().unwrap(),
+                it.next().unwrap().parse().unwrap(),
+            )
+        };
+        // The same code; SIMD kernels may round differently by a level.
+        assert!(max <= 8 && mean < 0.5, "{input}: max {max}, mean {mean}");
+    }
+    // The photo stored sideways with an EXIF tag comes out upright: not
+    // the avatar of the same pixels read as stored.
+    let first = tool(&["info", images().join("rotated.jpg").to_str().unwrap()]);
+    assert_eq!(first, "512 512 Jpeg");
+    let upright = scratch.0.join("wasm-rotated.jpg");
+    let as_stored = scratch.0.join("wasm-astronaut.jpg");
+    let reply = upload(&host, "", None, image("astronaut.jpg")).await;
+    std::fs::write(&as_stored, &reply.body).unwrap();
+    let diff = tool(&[
+        "diff",
+        upright.to_str().unwrap(),
+        as_stored.to_str().unwrap(),
+    ]);
+    let mean: f64 = diff.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        mean > 20.0,
+        "rotated and stored avatars are alike (mean {mean})"
+    );
+}
+
+#[tokio::test]
+async fn bad_uploads_get_their_status_cheaply_and_the_host_stays_healthy() {
+    let host = app().await;
+    // Warm: one real upload, so the memory measured below is steady.
+    assert_eq!(
+        upload(&host, "", None, image("coffee.jpg")).await.status,
+        200
+    );
+    let rss_before = host.proc_kib("VmRSS");
+
+    let not_an_image = upload(&host, "", None, b"GIF89a not what we take".to_vec()).await;
+    assert_eq!(not_an_image.status, 415);
+    assert!(String::from_utf8_lossy(&not_an_image.body).contains("not a JPEG, PNG or WebP"));
+
+    let mut cut = image("coffee.jpg");
+    cut.truncate(cut.len() / 2);
+    let truncated = upload(&host, "", None, cut).await;
+    assert_eq!(truncated.status, 400);
+    assert!(String::from_utf8_lossy(&truncated.body).contains("truncated"));
+
+    // Bombs: 50,000 × 50,000 (7.5 GB of pixels) in a 67-byte PNG, five
+    // times: refused from the header, no pixel allocated.
+    for _ in 0..5 {
+        let bomb = upload(&host, "", None, avatar::png_bomb(50_000, 50_000)).await;
+        eprintln!(
+            "bomb: {} {}",
+            bomb.status,
+            String::from_utf8_lossy(&bomb.body)
+        );
+        assert!(matches!(bomb.status, 413 | 422), "{}", bomb.status);
+    }
+    let over_cap = upload(&host, "", None, vec![0xFF; 11 << 20]).await;
+    assert_eq!(over_cap.status, 413);
+    let bad_size = upload(&host, "?size=4000", None, image("coffee.jpg")).await;
+    assert_eq!(bad_size.status, 422);
+    assert!(String::from_utf8_lossy(&bad_size.body).contains("size must be"));
+
+    let rss_after = host.proc_kib("VmRSS");
+    eprintln!("host RSS {rss_before} KiB before the bad uploads, {rss_after} KiB after");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the host grew from {rss_before} to {rss_after} KiB"
+    );
+    assert_eq!(
+        upload(&host, "", None, image("chelsea.jpg")).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn twenty_concurrent_uploads_are_all_right() {
+    let host = app().await;
+    let inputs = [
+        "astronaut.jpg",
+        "chelsea.jpg",
+        "coffee.jpg",
+        "photo.png",
+        "mosaic-3mp.jpg",
+    ];
+    let replies = futures::future::join_all(
+        (0..20).map(|i| upload(&host, "", None, image(inputs[i % inputs.len()]))),
+    )
+    .await;
+    let scratch = TempDir::new("avatar-many");
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(reply.status, 200, "upload {i}");
+        assert_eq!(info(&reply.body, &scratch, "out.jpg").0, "256 256 Jpeg");
+    }
+    // Each input always gives the same avatar.
+    for (i, reply) in replies.iter().enumerate().skip(inputs.len()) {
+        assert_eq!(reply.etag, replies[i % inputs.len()].etag);
+    }
+}
