@@ -199,9 +199,9 @@ fuzz-nightly: $(CARGO_FUZZ)
 # (see its doc); NO_BUILD=1 runs what is already in target/, building nothing.
 BENCH_PREBUILT := $(filter-out 0,$(NO_BUILD))
 
-bench: $(if $(BENCH_PREBUILT),,wasm-target build-guests) redis-server
+bench: $(if $(BENCH_PREBUILT),,wasm-target build-guests) redis-server $(PHOTOS)/.done
 ifndef BENCH_PREBUILT
-	$(CARGO) build --release -p host -p bench
+	$(CARGO) build --release -p host -p bench -p avatar
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest $(addprefix -p ,$(BENCH_GUESTS))
 endif
 	target/release/bench

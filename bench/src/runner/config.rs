@@ -8,7 +8,7 @@ use ::tests::{guest_path, release_bin, target_dir};
 use anyhow::{Context, Result, bail};
 
 /// Every section, in report order; BENCH_ONLY picks among them.
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "throughput",
     "micro",
     "cold",
@@ -17,6 +17,7 @@ pub const SECTIONS: [&str; 8] = [
     "foreign",
     "kv",
     "cluster",
+    "avatar",
 ];
 
 /// Concurrency of the hello throughput runs.

@@ -39,6 +39,10 @@
 //! 20 deploys of the hello guest (p50/p99) and the throughput of one
 //! replica against a standalone host, and of three replicas at once.
 //!
+//! The avatar example: per image (≤ 1, 3 and 12 MP real photos) through
+//! the host against the same pipeline natively, throughput at c=2, peak
+//! RSS.
+//!
 //! The servers are started, watched and stopped with the e2e suite's process
 //! helpers (the `tests` library). Everything it starts is stopped before it
 //! exits, on an error or a panic too (they are killed when dropped; an
@@ -50,10 +54,11 @@
 //! seconds per run (5), APPS (1000) for the many-apps RSS measurement,
 //! FOREIGN_APPS (50) for the many-Python-apps one. BENCH_ONLY=foreign,cold,...
 //! runs only those sections (throughput, micro, cold, memory, echo, foreign, kv,
-//! cluster)
+//! cluster, avatar)
 //! and prints the report instead of writing BENCHMARKS.md; NO_BUILD=1 (read
 //! by the Makefile) runs the binaries already in target/ without building.
 
+mod avatar;
 mod cluster;
 mod config;
 mod foreign;
@@ -127,6 +132,9 @@ fn run() -> Result<()> {
     }
     if b.cfg.selected("cluster") {
         results.cluster = Some(cluster::cluster(&b, &tmp.0.join("cluster"))?);
+    }
+    if b.cfg.selected("avatar") {
+        results.avatar = Some(avatar::avatar(&b, &tmp.0.join("avatar"))?);
     }
     drop(tmp);
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::Bench;
+use crate::avatar::{self, Avatar};
 use crate::cluster::{self, Cluster};
 use crate::config::{CONCURRENCY, RESTART_APPS};
 use crate::foreign::{self, Foreign};
@@ -28,6 +29,7 @@ pub struct Results {
     pub foreign: Option<Foreign>,
     pub kv: Option<Kv>,
     pub cluster: Option<Cluster>,
+    pub avatar: Option<Avatar>,
 }
 
 /// The server each one is compared with: wasmtime serve in the same mode.
@@ -172,6 +174,9 @@ pub fn render(b: &Bench, r: &Results) -> String {
     }
     if let Some(c) = &r.cluster {
         cluster::report(w, b, c);
+    }
+    if let Some(a) = &r.avatar {
+        avatar::report(w, a);
     }
     lines.join("\n")
 }
