@@ -608,15 +608,8 @@ async fn load_through_every_replica_sees_no_error_during_deploys_and_rollbacks()
     for host in cluster.running() {
         serves(host, "/live?ms=0", &last).await;
     }
-    let (served, failures) = load.stop().await;
-    eprintln!("served {served} requests across 3 replicas during 5 deploys and 5 rollbacks");
-    assert!(
-        failures.is_empty(),
-        "{} requests failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(served > 100, "the load loop barely ran ({served} requests)");
+    load.stop_without_failures("across 3 replicas during 5 deploys and 5 rollbacks")
+        .await;
 }
 
 #[tokio::test]

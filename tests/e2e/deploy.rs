@@ -516,13 +516,6 @@ async fn deploys_and_rollbacks_under_load_drop_nothing() {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    let (served, failures) = load.stop().await;
-    eprintln!("served {served} requests during 20 deploys and 20 rollbacks");
-    assert!(
-        failures.is_empty(),
-        "{} requests failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(served > 100, "the load loop barely ran ({served} requests)");
+    load.stop_without_failures("during 20 deploys and 20 rollbacks")
+        .await;
 }

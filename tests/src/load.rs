@@ -62,4 +62,19 @@ impl Load {
         }
         (self.served.load(Ordering::Relaxed), failures)
     }
+
+    /// Stop the workers and assert that not one request failed and that
+    /// the loop did run (over 100 requests); `during` says what it ran
+    /// through, for the log.
+    pub async fn stop_without_failures(self, during: &str) {
+        let (served, failures) = self.stop().await;
+        eprintln!("served {served} requests {during}");
+        assert!(
+            failures.is_empty(),
+            "{} requests failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(served > 100, "the load loop barely ran ({served} requests)");
+    }
 }

@@ -388,14 +388,14 @@ impl ClusterStore {
         Ok(Self::head_of(&reply))
     }
 
-    /// Fill an empty store with `apps` (name, revision, record, route) at
-    /// `head`: whether it was still empty.
-    pub async fn seed(
-        &self,
+    /// A call of `seed` or `repair`, which take the same arguments: the
+    /// head, then each app as name, record, revision, route.
+    fn put_back<'a>(
+        script: &'a Script,
         head: &Head,
         apps: &[(String, u64, String, String)],
-    ) -> Result<bool, ClusterError> {
-        let mut call = self.seed.prepare_invoke();
+    ) -> redis::ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
         for key in Self::keys() {
             call.key(key);
         }
@@ -403,6 +403,17 @@ impl ClusterStore {
         for (name, revision, record, route) in apps {
             call.arg(name).arg(record).arg(revision).arg(route);
         }
+        call
+    }
+
+    /// Fill an empty store with `apps` (name, revision, record, route) at
+    /// `head`: whether it was still empty.
+    pub async fn seed(
+        &self,
+        head: &Head,
+        apps: &[(String, u64, String, String)],
+    ) -> Result<bool, ClusterError> {
+        let call = Self::put_back(&self.seed, head, apps);
         let done: i64 = self.query(Request::Script(call)).await?;
         Ok(done == 1)
     }
@@ -415,14 +426,7 @@ impl ClusterStore {
         head: &Head,
         apps: &[(String, u64, String, String)],
     ) -> Result<u64, ClusterError> {
-        let mut call = self.repair.prepare_invoke();
-        for key in Self::keys() {
-            call.key(key);
-        }
-        call.arg(&head.id).arg(head.seq);
-        for (name, revision, record, route) in apps {
-            call.arg(name).arg(record).arg(revision).arg(route);
-        }
+        let call = Self::put_back(&self.repair, head, apps);
         let put: i64 = self.query(Request::Script(call)).await?;
         if put < 0 {
             return Err(ClusterError::Replaced(format!(

@@ -15,6 +15,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A change that creates `app` (planned on no revision).
+fn new(app: &str) -> Planned<'_> {
+    Planned {
+        app,
+        expected: 0,
+        old_route: None,
+        floor: 0,
+    }
+}
+
 fn record(digest: &str) -> String {
     format!(r#"{{"name":"a","versions":[{{"digest":"{digest}"}}]}}"#)
 }
@@ -35,12 +45,6 @@ fn changes_are_compare_and_set_on_the_apps_revision() {
         // An id once set stays.
         assert_eq!(store.adopt("two").await.unwrap().id, "one");
 
-        let new = |app| Planned {
-            app,
-            expected: 0,
-            old_route: None,
-            floor: 0,
-        };
         assert_eq!(store.save("one", &new("a"), "r1", "/a").await.unwrap(), 1);
         // A second "first deploy" of the same app loses, told the revision.
         let err = store.save("one", &new("a"), "r1'", "/a").await.unwrap_err();
@@ -102,12 +106,6 @@ fn a_route_is_held_by_one_app() {
     runtime().block_on(async {
         let store = ClusterStore::open(&redis.url()).unwrap();
         store.adopt("id").await.unwrap();
-        let new = |app| Planned {
-            app,
-            expected: 0,
-            old_route: None,
-            floor: 0,
-        };
         store.save("id", &new("a"), "a", "/x").await.unwrap();
         let err = store.save("id", &new("b"), "b", "/x").await.unwrap_err();
         assert!(
@@ -202,12 +200,6 @@ fn a_store_behind_the_replicas_gets_their_newer_records_and_revisions() {
     runtime().block_on(async {
         let store = ClusterStore::open(&redis.url()).unwrap();
         store.adopt("id").await.unwrap();
-        let new = |app| Planned {
-            app,
-            expected: 0,
-            old_route: None,
-            floor: 0,
-        };
         store.save("id", &new("a"), "a1", "/a").await.unwrap();
         store.save("id", &new("b"), "b2", "/b").await.unwrap();
         // The replica served a at 5, b at 2 (as the store), c at 4 (lost),
