@@ -203,6 +203,10 @@ bench: $(if $(BENCH_PREBUILT),,wasm-target build-guests) redis-server $(PHOTOS)/
 ifndef BENCH_PREBUILT
 	$(CARGO) build --release -p host -p bench -p avatar
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest $(addprefix -p ,$(BENCH_GUESTS))
+	# The avatar guest once more without WebAssembly SIMD, to show what
+	# simd128 buys (RUSTFLAGS overrides .cargo/config.toml's flags).
+	RUSTFLAGS="-C target-feature=-simd128" $(CARGO) build --release --target $(WASM_TARGET) \
+		-p avatar-guest --target-dir target/no-simd128
 endif
 	target/release/bench
 

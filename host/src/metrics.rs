@@ -82,6 +82,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<AppLabel, Histogram>,
     pub guest_duration: Family<AppLabel, Histogram>,
+    /// The linear memory each instance had grown to when it finished.
+    pub guest_memory_peak: Family<AppLabel, Histogram>,
     pub instantiation: Histogram,
     pub in_flight: Gauge,
     pub guest_failures: Family<FailureLabels, Counter>,
@@ -119,6 +121,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
 
+fn memory_histogram() -> Histogram {
+    // 64 KiB (one page) .. 16 GiB.
+    Histogram::new(exponential_buckets(65_536.0, 2.0, 19))
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = MetricRegistry::with_prefix("host");
@@ -126,6 +133,7 @@ impl Metrics {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             guest_duration: Family::new_with_constructor(latency_histogram),
+            guest_memory_peak: Family::new_with_constructor(memory_histogram),
             instantiation: latency_histogram(),
             in_flight: Gauge::default(),
             guest_failures: Family::default(),
@@ -161,6 +169,11 @@ impl Metrics {
             "guest_duration_seconds",
             "Time spent running the guest, per request",
             m.guest_duration.clone(),
+        );
+        registry.register(
+            "guest_memory_peak_bytes",
+            "Linear memory an instance had grown to when its request finished (its peak; per-request instances)",
+            m.guest_memory_peak.clone(),
         );
         registry.register(
             "instantiation_duration_seconds",
@@ -367,6 +380,7 @@ impl Metrics {
             requests: Default::default(),
             request_duration: self.request_duration.get_or_create(&label).clone(),
             guest_duration: self.guest_duration.get_or_create(&label).clone(),
+            guest_memory_peak: self.guest_memory_peak.get_or_create(&label).clone(),
         }
     }
 }
@@ -381,6 +395,7 @@ pub struct VersionMetrics {
     requests: [OnceLock<Counter>; 9],
     request_duration: Histogram,
     guest_duration: Histogram,
+    guest_memory_peak: Histogram,
 }
 
 impl VersionMetrics {
@@ -403,6 +418,11 @@ impl VersionMetrics {
 
     pub fn guest_time(&self, time: Duration) {
         self.guest_duration.observe(time.as_secs_f64());
+    }
+
+    /// The linear memory an instance had grown to when it finished.
+    pub fn guest_memory(&self, bytes: u64) {
+        self.guest_memory_peak.observe(bytes as f64);
     }
 }
 

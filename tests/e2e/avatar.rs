@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use serde_json::json;
 
-use crate::harness::{Host, TempDir, client, profile_dir, target_dir, wasm};
+use crate::harness::{Host, TempDir, client, metric, profile_dir, target_dir, wasm};
 
 /// The native `avatar` tool (`make test` builds it).
 fn tool(args: &[&str]) -> String {
@@ -65,6 +65,7 @@ struct Reply {
     content_type: String,
     etag: String,
     cache_control: String,
+    server_timing: String,
     body: Vec<u8>,
 }
 
@@ -83,16 +84,18 @@ async fn upload(host: &Host, query: &str, accept: Option<&str>, body: Vec<u8>) -
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default()
     };
-    let (content_type, etag, cache_control) = (
+    let (content_type, etag, cache_control, server_timing) = (
         header("content-type"),
         header("etag"),
         header("cache-control"),
+        header("server-timing"),
     );
     Reply {
         status: response.status().as_u16(),
         content_type,
         etag,
         cache_control,
+        server_timing,
         body: response.bytes().await.unwrap().to_vec(),
     }
 }
@@ -135,7 +138,41 @@ async fn photos_in_every_format_become_avatars_in_every_format() {
         );
         let (shown, _) = info(&reply.body, &scratch, "out.jpg");
         assert_eq!(shown, "256 256 Jpeg", "{input}");
+        // Where the time went, stage by stage.
+        for stage in ["read", "decode", "resize", "encode"] {
+            assert!(
+                reply.server_timing.contains(&format!("{stage};dur=")),
+                "{input}: {}",
+                reply.server_timing
+            );
+        }
     }
+    // Each upload's guest memory is in the metrics: the 12 MP photo (36 MB
+    // of pixels at full size) was shrunk on load, so no instance needed
+    // more than 64 MiB.
+    let metrics = host.metrics().await;
+    let count = metric(
+        &metrics,
+        "host_guest_memory_peak_bytes_count",
+        &[("app", "avatar")],
+    );
+    let under_64m = metric(
+        &metrics,
+        "host_guest_memory_peak_bytes_bucket",
+        &[("app", "avatar"), ("le", "67108864.0")],
+    );
+    let sum = metric(
+        &metrics,
+        "host_guest_memory_peak_bytes_sum",
+        &[("app", "avatar")],
+    );
+    assert!(count >= 6.0, "{count} instances seen");
+    assert_eq!(under_64m, count, "an upload took over 64 MiB");
+    assert!(
+        sum / count > f64::from(1 << 20),
+        "mean {} bytes",
+        sum / count
+    );
     // WebP by query or by Accept; another size; the same input gives the
     // same ETag.
     let by_query = upload(&host, "?format=webp&size=64", None, image("chelsea.jpg")).await;
@@ -191,11 +228,30 @@ async fn the_wasm_avatar_matches_the_native_one_and_honours_exif_orientation() {
         // The same code; SIMD kernels may round differently by a level.
         assert!(max <= 8 && mean < 0.5, "{input}: max {max}, mean {mean}");
     }
-    // The photo stored sideways with an EXIF tag comes out upright: not
-    // the avatar of the same pixels read as stored.
+    // A 12 MP photo shrunk on load (decoded at a quarter) gives nearly
+    // the avatar of a full decode.
+    let reply = upload(&host, "", None, image("mosaic-12mp.jpg")).await;
+    let shrunk = scratch.write("wasm-12mp.jpg", &reply.body);
+    let full = scratch.0.join("native-full-12mp.jpg");
+    tool(&[
+        images().join("mosaic-12mp.jpg").to_str().unwrap(),
+        full.to_str().unwrap(),
+        "--full",
+    ]);
+    let diff = tool(&["diff", shrunk.to_str().unwrap(), full.to_str().unwrap()]);
+    let mean: f64 = diff.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(mean < 3.0, "shrunk against full decode: {diff}");
+    // The photo stored sideways with an EXIF "rotate 90° clockwise" tag
+    // comes out as the same photo turned in its pixels (so: that way, not
+    // counter-clockwise or flipped), and not as the pixels read as stored.
     let first = tool(&["info", images().join("rotated.jpg").to_str().unwrap()]);
     assert_eq!(first, "512 512 Jpeg");
     let upright = scratch.0.join("wasm-rotated.jpg");
+    let reply = upload(&host, "", None, image("upright.jpg")).await;
+    let turned = scratch.write("wasm-upright.jpg", &reply.body);
+    let diff = tool(&["diff", upright.to_str().unwrap(), turned.to_str().unwrap()]);
+    let mean: f64 = diff.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(mean < 3.0, "tagged against turned pixels: {diff}");
     let as_stored = scratch.0.join("wasm-astronaut.jpg");
     let reply = upload(&host, "", None, image("astronaut.jpg")).await;
     std::fs::write(&as_stored, &reply.body).unwrap();
@@ -232,7 +288,23 @@ async fn bad_uploads_get_their_status_cheaply_and_the_host_stays_healthy() {
     assert!(String::from_utf8_lossy(&truncated.body).contains("truncated"));
 
     // Bombs: 50,000 × 50,000 (7.5 GB of pixels) in a 67-byte PNG, five
-    // times: refused from the header, no pixel allocated.
+    // times: refused from the header, no pixel allocated (the instances'
+    // memory stays what a request needs anyway).
+    let seen = |text: &str| {
+        (
+            metric(
+                text,
+                "host_guest_memory_peak_bytes_sum",
+                &[("app", "avatar")],
+            ),
+            metric(
+                text,
+                "host_guest_memory_peak_bytes_count",
+                &[("app", "avatar")],
+            ),
+        )
+    };
+    let before = seen(&host.metrics().await);
     for _ in 0..5 {
         let bomb = upload(&host, "", None, avatar::png_bomb(50_000, 50_000)).await;
         eprintln!(
@@ -242,6 +314,13 @@ async fn bad_uploads_get_their_status_cheaply_and_the_host_stays_healthy() {
         );
         assert!(matches!(bomb.status, 413 | 422), "{}", bomb.status);
     }
+    let after = seen(&host.metrics().await);
+    let mean = (after.0 - before.0) / (after.1 - before.1);
+    assert_eq!(after.1 - before.1, 5.0);
+    assert!(
+        mean < f64::from(8 << 20),
+        "a bomb's instance grew to {mean} bytes"
+    );
     let over_cap = upload(&host, "", None, vec![0xFF; 11 << 20]).await;
     assert_eq!(over_cap.status, 413);
     let bad_size = upload(&host, "?size=4000", None, image("coffee.jpg")).await;

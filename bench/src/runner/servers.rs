@@ -175,6 +175,11 @@ impl Http {
         Ok(body)
     }
 
+    /// The host's `/metrics` text.
+    pub fn metrics(&self, host: &Host) -> String {
+        self.runtime.block_on(host.metrics())
+    }
+
     /// The status of `GET url` and the version that answered it (its
     /// `x-app-version`, with `--version-headers`).
     pub fn version(&self, url: &str) -> Result<(u16, String)> {

@@ -9,20 +9,28 @@
 //!    ([`AvatarError::TooLarge`]) before a byte is allocated for it. The
 //!    decoder also runs under an allocation cap, so a small file that
 //!    claims reasonable dimensions but inflates beyond them cannot either.
-//! 3. *Decode* and apply the EXIF orientation (phone photos are stored
-//!    sideways with a tag saying so).
+//! 3. *Decode*: a large JPEG shrunk on load (at 1/2, 1/4 or 1/8 in the
+//!    inverse DCT, see [`SHRINK_GAP`]), anything else at full size.
 //! 4. *Crop* the centre square and *resize* it to `size`×`size` with a
-//!    Lanczos3 filter (`fast_image_resize`, SIMD where the target has it:
-//!    SSE4.1/AVX2 natively, `simd128` in WebAssembly).
-//! 5. *Encode* as JPEG (`quality`) or WebP (lossless: what the `image`
+//!    Lanczos3 filter (`fast_image_resize`, reading the square in place;
+//!    SIMD where the target has it: SSE4.1/AVX2 natively, `simd128` in
+//!    WebAssembly).
+//! 5. *Orient* the result by the EXIF tag (phone photos are stored
+//!    sideways with a tag saying so): a centre crop commutes with the
+//!    rotations and flips, so only the avatar is turned.
+//! 6. *Encode* as JPEG (`quality`) or WebP (lossless: what the `image`
 //!    crate's encoder writes), and an ETag of the output.
+//!
+//! Each stage's time is in [`Avatar::timings`].
 
 use std::io::Cursor;
+use std::time::{Duration, Instant};
 
-use fast_image_resize::images::Image;
+use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::webp::WebPEncoder;
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use sha2::{Digest, Sha256};
 
@@ -34,6 +42,9 @@ pub struct Options {
     pub format: Output,
     /// JPEG quality, 1..=100.
     pub quality: u8,
+    /// Decode large JPEGs shrunk (see [`SHRINK_GAP`]); `false` decodes
+    /// every image at full size (the tool's `--full`, to compare).
+    pub shrink_on_load: bool,
 }
 
 impl Default for Options {
@@ -42,6 +53,7 @@ impl Default for Options {
             size: 256,
             format: Output::Jpeg,
             quality: 80,
+            shrink_on_load: true,
         }
     }
 }
@@ -78,8 +90,9 @@ pub struct Limits {
 impl Default for Limits {
     /// 10 MiB uploads; 25 megapixels (a 24 MP camera photo; a 48 MP one is
     /// not an avatar); 128 MiB for the decoder, enough for 25 MP of RGBA.
-    /// The pipeline holds at most two full-size RGB buffers at once, so an
-    /// app with 512 MiB of memory serves the largest accepted image.
+    /// The pipeline holds at most two full-size buffers at once (a decoded
+    /// image and its RGB conversion), so an app with 512 MiB of memory
+    /// serves the largest accepted image.
     fn default() -> Limits {
         Limits {
             max_upload_bytes: 10 << 20,
@@ -138,6 +151,36 @@ pub struct Avatar {
     pub etag: String,
     /// The input's dimensions, before orientation.
     pub source: (u32, u32),
+    /// The dimensions it was decoded at: smaller than `source` when a
+    /// JPEG was shrunk on load.
+    pub decoded: (u32, u32),
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// How long each stage of [`process`] took: what the guest reports in its
+/// `server-timing` header and the bench sets against the native run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Sniffing, the header, decoding and orienting.
+    pub decode: Duration,
+    /// Cropping and resizing.
+    pub resize: Duration,
+    /// Encoding and the ETag.
+    pub encode: Duration,
+}
+
+impl Timings {
+    /// As a `server-timing` header's entries (milliseconds).
+    pub fn header(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        format!(
+            "decode;dur={:.2}, resize;dur={:.2}, encode;dur={:.2}",
+            ms(self.decode),
+            ms(self.resize),
+            ms(self.encode)
+        )
+    }
 }
 
 /// The input format, from its first bytes.
@@ -183,6 +226,7 @@ pub fn process(upload: &[u8], options: Options, limits: Limits) -> Result<Avatar
             options.quality
         )));
     }
+    let start = Instant::now();
     let format = sniff(upload)?;
     if format == ImageFormat::Jpeg && !jpeg_is_whole(upload) {
         // The JPEG decoder fills what is missing with grey: a cut-off
@@ -191,13 +235,47 @@ pub fn process(upload: &[u8], options: Options, limits: Limits) -> Result<Avatar
             "the JPEG is truncated: it has no end-of-image marker after its image data".into(),
         ));
     }
-    // The header first, with no limit of the decoder's own (so that a bomb
-    // is refused here, saying its size); then the allocation cap.
-    let mut reader = ImageReader::with_format(Cursor::new(upload), format);
-    reader.no_limits();
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
-    // The header alone: refused before any pixel is allocated.
-    let (width, height) = decoder.dimensions();
+    let shrunk = match format {
+        ImageFormat::Jpeg if options.shrink_on_load => {
+            decode_jpeg_shrunk(upload, options.size, limits)?
+        }
+        _ => None,
+    };
+    let (decoded, orientation, (width, height)) = match shrunk {
+        Some(decoded) => decoded,
+        None => decode(upload, format, limits)?,
+    };
+    let decoded_at = Instant::now();
+    let decoded_size = (decoded.width(), decoded.height());
+    // The centre square, resized, then oriented: cropping the centre
+    // commutes with the EXIF rotations and flips, so only the avatar is
+    // turned, not the photo.
+    let mut resized = resize_centre(decoded.into_rgb8(), options.size)?;
+    resized.apply_orientation(orientation);
+    let resized_at = Instant::now();
+    let bytes = encode(&resized, options)?;
+    let etag = format!("\"{}\"", hex(&Sha256::digest(&bytes)[..16]));
+    Ok(Avatar {
+        bytes,
+        content_type: options.format.content_type(),
+        etag,
+        source: (width, height),
+        decoded: decoded_size,
+        timings: Timings {
+            decode: decoded_at - start,
+            resize: resized_at - decoded_at,
+            encode: resized_at.elapsed(),
+        },
+    })
+}
+
+/// A decoded upload: its pixels, its EXIF orientation (not yet applied)
+/// and its dimensions as stored.
+type Decoded = (DynamicImage, Orientation, (u32, u32));
+
+/// Refuse an image whose header claims more than `limits` allow, before
+/// a pixel is allocated for it.
+fn check_dimensions(width: u32, height: u32, limits: Limits) -> Result<(), AvatarError> {
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels || width == 0 || height == 0 {
         return Err(AvatarError::TooLarge(format!(
@@ -206,26 +284,98 @@ pub fn process(upload: &[u8], options: Options, limits: Limits) -> Result<Avatar
             limits.max_pixels as f64 / 1e6
         )));
     }
+    Ok(())
+}
+
+/// Decode any accepted format at full size (the `image` crate's decoders,
+/// under the allocation cap).
+fn decode(upload: &[u8], format: ImageFormat, limits: Limits) -> Result<Decoded, AvatarError> {
+    // The header first, with no limit of the decoder's own (so that a bomb
+    // is refused here, saying its size); then the allocation cap.
+    let mut reader = ImageReader::with_format(Cursor::new(upload), format);
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
     let mut caps = image::Limits::default();
     caps.max_alloc = Some(limits.max_alloc_bytes);
     decoder.set_limits(caps).map_err(corrupt)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let decoded = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    Ok((decoded, orientation, (width, height)))
+}
+
+/// How much larger than the avatar the decoded square stays when a JPEG is
+/// shrunk on load, so that Lanczos3 still has the detail to filter (the
+/// `reducing_gap` Pillow's thumbnails use).
+pub const SHRINK_GAP: u32 = 2;
+
+/// Shrink-on-load for JPEG: decode at 1/2, 1/4 or 1/8 of the size in the
+/// DCT itself (the `jpeg-decoder` crate's scaled IDCT), the largest
+/// reduction that keeps the shorter side at least [`SHRINK_GAP`] times
+/// `size`. A 12 MP photo becomes a 256×256 avatar from 0.75 MP of pixels:
+/// the inverse DCT, colour conversion and resize do a sixteenth of the
+/// work. `None` when it would not shrink, or for what this decoder leaves
+/// to the general one (CMYK, 12-bit, features it lacks).
+fn decode_jpeg_shrunk(
+    upload: &[u8],
+    size: u32,
+    limits: Limits,
+) -> Result<Option<Decoded>, AvatarError> {
+    use jpeg_decoder::{Decoder, Error, PixelFormat};
+    let failed = |e: Error| match e {
+        Error::Unsupported(_) => None,
+        other => Some(AvatarError::Corrupt(format!(
+            "the image is truncated or corrupt: {other}"
+        ))),
+    };
+    let mut decoder = Decoder::new(upload);
+    if let Err(e) = decoder.read_info() {
+        return failed(e).map_or(Ok(None), Err);
+    }
+    let Some(info) = decoder.info() else {
+        return Ok(None);
+    };
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    check_dimensions(width, height, limits)?;
+    let need = size.saturating_mul(SHRINK_GAP);
+    if width.min(height) < need * 2
+        || !matches!(info.pixel_format, PixelFormat::L8 | PixelFormat::RGB24)
+    {
+        return Ok(None);
+    }
+    // The decoder picks the smallest scale that keeps either side at least
+    // what is asked: ask for the shorter side only.
+    let need = u16::try_from(need).unwrap_or(u16::MAX);
+    let asked = if width <= height {
+        (need, u16::MAX)
+    } else {
+        (u16::MAX, need)
+    };
+    let (w, h) = match decoder.scale(asked.0, asked.1) {
+        Ok((w, h)) => (u32::from(w), u32::from(h)),
+        Err(e) => return failed(e).map_or(Ok(None), Err),
+    };
+    decoder.set_max_decoding_buffer_size(
+        usize::try_from(limits.max_alloc_bytes).unwrap_or(usize::MAX),
+    );
+    let pixels = match decoder.decode() {
+        Ok(pixels) => pixels,
+        Err(e) => return failed(e).map_or(Ok(None), Err),
+    };
+    let short =
+        || AvatarError::Corrupt("the JPEG decoded to fewer pixels than its header says".into());
+    let image = match info.pixel_format {
+        PixelFormat::L8 => {
+            DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, pixels).ok_or_else(short)?)
+        }
+        _ => DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pixels).ok_or_else(short)?),
+    };
     let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut decoded = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
-    decoded.apply_orientation(orientation);
-    // At most two full-size buffers live at once: the decoded image and
-    // its centre square (the square moves into the resizer uncopied).
-    let square = crop_square(decoded);
-    let resized = resize(square, options.size)?;
-    let bytes = encode(&resized, options)?;
-    let etag = format!("\"{}\"", hex(&Sha256::digest(&bytes)[..16]));
-    Ok(Avatar {
-        bytes,
-        content_type: options.format.content_type(),
-        etag,
-        source: (width, height),
-    })
+        .exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    Ok(Some((image, orientation, (width, height))))
 }
 
 /// Does a JPEG end its image data (an end-of-image marker after the last
@@ -238,38 +388,35 @@ fn jpeg_is_whole(bytes: &[u8]) -> bool {
     }
 }
 
-/// The centre square of `image`, as RGB8.
-fn crop_square(image: DynamicImage) -> image::RgbImage {
-    let (w, h) = (image.width(), image.height());
-    let side = w.min(h);
-    let square = image.crop_imm((w - side) / 2, (h - side) / 2, side, side);
-    drop(image);
-    square.into_rgb8()
-}
-
-/// `square` resized to `size`×`size` with Lanczos3.
-fn resize(square: image::RgbImage, size: u32) -> Result<Image<'static>, AvatarError> {
-    let side = square.width();
-    let source = Image::from_vec_u8(side, side, square.into_raw(), PixelType::U8x3)
-        .map_err(|e| AvatarError::Unprocessable(format!("cannot resize: {e}")))?;
+/// The centre square of `image`, resized to `size`×`size` with Lanczos3
+/// (the resizer reads the square in place: no copy of the photo).
+fn resize_centre(image: image::RgbImage, size: u32) -> Result<DynamicImage, AvatarError> {
+    let failed =
+        |e: &dyn std::fmt::Display| AvatarError::Unprocessable(format!("cannot resize: {e}"));
+    let (w, h) = image.dimensions();
+    let source = ImageRef::new(w, h, image.as_raw(), PixelType::U8x3).map_err(|e| failed(&e))?;
     let mut target = Image::new(size, size, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .fit_into_destination(None);
     Resizer::new()
         .resize(&source, &mut target, &options)
-        .map_err(|e| AvatarError::Unprocessable(format!("cannot resize: {e}")))?;
-    Ok(target)
+        .map_err(|e| failed(&e))?;
+    let square = image::RgbImage::from_raw(size, size, target.into_vec())
+        .ok_or_else(|| failed(&"the resizer returned a short buffer"))?;
+    Ok(DynamicImage::ImageRgb8(square))
 }
 
-fn encode(image: &Image<'_>, options: Options) -> Result<Vec<u8>, AvatarError> {
+fn encode(image: &DynamicImage, options: Options) -> Result<Vec<u8>, AvatarError> {
     let mut out = Vec::new();
     let (w, h) = (image.width(), image.height());
     let failed = |e: image::ImageError| AvatarError::Unprocessable(format!("cannot encode: {e}"));
     match options.format {
         Output::Jpeg => JpegEncoder::new_with_quality(&mut out, options.quality)
-            .encode(image.buffer(), w, h, image::ExtendedColorType::Rgb8)
+            .encode(image.as_bytes(), w, h, image::ExtendedColorType::Rgb8)
             .map_err(failed)?,
         Output::Webp => WebPEncoder::new_lossless(&mut out)
-            .encode(image.buffer(), w, h, image::ExtendedColorType::Rgb8)
+            .encode(image.as_bytes(), w, h, image::ExtendedColorType::Rgb8)
             .map_err(failed)?,
     }
     Ok(out)
@@ -401,7 +548,7 @@ mod tests {
             let options = Options {
                 size: 64,
                 format,
-                quality: 80,
+                ..Options::default()
             };
             let avatar = process(&png(300, 200), options, Limits::default()).unwrap();
             let back = image::load_from_memory(&avatar.bytes).unwrap();
@@ -498,6 +645,104 @@ mod tests {
         assert!(bomb.len() < 100);
     }
 
+    /// A photo-like `w`×`h` JPEG (detail in green: rings; a ramp in
+    /// blue), its left half red, so orientation shows.
+    fn large_jpeg(w: u32, h: u32, grey: bool) -> Vec<u8> {
+        let image = image::RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            let ring = ((fx * 40.0).sin() * (fy * 30.0).cos() * 60.0 + 128.0) as u8;
+            let red = if x < w / 2 { 220 } else { 30 };
+            image::Rgb([red, ring, (fy * 255.0) as u8])
+        });
+        let image = if grey {
+            DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(image).to_luma8())
+        } else {
+            DynamicImage::ImageRgb8(image)
+        };
+        let mut out = Vec::new();
+        JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&image)
+            .unwrap();
+        out
+    }
+
+    fn mean_difference(a: &[u8], b: &[u8]) -> f64 {
+        let (a, b) = (
+            image::load_from_memory(a).unwrap().to_rgb8(),
+            image::load_from_memory(b).unwrap().to_rgb8(),
+        );
+        assert_eq!(a.dimensions(), b.dimensions());
+        let sum: u64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| u64::from(x.abs_diff(*y)))
+            .sum();
+        sum as f64 / a.as_raw().len() as f64
+    }
+
+    #[test]
+    fn large_jpegs_are_shrunk_on_load_to_nearly_the_same_avatar() {
+        let full = Options {
+            shrink_on_load: false,
+            ..Options::default()
+        };
+        for grey in [false, true] {
+            // 2400×1800: the shorter side holds 256 × 2 three times over,
+            // so it decodes at a half (1200×900), not a quarter (450 < 512).
+            let jpeg = large_jpeg(2400, 1800, grey);
+            let shrunk = process(&jpeg, Options::default(), Limits::default()).unwrap();
+            assert_eq!(shrunk.source, (2400, 1800));
+            assert_eq!(shrunk.decoded, (1200, 900), "grey: {grey}");
+            let whole = process(&jpeg, full, Limits::default()).unwrap();
+            assert_eq!(whole.decoded, (2400, 1800));
+            let mean = mean_difference(&shrunk.bytes, &whole.bytes);
+            assert!(mean < 2.0, "grey {grey}: mean difference {mean}");
+            // EXIF orientation on the shrunk path: "rotate 90° CW" makes
+            // the red left half the top (upright, it is the left).
+            if !grey {
+                let red = |bytes: &[u8], x: u32, y: u32| {
+                    let out = process(bytes, Options::default(), Limits::default()).unwrap();
+                    let out = image::load_from_memory(&out.bytes).unwrap().to_rgb8();
+                    i32::from(out.get_pixel(x, y)[0])
+                };
+                let rotated = with_exif_orientation(&jpeg, 6);
+                assert!(red(&rotated, 128, 20) - red(&rotated, 128, 235) > 120);
+                assert!((red(&rotated, 20, 128) - red(&rotated, 235, 128)).abs() < 40);
+                assert!(red(&jpeg, 20, 128) - red(&jpeg, 235, 128) > 120);
+            }
+        }
+        // A small request shrinks further; a small photo is not shrunk.
+        let jpeg = large_jpeg(2400, 1800, false);
+        let small = Options {
+            size: 64,
+            ..Options::default()
+        };
+        assert_eq!(
+            process(&jpeg, small, Limits::default()).unwrap().decoded,
+            (300, 225)
+        );
+        let photo = large_jpeg(1000, 800, false);
+        assert_eq!(
+            process(&photo, Options::default(), Limits::default())
+                .unwrap()
+                .decoded,
+            (1000, 800)
+        );
+        // A bomb's header is refused on this path too.
+        let mut cut = jpeg.clone();
+        // Claim 50,000 × 50,000 in the frame header (SOF0: FF C0, length,
+        // precision, height, width).
+        let sof = cut.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        cut[sof + 5..sof + 9].copy_from_slice(&[0xC3, 0x50, 0xC3, 0x50]);
+        assert_eq!(
+            process(&cut, Options::default(), Limits::default())
+                .unwrap_err()
+                .status(),
+            413
+        );
+    }
+
     #[test]
     fn options_come_from_the_query_and_accept() {
         let o = options_from("size=128&quality=90", Some("image/webp,*/*")).unwrap();
@@ -506,7 +751,8 @@ mod tests {
             Options {
                 size: 128,
                 format: Output::Webp,
-                quality: 90
+                quality: 90,
+                shrink_on_load: true,
             }
         );
         assert!(options_from("format=gif", None).is_err());

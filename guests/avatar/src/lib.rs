@@ -6,11 +6,14 @@
 //!   its EXIF tag and resized with Lanczos3 to 256×256 (`?size=N`, 32 to
 //!   1024), as JPEG (`?quality=Q`, default 80) or WebP (`?format=webp` or
 //!   `Accept: image/webp`), with `content-type`, `cache-control` and an
-//!   `etag` of the output. Not an image: 415; truncated or corrupt: 400;
-//!   over the upload cap or 40 megapixels (read from the header, before
-//!   anything is decoded): 413; a bad option or an image that would decode
-//!   past 200 MiB: 422.
+//!   `etag` of the output, and a `server-timing` header saying where the
+//!   time went (reading the upload, decoding, resizing, encoding).
+//!   Not an image: 415; truncated or corrupt: 400; over the upload cap or
+//!   25 megapixels (read from the header, before anything is decoded):
+//!   413; a bad option or an image that would decode past 128 MiB: 422.
 //! - `GET /avatar`: a small HTML form to try it in a browser.
+
+use std::time::Instant;
 
 use avatar::{AvatarError, Limits, options_from, process};
 use guest_sdk::exports::wasi::http::incoming_handler::Guest;
@@ -69,6 +72,7 @@ impl Guest for App {
                     Err(err) => return refuse(out, &err),
                 };
                 let limits = Limits::default();
+                let start = Instant::now();
                 let Some(upload) = read_body(request, limits.max_upload_bytes) else {
                     return refuse(
                         out,
@@ -78,6 +82,7 @@ impl Guest for App {
                         )),
                     );
                 };
+                let read = start.elapsed();
                 match process(&upload, options, limits) {
                     Ok(avatar) => {
                         let headers = Fields::new();
@@ -87,6 +92,12 @@ impl Guest for App {
                         let _ =
                             headers.append("cache-control", b"public, max-age=31536000, immutable");
                         let _ = headers.append("etag", avatar.etag.as_bytes());
+                        let timing = format!(
+                            "read;dur={:.2}, {}",
+                            read.as_secs_f64() * 1000.0,
+                            avatar.timings.header()
+                        );
+                        let _ = headers.append("server-timing", timing.as_bytes());
                         send(out, 200, headers, |stream| write_all(stream, &avatar.bytes));
                     }
                     Err(err) => refuse(out, &err),

@@ -392,6 +392,8 @@ impl Settle {
         self.guest_micros
             .store(ran.as_micros() as u64, Ordering::Relaxed);
         self.metrics.guest_time(ran);
+        self.metrics
+            .guest_memory(store.data().limiter.memory_held());
         let result = match called {
             Ok(Ok(instance)) => {
                 if let Some(pool) = self.warm_pool

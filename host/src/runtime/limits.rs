@@ -180,6 +180,9 @@ pub struct GuestLimiter {
     /// Bytes this instance has charged to the budget: its host-side
     /// reserve, then its memories and tables as they grow.
     charged: u64,
+    /// Bytes of linear memory the instance holds: they only grow, so at
+    /// its end this is its peak.
+    memory_held: u64,
     pub refused: Option<MemoryRefusal>,
 }
 
@@ -195,8 +198,14 @@ impl GuestLimiter {
             memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
             budget,
             charged: host_reserve,
+            memory_held: 0,
             refused: None,
         })
+    }
+
+    /// The linear memory the instance has grown to (all its memories).
+    pub fn memory_held(&self) -> u64 {
+        self.memory_held
     }
 
     fn charge(&mut self, bytes: u64) -> bool {
@@ -242,6 +251,7 @@ impl ResourceLimiter for GuestLimiter {
                 self.budget.limit()
             );
         }
+        self.memory_held += growth;
         Ok(true)
     }
 

@@ -4,11 +4,17 @@
 //!
 //! - `avatar IN OUT [SIZE] [jpeg|webp]`: one avatar.
 //! - `avatar bench ROUNDS IMAGE...`: each image ROUNDS times, one line per
-//!   image: `PATH WIDTHxHEIGHT p50_ms p99_ms`.
+//!   image: `PATH WIDTHxHEIGHT p50_ms p99_ms`, then the p50 of each stage
+//!   (`decode_ms resize_ms encode_ms`).
+//! - `--full` (with either): decode every image at full size, without the
+//!   pipeline's JPEG shrink-on-load, to compare; `--one-core`: run on one
+//!   CPU (a guest instance runs on one; natively `jpeg-decoder` starts a
+//!   thread per colour component).
 //! - `avatar prepare PHOTOS OUT`: test images from real photos (the PNG and
 //!   JPEG files in PHOTOS, scikit-image's sample photos as `make tools`
 //!   extracts them): each as a JPEG (quality 90, as a phone would upload
-//!   it), one as PNG and WebP, one with an EXIF "rotate 90°" tag, and
+//!   it), one as PNG and WebP, one with an EXIF "rotate 90°" tag and the
+//!   same turned in its pixels (`rotated.jpg`, `upright.jpg`), and
 //!   mosaics of them at 3 and 12 megapixels.
 //! - `avatar info FILE`: `WIDTH HEIGHT FORMAT`; `avatar pixel FILE X Y`:
 //!   `R G B`; `avatar diff A B`: the largest and the mean difference of
@@ -93,6 +99,12 @@ fn prepare(photos: &str, out: &str) -> Result<()> {
     .map_err(|e| e.to_string())?;
     std::fs::write(out.join("rotated.jpg"), with_exif_orientation(&jpeg, 6))
         .map_err(|e| e.to_string())?;
+    // What `rotated.jpg` shows once its tag is honoured: the pixels turned.
+    save(
+        &first.rotate90(),
+        &out.join("upright.jpg"),
+        ImageFormat::Jpeg,
+    )?;
     save(
         &mosaic(&loaded, 2048, 1536)?,
         &out.join("mosaic-3mp.jpg"),
@@ -106,23 +118,33 @@ fn prepare(photos: &str, out: &str) -> Result<()> {
     Ok(())
 }
 
-fn bench(rounds: usize, paths: &[String]) -> Result<()> {
+fn bench(rounds: usize, paths: &[String], options: Options) -> Result<()> {
+    let p50 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[(v.len() - 1) / 2]
+    };
     for path in paths {
         let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
         let mut times = Vec::with_capacity(rounds);
+        let mut stages = [const { Vec::new() }; 3];
         let mut source = (0, 0);
         for _ in 0..rounds.max(1) {
             let start = Instant::now();
-            let avatar = process(&bytes, Options::default(), Limits::default())
-                .map_err(|e| format!("{path}: {e}"))?;
+            let avatar =
+                process(&bytes, options, Limits::default()).map_err(|e| format!("{path}: {e}"))?;
             times.push(start.elapsed().as_secs_f64() * 1000.0);
+            let t = avatar.timings;
+            for (stage, took) in stages.iter_mut().zip([t.decode, t.resize, t.encode]) {
+                stage.push(took.as_secs_f64() * 1000.0);
+            }
             source = avatar.source;
         }
         times.sort_by(f64::total_cmp);
         let at =
             |q: f64| times[((q * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1];
+        let [decode, resize, encode] = stages.map(p50);
         println!(
-            "{path} {}x{} {:.2} {:.2}",
+            "{path} {}x{} {:.2} {:.2} {decode:.2} {resize:.2} {encode:.2}",
             source.0,
             source.1,
             at(0.5),
@@ -132,13 +154,51 @@ fn bench(rounds: usize, paths: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Keep this process (and any thread the pipeline starts: `jpeg-decoder`
+/// gives each colour component one natively) on one CPU, as a guest
+/// instance runs on one.
+#[cfg(target_os = "linux")]
+fn one_core() -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+    let done = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .ok_or("no CPU to run on")?;
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if done != 0 {
+        return Err(format!("--one-core: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn one_core() -> Result<()> {
+    Err("--one-core works on Linux only".into())
+}
+
 fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut options = Options::default();
+    if let Some(at) = args.iter().position(|a| a == "--full") {
+        args.remove(at);
+        options.shrink_on_load = false;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--one-core") {
+        args.remove(at);
+        one_core()?;
+    }
     let arg = |i: usize| args.get(i).map(String::as_str).ok_or("missing argument");
     match args.first().map(String::as_str) {
         Some("bench") => {
             let rounds = arg(1)?.parse().map_err(|_| "ROUNDS must be a number")?;
-            bench(rounds, &args[2..])
+            bench(rounds, &args[2..], options)
         }
         Some("prepare") => prepare(arg(1)?, arg(2)?),
         Some("info") => {
@@ -176,7 +236,6 @@ fn run() -> Result<()> {
         }
         Some(input) if args.len() >= 2 => {
             let bytes = std::fs::read(input).map_err(|e| format!("{input}: {e}"))?;
-            let mut options = Options::default();
             if let Some(size) = args.get(2) {
                 options.size = size.parse().map_err(|_| format!("size {size:?}"))?;
             }
@@ -186,7 +245,7 @@ fn run() -> Result<()> {
             let avatar = process(&bytes, options, Limits::default()).map_err(|e| e.to_string())?;
             std::fs::write(&args[1], &avatar.bytes).map_err(|e| format!("{}: {e}", args[1]))
         }
-        _ => Err("usage: avatar IN OUT [SIZE] [jpeg|webp] | bench ROUNDS IMAGE... | prepare PHOTOS OUT | info FILE | pixel FILE X Y | diff A B".into()),
+        _ => Err("usage: avatar IN OUT [SIZE] [jpeg|webp] [--full] | bench ROUNDS IMAGE... [--full] [--one-core] | prepare PHOTOS OUT | info FILE | pixel FILE X Y | diff A B".into()),
     }
 }
 
