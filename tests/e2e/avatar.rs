@@ -228,6 +228,50 @@ async fn the_wasm_avatar_matches_the_native_one_and_honours_exif_orientation() {
         // The same code; SIMD kernels may round differently by a level.
         assert!(max <= 8 && mean < 0.5, "{input}: max {max}, mean {mean}");
     }
+    // Known photos give the avatars they gave when this test was written
+    // (scikit-image 0.26.0's photos; a few pixels, each channel within 12
+    // levels): a change of crop, orientation, filter or colour shows here.
+    let golden: [(&str, [(u32, u32, [i32; 3]); 5]); 2] = [
+        (
+            "coffee.jpg",
+            [
+                (64, 64, [199, 142, 89]),
+                (128, 128, [253, 251, 255]),
+                (192, 64, [242, 241, 246]),
+                (64, 192, [32, 4, 0]),
+                (200, 200, [177, 39, 13]),
+            ],
+        ),
+        (
+            "mosaic-12mp.jpg",
+            [
+                (64, 64, [229, 118, 75]),
+                (128, 128, [29, 31, 26]),
+                (192, 64, [158, 106, 56]),
+                (64, 192, [90, 7, 0]),
+                (200, 200, [8, 10, 9]),
+            ],
+        ),
+    ];
+    for (input, pixels) in golden {
+        let reply = upload(&host, "", None, image(input)).await;
+        let out = scratch.write(&format!("golden-{input}"), &reply.body);
+        for (x, y, want) in pixels {
+            let got: Vec<i32> = tool(&[
+                "pixel",
+                out.to_str().unwrap(),
+                &x.to_string(),
+                &y.to_string(),
+            ])
+            .split(' ')
+            .map(|v| v.parse().unwrap())
+            .collect();
+            assert!(
+                got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 12),
+                "{input} at ({x}, {y}): {got:?}, was {want:?}"
+            );
+        }
+    }
     // A 12 MP photo shrunk on load (decoded at a quarter) gives nearly
     // the avatar of a full decode.
     let reply = upload(&host, "", None, image("mosaic-12mp.jpg")).await;
