@@ -206,7 +206,7 @@ ifndef BENCH_PREBUILT
 	# The avatar guest once more without WebAssembly SIMD, to show what
 	# simd128 buys (RUSTFLAGS overrides .cargo/config.toml's flags).
 	RUSTFLAGS="-C target-feature=-simd128" $(CARGO) build --release --target $(WASM_TARGET) \
-		-p avatar-guest --target-dir target/no-simd128
+		-p avatar-guest --target-dir $(or $(CARGO_TARGET_DIR),target)/no-simd128
 endif
 	target/release/bench
 

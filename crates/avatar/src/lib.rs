@@ -162,9 +162,9 @@ pub struct Avatar {
 /// `server-timing` header and the bench sets against the native run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
-    /// Sniffing, the header, decoding and orienting.
+    /// Sniffing, the header and decoding.
     pub decode: Duration,
-    /// Cropping and resizing.
+    /// Cropping, resizing and turning as the EXIF orientation says.
     pub resize: Duration,
     /// Encoding and the ETag.
     pub encode: Duration,
@@ -310,38 +310,53 @@ fn decode(upload: &[u8], format: ImageFormat, limits: Limits) -> Result<Decoded,
 /// `reducing_gap` Pillow's thumbnails use).
 pub const SHRINK_GAP: u32 = 2;
 
+/// Most scans a JPEG may have to be shrunk on load: each progressive scan
+/// walks every block, and a scan header is ten bytes (the limit zune-jpeg,
+/// the general decoder, has by default).
+const MAX_SCANS: usize = 100;
+
 /// Shrink-on-load for JPEG: decode at 1/2, 1/4 or 1/8 of the size in the
 /// DCT itself (the `jpeg-decoder` crate's scaled IDCT), the largest
 /// reduction that keeps the shorter side at least [`SHRINK_GAP`] times
 /// `size`. A 12 MP photo becomes a 256×256 avatar from 0.75 MP of pixels:
 /// the inverse DCT, colour conversion and resize do a sixteenth of the
-/// work. `None` when it would not shrink, or for what this decoder leaves
-/// to the general one (CMYK, 12-bit, features it lacks).
+/// work.
+///
+/// Only for what it does well: 8-bit grey or YCbCr DCT (baseline or
+/// progressive) JPEGs, of at most [`MAX_SCANS`] scans, whose coefficients
+/// (a progressive JPEG keeps them all, at full size) fit the allocation
+/// cap. Anything else, and any error, is `None`: the general decoder then
+/// decodes it (or says what is wrong with it), as for every other image.
+/// Only the header's dimension check answers here.
 fn decode_jpeg_shrunk(
     upload: &[u8],
     size: u32,
     limits: Limits,
 ) -> Result<Option<Decoded>, AvatarError> {
-    use jpeg_decoder::{Decoder, Error, PixelFormat};
-    let failed = |e: Error| match e {
-        Error::Unsupported(_) => None,
-        other => Some(AvatarError::Corrupt(format!(
-            "the image is truncated or corrupt: {other}"
-        ))),
-    };
+    use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
     let mut decoder = Decoder::new(upload);
-    if let Err(e) = decoder.read_info() {
-        return failed(e).map_or(Ok(None), Err);
+    if decoder.read_info().is_err() {
+        return Ok(None);
     }
     let Some(info) = decoder.info() else {
         return Ok(None);
     };
     let (width, height) = (u32::from(info.width), u32::from(info.height));
     check_dimensions(width, height, limits)?;
+    let channels: u64 = match info.pixel_format {
+        PixelFormat::L8 => 1,
+        PixelFormat::RGB24 => 3,
+        _ => return Ok(None),
+    };
     let need = size.saturating_mul(SHRINK_GAP);
-    if width.min(height) < need * 2
-        || !matches!(info.pixel_format, PixelFormat::L8 | PixelFormat::RGB24)
-    {
+    let coefficients = u64::from(width) * u64::from(height) * channels * 2;
+    let scans = upload.windows(2).filter(|w| w == &[0xFF, 0xDA]).count();
+    let dct = match info.coding_process {
+        CodingProcess::DctSequential => true,
+        CodingProcess::DctProgressive => coefficients <= limits.max_alloc_bytes,
+        CodingProcess::Lossless => false,
+    };
+    if width.min(height) < need * 2 || !dct || scans > MAX_SCANS {
         return Ok(None);
     }
     // The decoder picks the smallest scale that keeps either side at least
@@ -352,24 +367,25 @@ fn decode_jpeg_shrunk(
     } else {
         (u16::MAX, need)
     };
-    let (w, h) = match decoder.scale(asked.0, asked.1) {
-        Ok((w, h)) => (u32::from(w), u32::from(h)),
-        Err(e) => return failed(e).map_or(Ok(None), Err),
+    let Ok((w, h)) = decoder.scale(asked.0, asked.1) else {
+        return Ok(None);
     };
+    let (w, h) = (u32::from(w), u32::from(h));
     decoder.set_max_decoding_buffer_size(
         usize::try_from(limits.max_alloc_bytes).unwrap_or(usize::MAX),
     );
-    let pixels = match decoder.decode() {
-        Ok(pixels) => pixels,
-        Err(e) => return failed(e).map_or(Ok(None), Err),
+    let Ok(pixels) = decoder.decode() else {
+        return Ok(None);
     };
-    let short =
-        || AvatarError::Corrupt("the JPEG decoded to fewer pixels than its header says".into());
-    let image = match info.pixel_format {
-        PixelFormat::L8 => {
-            DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, pixels).ok_or_else(short)?)
-        }
-        _ => DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pixels).ok_or_else(short)?),
+    if pixels.len() as u64 != u64::from(w) * u64::from(h) * channels {
+        return Ok(None);
+    }
+    let image = match channels {
+        1 => image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8),
+        _ => image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8),
+    };
+    let Some(image) = image else {
+        return Ok(None);
     };
     let orientation = decoder
         .exif_data()
@@ -741,6 +757,60 @@ mod tests {
                 .status(),
             413
         );
+    }
+
+    #[test]
+    fn every_exif_orientation_gives_the_photo_turned_in_its_pixels() {
+        // 1301×1030: shrunk on load at a half; the crop's margin is odd.
+        let jpeg = large_jpeg(1301, 1030, false);
+        let photo = image::load_from_memory(&jpeg).unwrap();
+        let full = Options {
+            shrink_on_load: false,
+            ..Options::default()
+        };
+        for tag in 1..=8u8 {
+            let orientation = Orientation::from_exif(tag).unwrap();
+            // The reference: the photo turned in its pixels, lossless.
+            let mut turned = photo.clone();
+            turned.apply_orientation(orientation);
+            let mut png = Vec::new();
+            turned
+                .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+                .unwrap();
+            let want = process(&png, full, Limits::default()).unwrap();
+            let tagged = with_exif_orientation(&jpeg, u16::from(tag));
+            for (path, options) in [("shrunk", Options::default()), ("full", full)] {
+                let got = process(&tagged, options, Limits::default()).unwrap();
+                let mean = mean_difference(&got.bytes, &want.bytes);
+                assert!(mean < 2.5, "tag {tag}, {path}: mean difference {mean}");
+            }
+        }
+    }
+
+    #[test]
+    fn jpegs_the_shrinking_decoder_leaves_alone_still_decode_or_fail_plainly() {
+        let jpeg = large_jpeg(2400, 1800, false);
+        // Over the scan limit: left to the general decoder, which has one.
+        let mut many = jpeg[..2].to_vec();
+        for _ in 0..=MAX_SCANS {
+            // A comment segment holding an SOS marker's bytes.
+            many.extend_from_slice(&[0xFF, 0xFE, 0x00, 0x04, 0xFF, 0xDA]);
+        }
+        many.extend_from_slice(&jpeg[2..]);
+        let out = process(&many, Options::default(), Limits::default()).unwrap();
+        assert_eq!(out.decoded, (2400, 1800));
+        // Damage inside the entropy-coded data: whatever either decoder
+        // makes of it, the answer is an avatar or a 400, never a panic.
+        let mut damaged = jpeg.clone();
+        let sos = damaged.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+        for i in (sos + 40..damaged.len() - 2).step_by(997) {
+            damaged[i] = 0xFF;
+            damaged[i + 1] = 0xD3;
+        }
+        match process(&damaged, Options::default(), Limits::default()) {
+            Ok(out) => assert_eq!(out.source, (2400, 1800)),
+            Err(err) => assert_eq!(err.status(), 400, "{err}"),
+        }
     }
 
     #[test]
