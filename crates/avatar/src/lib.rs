@@ -228,16 +228,17 @@ pub fn process(upload: &[u8], options: Options, limits: Limits) -> Result<Avatar
     }
     let start = Instant::now();
     let format = sniff(upload)?;
-    if format == ImageFormat::Jpeg && !jpeg_is_whole(upload) {
+    let jpeg = (format == ImageFormat::Jpeg).then(|| markers(upload));
+    if jpeg.as_ref().is_some_and(|m| !m.whole) {
         // The JPEG decoder fills what is missing with grey: a cut-off
         // upload would come back as a half-grey avatar.
         return Err(AvatarError::Corrupt(
             "the JPEG is truncated: it has no end-of-image marker after its image data".into(),
         ));
     }
-    let shrunk = match format {
-        ImageFormat::Jpeg if options.shrink_on_load => {
-            decode_jpeg_shrunk(upload, options.size, limits)?
+    let shrunk = match jpeg {
+        Some(markers) if options.shrink_on_load => {
+            decode_jpeg_shrunk(upload, markers.scans, options.size, limits)?
         }
         _ => None,
     };
@@ -328,8 +329,10 @@ const MAX_SCANS: usize = 100;
 /// cap. Anything else, and any error, is `None`: the general decoder then
 /// decodes it (or says what is wrong with it), as for every other image.
 /// Only the header's dimension check answers here.
+/// `scans` is the upload's start-of-scan count, from [`markers`].
 fn decode_jpeg_shrunk(
     upload: &[u8],
+    scans: usize,
     size: u32,
     limits: Limits,
 ) -> Result<Option<Decoded>, AvatarError> {
@@ -350,7 +353,6 @@ fn decode_jpeg_shrunk(
     };
     let need = size.saturating_mul(SHRINK_GAP);
     let coefficients = u64::from(width) * u64::from(height) * channels * 2;
-    let scans = upload.windows(2).filter(|w| w == &[0xFF, 0xDA]).count();
     let dct = match info.coding_process {
         CodingProcess::DctSequential => true,
         CodingProcess::DctProgressive => coefficients <= limits.max_alloc_bytes,
@@ -394,13 +396,31 @@ fn decode_jpeg_shrunk(
     Ok(Some((image, orientation, (width, height))))
 }
 
-/// Does a JPEG end its image data (an end-of-image marker after the last
-/// start-of-scan)? Data a camera appends after it is allowed.
-fn jpeg_is_whole(bytes: &[u8]) -> bool {
-    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
-    match (last(0xDA), last(0xD9)) {
-        (Some(scan), Some(end)) => end > scan,
-        _ => false,
+/// What one pass over a JPEG's bytes says of its markers.
+struct Markers {
+    /// Start-of-scan markers (bytes that look like one inside other
+    /// segments count too: more, never fewer).
+    scans: usize,
+    /// An end-of-image marker follows the last start-of-scan (data a
+    /// camera appends after it is allowed).
+    whole: bool,
+}
+
+fn markers(bytes: &[u8]) -> Markers {
+    let (mut scans, mut last_scan, mut last_end) = (0, None, None);
+    for (at, pair) in bytes.windows(2).enumerate() {
+        match pair {
+            [0xFF, 0xDA] => {
+                scans += 1;
+                last_scan = Some(at);
+            }
+            [0xFF, 0xD9] => last_end = Some(at),
+            _ => {}
+        }
+    }
+    Markers {
+        scans,
+        whole: matches!((last_scan, last_end), (Some(scan), Some(end)) if end > scan),
     }
 }
 
